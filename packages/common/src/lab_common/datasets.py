@@ -1,0 +1,200 @@
+"""Locating the shared real datasets and building torchvision datasets from a root folder."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torchvision
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DATASET_NAMES",
+    "shared_datasets_root",
+    "cache_dir",
+    "build_image_dataset",
+    "dataset_num_classes",
+    "load_fashion_mnist_tensors",
+]
+
+DATASETS_ENV = "LAB_DATASETS"
+CACHE_ENV = "LAB_CACHE"
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100")
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def shared_datasets_root() -> Path:
+    """The folder of the project's shared real datasets.
+
+    ``$LAB_DATASETS`` when set; otherwise the first ``<dir>/../shared/datasets`` that exists
+    for ``dir`` in the current directory, its ancestors and this file's ancestors.
+    """
+    env = os.environ.get(DATASETS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"${DATASETS_ENV}={env} is not a directory")
+        return path
+    tried: list[Path] = []
+    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+    for start in starts:
+        for base in (start, *start.parents):
+            candidate = base.parent / "shared" / "datasets"
+            if candidate.is_dir():
+                return candidate
+            tried.append(candidate)
+    raise FileNotFoundError(
+        "shared datasets folder not found; set $LAB_DATASETS or place it at ../shared/datasets "
+        f"beside the repository (tried {', '.join(map(str, dict.fromkeys(tried)))})"
+    )
+
+
+def cache_dir() -> Path:
+    """Writable cache folder (``$LAB_CACHE``, else ``~/.cache/lab-common``)."""
+    path = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lab-common")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _find_mnist_raw(root: Path, folder: str, aliases: tuple[str, ...]) -> Path | None:
+    """The folder under ``root`` that holds the four IDX files, plain or gzipped."""
+    for sub in (Path(folder) / "raw", *(Path(a) for a in aliases), Path(".")):
+        d = root / sub
+        if all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in _MNIST_FILES):
+            return d
+    return None
+
+
+def _extract_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, dst)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ValueError(f"{src} is not a readable gzip file ({err}); replace the file") from err
+
+
+def _mnist_like(
+    cls: type[torchvision.datasets.MNIST],
+    aliases: tuple[str, ...],
+    root: Path,
+    train: bool,
+    transform: Callable[[Any], Any] | None,
+) -> torchvision.datasets.MNIST:
+    folder = cls.__name__
+    raw = _find_mnist_raw(root, folder, aliases)
+    if raw is None:
+        raise FileNotFoundError(
+            f"{folder} not found under {root}: expected the files {', '.join(_MNIST_FILES)} "
+            f"(optionally .gz) in {root / folder / 'raw'} (torchvision's layout), in "
+            f"{root / aliases[0]} or in {root} itself"
+        )
+    if raw == root / folder / "raw" and all((raw / f).is_file() for f in _MNIST_FILES):
+        tv_root = root
+    else:  # gzipped or non-torchvision layout: unpack once into the cache, atomically
+        tv_root = (
+            cache_dir() / "mnist-like" / hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
+        )
+        dst = tv_root / folder / "raw"
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in _MNIST_FILES:
+            if (dst / name).is_file():
+                continue
+            if (raw / name).is_file():
+                shutil.copyfile(raw / name, dst / name)
+            else:
+                _extract_atomic(raw / f"{name}.gz", dst / name)
+    try:
+        return cls(str(tv_root), train=train, transform=transform, download=False)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        raise ValueError(f"{folder} files under {raw} are corrupt ({err}); replace them") from err
+
+
+def build_image_dataset(
+    name_or_path: str,
+    root: str | os.PathLike[str] | None = None,
+    train: bool = True,
+    transform: Callable[[Any], Any] | None = None,
+) -> Dataset:
+    """A labelled image dataset, read from disk (never downloaded).
+
+    Args:
+        name_or_path: one of ``DATASET_NAMES`` (read with torchvision from ``root``; Fashion-MNIST
+            and MNIST also from gzipped IDX files, as in ``../shared/datasets/fashion-mnist``), or
+            the path of an ImageNet-style folder with ``train/`` and ``val/`` class sub-folders.
+        root: folder holding the named dataset (defaults to :func:`shared_datasets_root`).
+        train: training or test/validation split.
+        transform: applied to each PIL image.
+    """
+    key = name_or_path.lower().replace("_", "-")
+    if key in DATASET_NAMES:
+        base = Path(root).expanduser() if root is not None else shared_datasets_root()
+        if not base.is_dir():
+            raise FileNotFoundError(f"--data-root {base} is not a directory")
+        if key == "fashion-mnist":
+            return _mnist_like(
+                torchvision.datasets.FashionMNIST,
+                ("fashion-mnist", "fashion_mnist"),
+                base,
+                train,
+                transform,
+            )
+        if key == "mnist":
+            return _mnist_like(torchvision.datasets.MNIST, ("mnist",), base, train, transform)
+        cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            return cls(str(base), train=train, transform=transform, download=False)
+        except RuntimeError as err:
+            folder = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
+            raise FileNotFoundError(
+                f"{key} not found or corrupt under {base}: expected torchvision's {base / folder} ({err})"
+            ) from err
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(
+            f"unknown dataset {name_or_path!r}: use one of {DATASET_NAMES} or the path of an image "
+            "folder with train/ and val/ class sub-folders"
+        )
+    split = folder / ("train" if train else "val")
+    if not split.is_dir():
+        raise FileNotFoundError(
+            f"image folder {folder} has no {split.name}/ sub-folder; expected {folder}/train/<class>/*.png "
+            f"and {folder}/val/<class>/*.png"
+        )
+    return torchvision.datasets.ImageFolder(str(split), transform=transform)
+
+
+def dataset_num_classes(dataset: Dataset) -> int:
+    """Number of classes of a torchvision classification dataset (or a Subset of one)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    if not classes:
+        raise ValueError(f"{type(dataset).__name__} has no 'classes' attribute; pass num_classes")
+    return len(classes)
+
+
+def load_fashion_mnist_tensors(
+    root: str | os.PathLike[str] | None = None, train: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as in-memory tensors: images ``(N, 28, 28)`` uint8 and labels ``(N,)`` int64.
+
+    Same reader as :func:`build_image_dataset` (torchvision's), without per-image PIL work.
+    """
+    ds = build_image_dataset("fashion-mnist", root, train=train)
+    return ds.data, ds.targets.long()

@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+from lab_common import all_reduce_mean, barrier, init_distributed, is_main_process
+
+
+def test_single_process_context(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_distributed(device="cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(all_reduce_mean(t), t)
+    assert is_main_process()
+    barrier()
+
+
+WORKER = """
+import json, sys
+import torch
+from lab_common import all_reduce_mean, cleanup_distributed, init_distributed, is_main_process
+
+ctx = init_distributed(device="cpu")
+mean = all_reduce_mean(torch.tensor([float(ctx.rank), 10.0]))
+with open(f"{sys.argv[1]}/rank{ctx.rank}.json", "w") as f:
+    json.dump([ctx.rank, ctx.world_size, ctx.is_main, is_main_process(), mean.tolist()], f)
+cleanup_distributed()
+"""
+
+
+def test_two_process_torchrun_gloo_mean(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*cmd, str(script), str(tmp_path)], check=True, timeout=180, capture_output=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results == [[0, 2, True, True, [0.5, 10.0]], [1, 2, False, False, [0.5, 10.0]]]

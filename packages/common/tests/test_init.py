@@ -1,0 +1,7 @@
+import lab_common
+
+
+def test_version_and_public_api():
+    assert lab_common.__version__ == "0.1.0"
+    for name in lab_common.__all__:
+        assert hasattr(lab_common, name), name
