@@ -1,5 +1,36 @@
 """TRG: Knowledge Distillation via Token-level Relationship Graph — losses, token extraction and trainer."""
 
+from trg_kd.contextual import contextual_loss, token_self_similarity
+from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
+from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
+from trg_kd.kd import kd_loss
+from trg_kd.local import local_preserving_loss
+from trg_kd.tokens import (
+    TokenProjector,
+    align_token_grids,
+    drop_prefix_tokens,
+    sample_token_index,
+    to_tokens,
+)
+from trg_kd.trg import TRGConfig, TRGLoss
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "TRGConfig",
+    "TRGLoss",
+    "TemperatureSchedule",
+    "TokenGraph",
+    "TokenProjector",
+    "align_token_grids",
+    "contextual_loss",
+    "drop_prefix_tokens",
+    "gaussian_kernel",
+    "global_relation_loss",
+    "kd_loss",
+    "knn_graph",
+    "local_preserving_loss",
+    "sample_token_index",
+    "to_tokens",
+    "token_self_similarity",
+]
