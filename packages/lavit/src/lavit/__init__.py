@@ -1,5 +1,17 @@
-"""LaViT: the Less-Attention Vision Transformer (CVPR 2024), timm-compatible."""
+"""LaViT: the Less-Attention Vision Transformer (CVPR 2024), timm-compatible.
+
+``import lavit`` registers ``lavit_tiny``, ``lavit_small`` and ``lavit_base`` with timm.
+"""
+
+from .lavit import LaViT, checkpoint_filter_fn, resample_token_matrix
+from .losses import DP_LOSS_VARIANTS, dp_loss
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "DP_LOSS_VARIANTS",
+    "LaViT",
+    "checkpoint_filter_fn",
+    "dp_loss",
+    "resample_token_matrix",
+]

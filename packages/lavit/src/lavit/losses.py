@@ -1,0 +1,54 @@
+"""Diagonality-preserving (DP) loss of LaViT.
+
+The paper prints, for one attention map ``A`` of ``N`` tokens,
+
+    L_DP = sum_ij |A_ij - A_ji| + sum_i ((N - 1) * A_ii - sum_{j != i} A_ij)
+
+and states that it keeps the transformed attention close to symmetric with each token's
+attention to itself dominant. As printed, minimising the second term *lowers* the diagonal,
+and on unnormalised scores the loss is unbounded below. :func:`dp_loss` therefore offers
+
+* ``variant="intended"`` (default): on row-stochastic (softmax-normalised) attention ``P``,
+  ``sym = sum_ij |P_ij - P_ji| / (2N)`` plus ``diag = mean_i (1 - P_ii)``. The diagonal term is
+  the printed one with its sign flipped (``sum_{j!=i} P_ij - (N-1) P_ii = 1 - N P_ii``), divided
+  by ``N`` and shifted to be non-negative. Both terms lie in ``[0, 1]``; the loss is ``0``
+  exactly for the identity map and small for symmetric, diagonal-dominant maps. Mean-reduced
+  over all leading (batch, head) dimensions.
+* ``variant="literal"``: the printed formula on whatever is passed (the model passes the
+  pre-softmax scores), summed over tokens and averaged over the leading dimensions.
+"""
+
+import torch
+
+__all__ = ["DP_LOSS_VARIANTS", "dp_loss"]
+
+DP_LOSS_VARIANTS = ("intended", "literal")
+
+
+def dp_loss(attn: torch.Tensor, variant: str = "intended") -> torch.Tensor:
+    """Diagonality-preserving loss of square attention maps.
+
+    Args:
+        attn: ``(..., N, N)`` attention. Row-stochastic probabilities for ``"intended"``,
+            raw scores for ``"literal"``.
+        variant: ``"intended"`` (bounded, rewards diagonal dominance) or ``"literal"``
+            (the formula as printed in the paper).
+
+    Returns:
+        Scalar loss, averaged over the leading dimensions.
+    """
+    if variant not in DP_LOSS_VARIANTS:
+        raise ValueError(f"dp_loss variant must be one of {DP_LOSS_VARIANTS}, got {variant!r}")
+    if attn.dim() < 2 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(
+            f"dp_loss needs square attention maps (..., N, N), got shape {tuple(attn.shape)}"
+        )
+    n = attn.shape[-1]
+    asym = (attn - attn.transpose(-1, -2)).abs().sum(dim=(-2, -1))
+    diag = attn.diagonal(dim1=-2, dim2=-1)
+    if variant == "intended":
+        loss = asym / (2 * n) + (1.0 - diag).mean(dim=-1)
+    else:
+        off_diag = attn.sum(dim=-1) - diag
+        loss = asym + ((n - 1) * diag - off_diag).sum(dim=-1)
+    return loss.mean()
