@@ -168,3 +168,13 @@ def test_errors_name_sizes():
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         TRGConfig(**{field: value})
+
+
+def test_set_epoch_reaches_final_temperature():
+    loss = TRGLoss(8, 16, temperature=TemperatureSchedule(1.0, 0.1, "linear"))
+    loss.set_epoch(0, 5)
+    assert loss.temperature == 1.0
+    loss.set_epoch(4, 5)
+    assert loss.temperature == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="epoch"):
+        loss.set_epoch(5, 5)

@@ -2,6 +2,7 @@
 
 from trg_kd.contextual import contextual_loss, token_self_similarity
 from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
+from trg_kd.extraction import TokenExtractor
 from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
 from trg_kd.kd import kd_loss
 from trg_kd.local import local_preserving_loss
@@ -20,6 +21,7 @@ __all__ = [
     "TRGConfig",
     "TRGLoss",
     "TemperatureSchedule",
+    "TokenExtractor",
     "TokenGraph",
     "TokenProjector",
     "align_token_grids",

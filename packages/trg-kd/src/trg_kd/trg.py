@@ -116,8 +116,9 @@ class TRGLoss(nn.Module):
         config: hyperparameters; keyword ``overrides`` replace single fields
             (``TRGLoss(64, 256, k=4)``).
 
-    The InfoNCE temperature follows ``config.temperature(progress)``; the trainer advances it with
-    :meth:`set_progress` (or passes ``progress=`` per call). The progress and the sampling generator
+    Follows the ``lab_common.Distiller`` loss contract (``needs_features``, ``set_epoch``). The
+    InfoNCE temperature follows ``config.temperature(progress)``; the trainer advances it with
+    :meth:`set_epoch` / :meth:`set_progress` (or passes ``progress=`` per call). The progress and the sampling generator
     are saved in ``state_dict`` (extra state), so a resumed run samples the same tokens.
     """
 
@@ -129,6 +130,14 @@ class TRGLoss(nn.Module):
         self.projector = TokenProjector(student_dim, teacher_dim)
         self.progress = 0.0
         self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    needs_features = True
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Progress ``epoch / (num_epochs − 1)``: the last epoch uses the final temperature."""
+        if not 0 <= epoch < num_epochs:
+            raise ValueError(f"epoch must be in [0, {num_epochs}), got {epoch}")
+        self.set_progress(epoch / max(num_epochs - 1, 1))
 
     def set_progress(self, progress: float) -> None:
         """Set training progress in ``[0, 1]`` (e.g. ``epoch / epochs``) for the temperature."""
