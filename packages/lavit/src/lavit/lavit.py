@@ -26,15 +26,21 @@ No global state: auxiliary diagonality-preserving losses are returned by
 """
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.layers import use_fused_attn
+from timm.layers import (
+    DropPath,
+    Mlp,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+    use_fused_attn,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
@@ -141,8 +147,8 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
-        self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, x: torch.Tensor, attn_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         kv = self.kv(self.sr(x)).reshape(b, -1, 2, self.num_heads, self.head_dim)
@@ -211,7 +217,7 @@ class LessAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, prev_scores: torch.Tensor, compute_aux: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         b, n, c = x.shape
         v = self.v(self.sr(x)).reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
         scores = torch.matmul(torch.matmul(self.psi, prev_scores), self.theta.t())
@@ -271,8 +277,8 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, attn_in: Optional[torch.Tensor] = None, compute_aux: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        self, x: torch.Tensor, attn_in: torch.Tensor | None = None, compute_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         loss = None
         if self.less_attention:
             y, scores, loss = self.attn(self.norm1(x), attn_in, compute_aux)
@@ -349,9 +355,9 @@ class LaViTStage(nn.Module):
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
-        drop_path: Union[float, list[float]] = 0.0,
+        drop_path: float | list[float] = 0.0,
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        attn_residual_from: Optional[tuple[int, Grid, Grid]] = None,
+        attn_residual_from: tuple[int, Grid, Grid] | None = None,
         emit_scores: bool = False,
         dp_loss_variant: str = "intended",
     ):
@@ -396,9 +402,9 @@ class LaViTStage(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        prev_scores: Optional[torch.Tensor] = None,
+        prev_scores: torch.Tensor | None = None,
         compute_aux: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         x = self.patch_embed(x) + self.pos_embed
         attn = None
         if self.attn_downsample is not None and prev_scores is not None:
@@ -428,7 +434,7 @@ class LaViT(nn.Module):
 
     def __init__(
         self,
-        img_size: Union[int, tuple[int, int]] = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 4,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -444,11 +450,12 @@ class LaViT(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: Callable[..., nn.Module] | None = None,
         attn_residual: bool = True,
         dp_loss_variant: str = "intended",
     ):
         super().__init__()
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         num_stages = len(depths)
         for name, value in dict(
             la_depths=la_depths,
@@ -592,7 +599,7 @@ class LaViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
@@ -623,7 +630,7 @@ class LaViT(nn.Module):
             )
 
     def _forward_stages(
-        self, x: torch.Tensor, compute_aux: bool, take: Optional[set[int]] = None, stop: int = -1
+        self, x: torch.Tensor, compute_aux: bool, take: set[int] | None = None, stop: int = -1
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         self._check_input(x)
         scores = None
@@ -643,7 +650,7 @@ class LaViT(nn.Module):
 
     def forward_features(
         self, x: torch.Tensor, return_aux: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(B, C, H, W) -> (B, num_features, H/32, W/32)`` (plus the aux dict if asked)."""
         x, _, losses = self._forward_stages(x, return_aux)
         return (x, self._aux(x, losses)) if return_aux else x
@@ -657,12 +664,12 @@ class LaViT(nn.Module):
 
     def forward(
         self, x: torch.Tensor, return_aux: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, _, losses = self._forward_stages(x, return_aux)
         logits = self.forward_head(x)
         return (logits, self._aux(x, losses)) if return_aux else logits
 
-    def _take_indices(self, indices: Optional[Union[int, list[int]]]) -> list[int]:
+    def _take_indices(self, indices: int | list[int] | None) -> list[int]:
         n = len(self.stages)
         if indices is None:
             indices = n
@@ -678,12 +685,12 @@ class LaViT(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Optional[Union[int, list[int]]] = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-stage ``(B, C_i, H/s_i, W/s_i)`` maps (each stage already ends with a norm)."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
@@ -694,7 +701,7 @@ class LaViT(nn.Module):
 
     def prune_intermediate_layers(
         self,
-        indices: Union[int, list[int]] = 1,
+        indices: int | list[int] = 1,
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> list[int]:
