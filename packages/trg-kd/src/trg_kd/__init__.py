@@ -6,6 +6,13 @@ from trg_kd.extraction import TokenExtractor
 from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
 from trg_kd.kd import kd_loss
 from trg_kd.local import local_preserving_loss
+from trg_kd.longtail import (
+    longtail_counts,
+    longtail_indices,
+    longtail_subset,
+    shot_splits,
+    split_accuracy,
+)
 from trg_kd.tokens import (
     TokenProjector,
     align_token_grids,
@@ -32,7 +39,12 @@ __all__ = [
     "kd_loss",
     "knn_graph",
     "local_preserving_loss",
+    "longtail_counts",
+    "longtail_indices",
+    "longtail_subset",
     "sample_token_index",
+    "shot_splits",
+    "split_accuracy",
     "to_tokens",
     "token_self_similarity",
 ]
