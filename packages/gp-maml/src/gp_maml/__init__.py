@@ -1,5 +1,31 @@
-"""GP-MAML, GP-ANIL, GP-BOIL: adaptive pseudo-labelling for few-shot MAML-family learners, on torch.func."""
+"""GP-MAML, GP-ANIL, GP-BOIL: adaptive pseudo-labelling for few-shot MAML-family learners,
+on ``torch.func`` (Liu et al., "Generating Pseudo-labels Adaptively for Few-shot
+Model-Agnostic Meta-Learning", arXiv 2207.04217)."""
+
+from .adaptation import adapt, weighted_cross_entropy
+from .backbones import BatchNorm2d, Conv4, ResNet12, conv4, create_backbone, resnet12
+from .label_propagation import RelationNet, gaussian_affinity, label_propagation
+from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
+from .picking import pick_pseudo_labels
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "METHODS",
+    "BatchNorm2d",
+    "Conv4",
+    "MetaLearner",
+    "MetaOutput",
+    "RelationNet",
+    "ResNet12",
+    "adapt",
+    "check_no_running_stats",
+    "conv4",
+    "create_backbone",
+    "create_learner",
+    "gaussian_affinity",
+    "label_propagation",
+    "pick_pseudo_labels",
+    "resnet12",
+    "weighted_cross_entropy",
+]

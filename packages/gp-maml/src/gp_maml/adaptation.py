@@ -1,0 +1,92 @@
+"""Inner-loop adaptation on plain parameter dicts (``torch.func``).
+
+``adapt`` is a pure function: it never mutates the module or the parameter dict it is given,
+and it can run under ``torch.func.vmap`` over tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad
+
+__all__ = ["adapt", "weighted_cross_entropy"]
+
+
+def weighted_cross_entropy(
+    logits: Tensor, target: Tensor, sample_weight: Tensor | None = None
+) -> Tensor:
+    """Cross-entropy averaged with per-sample weights.
+
+    Args:
+        logits: ``(N, C)`` class scores.
+        target: ``(N,)`` int64 labels.
+        sample_weight: ``(N,)`` non-negative weights, or ``None`` for the plain mean. With weights
+            the loss is ``sum(w * ce) / sum(w)`` (a 0/1 mask selects a subset without changing
+            the tensor shapes, which keeps the function ``vmap``-able).
+
+    Returns:
+        Scalar loss.
+    """
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    if sample_weight is None:
+        return per_sample.mean()
+    weight = sample_weight.to(per_sample.dtype)
+    return (weight * per_sample).sum() / weight.sum().clamp_min(1e-12)
+
+
+def adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    adapted: Iterable[str] | None = None,
+    steps: int = 1,
+    lr: float = 0.5,
+    first_order: bool = False,
+    sample_weight: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Run ``steps`` SGD steps of the weighted cross-entropy on ``(x, y)``.
+
+    Args:
+        model: module evaluated with ``torch.func.functional_call(model, (params, buffers), x)``;
+            it must map ``x`` to ``(N, C)`` logits.
+        params: parameter dict (name -> tensor), e.g. ``dict(model.named_parameters())``.
+        buffers: buffer dict (may be empty).
+        x: ``(N, ...)`` inputs of one task.
+        y: ``(N,)`` int64 labels.
+        adapted: names of the parameters to adapt (the others stay fixed); ``None`` adapts all.
+        steps: number of inner SGD steps (>= 0).
+        lr: inner learning rate ``alpha``.
+        first_order: if True the inner gradients are detached (first-order MAML); otherwise the
+            returned parameters stay differentiable through the inner gradients (second order).
+        sample_weight: optional ``(N,)`` weights of the loss (see ``weighted_cross_entropy``).
+
+    Returns:
+        A new dict with every name of ``params``; adapted entries are ``theta - lr * grad``.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    names = list(params) if adapted is None else list(adapted)
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(
+            f"adapted names {unknown} are not in params (known: {list(params)[:8]}...)"
+        )
+    fixed = {n: p for n, p in params.items() if n not in set(names)}
+
+    def loss_fn(sub: dict[str, Tensor]) -> Tensor:
+        logits = functional_call(model, ({**fixed, **sub}, dict(buffers)), (x,))
+        return weighted_cross_entropy(logits, y, sample_weight)
+
+    sub = {n: params[n] for n in names}
+    for _ in range(steps):
+        grads = grad(loss_fn)(sub)
+        if first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        sub = {n: sub[n] - lr * grads[n] for n in names}
+    return {**fixed, **sub} if names else dict(params)

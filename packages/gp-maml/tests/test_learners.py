@@ -1,0 +1,104 @@
+import pytest
+import torch
+from torch import nn
+
+from gp_maml import METHODS, Conv4, MetaLearner, RelationNet, create_learner
+
+
+def _tasks(b=3, ways=3, shots=1, queries=4, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(b, ways, 1, size, size, generator=g)
+    xs = protos.repeat_interleave(shots, 1) + 0.1 * torch.randn(
+        b, ways * shots, 1, size, size, generator=g
+    )
+    xq = protos.repeat_interleave(queries, 1) + 0.1 * torch.randn(
+        b, ways * queries, 1, size, size, generator=g
+    )
+    ys = torch.arange(ways).repeat_interleave(shots).repeat(b, 1)
+    yq = torch.arange(ways).repeat_interleave(queries).repeat(b, 1)
+    return xs, ys, xq, yq
+
+
+def _model():
+    torch.manual_seed(0)
+    return Conv4(1, 3, 8, 16).double()
+
+
+@pytest.mark.parametrize("method,changed", [("anil", "head"), ("boil", "body"), ("maml", "all")])
+def test_inner_loop_subset(method, changed):
+    learner = create_learner(method, _model())
+    params = dict(learner.model.named_parameters())
+    xs, ys, _, _ = _tasks()
+    out = learner._adapt(params, xs[0].double(), ys[0])
+    for name, p in params.items():
+        moved = not torch.equal(out[name], p)
+        is_head = name.startswith("head.")
+        expect = {"head": is_head, "body": not is_head, "all": True}[changed]
+        assert moved == expect, name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vmap_equals_loop(method):
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())
+    results = []
+    for batching in ("loop", "vmap"):
+        learner = create_learner(method, _model(), task_batching=batching, lp_topk=5).double()
+        torch.manual_seed(1)
+        if learner.relation_net is not None:
+            for p in learner.relation_net.parameters():
+                nn.init.normal_(p, std=0.1)
+        out = learner(xs, ys, xq, yq)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in learner.parameters()]
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.logits, b.logits)
+    assert torch.equal(a.picked, b.picked)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y)
+
+
+def test_gp_learner_picks_on_easy_tasks_and_trains_relation_net():
+    learner = create_learner("gp-maml", _model(), lp_topk=5).double()
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())
+    out = learner(xs, ys, xq, yq)
+    assert torch.all(out.picked > 0) and torch.all(out.picked % 3 == 0)
+    out.loss.backward()
+    assert all(p.grad is not None for p in learner.relation_net.parameters())
+
+
+def test_from_modules_and_errors():
+    body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8))
+    learner = MetaLearner.from_modules(
+        body, nn.Linear(8, 2), method="gp-anil", relation_net=RelationNet(8)
+    )
+    assert learner.adapted == ["head.weight", "head.bias"]
+    with pytest.raises(ValueError, match="unknown method"):
+        create_learner("reptile", _model())
+    with pytest.raises(ValueError, match="head prefix"):
+        create_learner("maml", _model(), head="classifier")
+    with pytest.raises(ValueError, match="task_batching"):
+        create_learner("maml", _model(), task_batching="fast")
+    with pytest.raises(ValueError, match="relation_net"):
+        MetaLearner.from_modules(body, nn.Linear(8, 2), method="gp-maml")
+    with pytest.raises(ValueError, match=r"\(B, N, C, H, W\)"):
+        create_learner("maml", _model())(
+            torch.randn(3, 1, 16, 16),
+            torch.zeros(3).long(),
+            torch.randn(3, 1, 16, 16),
+            torch.zeros(3).long(),
+        )
+
+
+def test_fused_batch_norm_refused_under_vmap_second_order():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten()
+    )
+    model.add_module("head", nn.Linear(4 * 14 * 14, 3))
+    xs, ys, xq, yq = _tasks()
+    with pytest.raises(ValueError, match="second-order"):
+        create_learner("maml", model, task_batching="vmap")(xs, ys, xq, yq)
+    # loop mode and first order are fine
+    create_learner("maml", model, task_batching="loop")(xs, ys, xq, yq)
+    create_learner("maml", model, task_batching="vmap", first_order=True)(xs, ys, xq, yq)
