@@ -1,0 +1,123 @@
+"""Build each package's wheel and install it alone into a fresh environment, then run it.
+
+Every method package must install with only its declared dependencies (plus lab-common)
+and must not find any other method package. torch and torchvision come from a shared
+base environment through a ``.pth`` file, so the check does not copy several GB of torch
+per package; everything else the wheel needs is installed by pip from its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_PACKAGES = {"lavit": "lavit", "clkd": "clkd", "trg-kd": "trg_kd", "gp-maml": "gp_maml"}
+
+#: The smallest real use of each package, run in its fresh environment.
+SMOKE = {
+    "lab_common": """
+        import torch, lab_common
+        lab_common.seed_everything(0)
+        m = lab_common.measure(lambda: torch.randn(64, 64) @ torch.randn(64, 64), warmup=1, repeats=3)
+        print("lab_common", lab_common.__version__, f"{m.median_s * 1e6:.0f} us")
+    """,
+    "lavit": """
+        import torch, timm, lavit
+        model = timm.create_model("lavit_tiny", num_classes=10)
+        print("lavit", lavit.__version__, tuple(model(torch.randn(1, 3, 224, 224)).shape))
+    """,
+    "clkd": """
+        import torch, clkd
+        loss = clkd.CLKDLoss()
+        terms = loss(torch.randn(8, 10, requires_grad=True), torch.randn(8, 10), torch.randint(0, 10, (8,)))
+        sum(terms.values()).backward()
+        print("clkd", clkd.__version__, sorted(terms))
+    """,
+    "trg_kd": """
+        import torch, trg_kd
+        loss = trg_kd.TRGLoss(student_dim=16, teacher_dim=32)
+        terms = loss(torch.randn(8, 16, 16), torch.randn(8, 16, 32), torch.randn(8, 10, requires_grad=True),
+                     torch.randn(8, 10), torch.randint(0, 10, (8,)))
+        sum(terms.values()).backward()
+        print("trg_kd", trg_kd.__version__, sorted(terms))
+    """,
+    "gp_maml": """
+        import torch, gp_maml
+        print("gp_maml", gp_maml.__version__, gp_maml.__all__[:3])
+    """,
+}
+
+
+def _python(env: Path) -> str:
+    return str(env / "bin" / "python")
+
+
+def build_wheels(out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    wheels = {}
+    for folder in ["common", *METHOD_PACKAGES]:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT / "packages" / folder)]
+        subprocess.run(cmd, check=True)
+    for whl in out.glob("*.whl"):
+        wheels[whl.name.split("-")[0]] = whl
+    return wheels
+
+
+def fresh_env(path: Path, torch_base: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    venv.EnvBuilder(with_pip=True).create(path)
+    purelib = subprocess.run(
+        [_python(torch_base), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    site = subprocess.run(
+        [_python(path), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    Path(site, "_torch_base.pth").write_text(purelib + "\n")
+    return path
+
+
+def check(import_name: str, wheel: Path, common_wheel: Path, env: Path) -> None:
+    pip = [_python(env), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(common_wheel), str(wheel)], check=True)
+    others = [m for m in METHOD_PACKAGES.values() if m != import_name]
+    probe = f"import importlib.util as u; bad = [m for m in {others!r} if u.find_spec(m)]; assert not bad, bad"
+    subprocess.run([_python(env), "-c", probe], check=True)
+    subprocess.run([_python(env), "-c", textwrap.dedent(SMOKE[import_name])], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--torch-base", type=Path, required=True, help="venv holding torch+torchvision")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder for wheels and envs")
+    parser.add_argument("--only", nargs="*", help="import names to check (default: all)")
+    args = parser.parse_args()
+    wheels = build_wheels(args.work / "dist")
+    dist_of = {"lab_common": "lab_common", **{v: v for v in METHOD_PACKAGES.values()}}
+    failures = 0
+    for import_name in args.only or ["lab_common", *METHOD_PACKAGES.values()]:
+        start = time.time()
+        env = fresh_env(args.work / f"env-{import_name}", args.torch_base)
+        try:
+            check(import_name, wheels[dist_of[import_name]], wheels["lab_common"], env)
+            status = "ok"
+        except subprocess.CalledProcessError as err:
+            failures += 1
+            status = f"FAILED ({err})"
+        print(f"wheel {import_name}: {status} in {time.time() - start:.0f}s", flush=True)
+        shutil.rmtree(env, ignore_errors=True)
+    print(f"wheels: {len(dist_of) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
