@@ -1,6 +1,6 @@
 """The CIFAR knowledge-distillation model zoo, registered with timm.
 
-Importing this package registers ``cifar_resnet{20,32,44,56,110,8x4,32x4}``,
+Importing this package registers ``cifar_resnet{8,20,32,44,56,110,8x4,32x4}``,
 ``cifar_wrn_{16_1,16_2,40_1,40_2,28_10}``, ``cifar_vgg{8,11,13,16,19}``,
 ``cifar_mobilenetv2`` (×0.5, the benchmark student), ``cifar_mobilenetv2_1_0``,
 ``cifar_shufflenetv1`` and ``cifar_shufflenetv2`` with timm::

@@ -1,7 +1,7 @@
 """CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2).
 
 The 6n+2 basic-block networks of the distillation benchmarks (CRD / RepDistiller, mdistiller):
-``resnet20/32/44/56/110`` with widths (16, 16, 32, 64) and the 4× wide ``resnet8x4`` /
+``resnet8/20/32/44/56/110`` with widths (16, 16, 32, 64) and the 4× wide ``resnet8x4`` /
 ``resnet32x4`` with widths (32, 64, 128, 256). Projection (1×1 conv + BN) shortcuts wherever
 the shape changes. ``forward_features`` returns the third stage's map ``(B, C, H/4, W/4)``.
 """
@@ -84,6 +84,7 @@ default_cfgs = generate_default_cfgs(
     {
         name: cifar_cfg()
         for name in (
+            "cifar_resnet8",
             "cifar_resnet20",
             "cifar_resnet32",
             "cifar_resnet44",
@@ -96,6 +97,12 @@ default_cfgs = generate_default_cfgs(
 )
 
 _X4 = (32, 64, 128, 256)
+
+
+@register_model
+def cifar_resnet8(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-8 for CIFAR (0.08M parameters at 100 classes): a tiny student."""
+    return _create("cifar_resnet8", pretrained, **{"depth": 8, **kwargs})
 
 
 @register_model
