@@ -4,6 +4,7 @@ Model-Agnostic Meta-Learning", arXiv 2207.04217)."""
 
 from .adaptation import adapt, weighted_cross_entropy
 from .backbones import BatchNorm2d, Conv4, ResNet12, conv4, create_backbone, resnet12
+from .data import Episode, EpisodeSampler, FewShotDataset
 from .label_propagation import RelationNet, gaussian_affinity, label_propagation
 from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
 from .picking import pick_pseudo_labels
@@ -14,6 +15,9 @@ __all__ = [
     "METHODS",
     "BatchNorm2d",
     "Conv4",
+    "Episode",
+    "EpisodeSampler",
+    "FewShotDataset",
     "MetaLearner",
     "MetaOutput",
     "RelationNet",
