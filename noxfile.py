@@ -37,7 +37,9 @@ def _bin(venv: Path, name: str) -> str:
     return str(venv / ("Scripts" if os.name == "nt" else "bin") / name)
 
 
-def _make_venv(session: nox.Session, venv: Path, stamp_text: str, installs: list[list[str]]) -> None:
+def _make_venv(
+    session: nox.Session, venv: Path, stamp_text: str, installs: list[list[str]]
+) -> None:
     """Create ``venv`` with ``installs`` unless its stamp says it is up to date."""
     stamp = venv / ".stamp"
     if stamp.is_file() and stamp.read_text() == stamp_text:
@@ -72,7 +74,9 @@ def torch_base_env(session: nox.Session) -> Path:
 
 def _env() -> dict[str, str]:
     env = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    env.setdefault("LAB_DATASETS", os.environ.get("LAB_DATASETS", str(ROOT.parent / "shared" / "datasets")))
+    env.setdefault(
+        "LAB_DATASETS", os.environ.get("LAB_DATASETS", str(ROOT.parent / "shared" / "datasets"))
+    )
     return env
 
 
@@ -81,9 +85,13 @@ def _env() -> dict[str, str]:
 def tests(session: nox.Session, package: str) -> None:
     """Unit tests of one package (or the cross-package integration tests)."""
     python = shared_env(session)
-    path = ROOT / "tests" / "integration" if package == "integration" else ROOT / "packages" / package
+    path = (
+        ROOT / "tests" / "integration" if package == "integration" else ROOT / "packages" / package
+    )
     with session.chdir(path):
-        session.run(python, "-m", "pytest", "-q", "-rs", *session.posargs, external=True, env=_env())
+        session.run(
+            python, "-m", "pytest", "-q", "-rs", *session.posargs, external=True, env=_env()
+        )
     if package == "integration":
         _check_wheels(session, python)
 
@@ -92,7 +100,16 @@ def _check_wheels(session: nox.Session, python: str) -> None:
     base = torch_base_env(session)
     script = ROOT / "tools" / "check_wheels.py"
     work = ROOT / ".nox" / "_wheels"
-    session.run(python, str(script), "--torch-base", str(base), "--work", str(work), external=True, env=_env())
+    session.run(
+        python,
+        str(script),
+        "--torch-base",
+        str(base),
+        "--work",
+        str(work),
+        external=True,
+        env=_env(),
+    )
 
 
 @nox.session(venv_backend="none")
@@ -105,7 +122,9 @@ def wheels(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: build, train, distil and meta-train briefly; writes a report folder."""
     python = shared_env(session)
-    session.run(python, str(ROOT / "demo" / "run_demo.py"), *session.posargs, external=True, env=_env())
+    session.run(
+        python, str(ROOT / "demo" / "run_demo.py"), *session.posargs, external=True, env=_env()
+    )
 
 
 @nox.session(venv_backend="none")

@@ -63,7 +63,17 @@ def build_wheels(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     wheels = {}
     for folder in ["common", *METHOD_PACKAGES]:
-        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT / "packages" / folder)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(out),
+            str(ROOT / "packages" / folder),
+        ]
         subprocess.run(cmd, check=True)
     for whl in out.glob("*.whl"):
         wheels[whl.name.split("-")[0]] = whl
@@ -76,11 +86,15 @@ def fresh_env(path: Path, torch_base: Path) -> Path:
     venv.EnvBuilder(with_pip=True).create(path)
     purelib = subprocess.run(
         [_python(torch_base), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     site = subprocess.run(
         [_python(path), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(site, "_torch_base.pth").write_text(purelib + "\n")
     return path
@@ -97,25 +111,29 @@ def check(import_name: str, wheel: Path, common_wheel: Path, env: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--torch-base", type=Path, required=True, help="venv holding torch+torchvision")
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder for wheels and envs")
+    parser.add_argument(
+        "--torch-base", type=Path, required=True, help="venv holding torch+torchvision"
+    )
+    parser.add_argument(
+        "--work", type=Path, required=True, help="scratch folder for wheels and envs"
+    )
     parser.add_argument("--only", nargs="*", help="import names to check (default: all)")
     args = parser.parse_args()
     wheels = build_wheels(args.work / "dist")
-    dist_of = {"lab_common": "lab_common", **{v: v for v in METHOD_PACKAGES.values()}}
+    names = args.only or ["lab_common", *METHOD_PACKAGES.values()]
     failures = 0
-    for import_name in args.only or ["lab_common", *METHOD_PACKAGES.values()]:
+    for import_name in names:
         start = time.time()
         env = fresh_env(args.work / f"env-{import_name}", args.torch_base)
         try:
-            check(import_name, wheels[dist_of[import_name]], wheels["lab_common"], env)
+            check(import_name, wheels[import_name], wheels["lab_common"], env)
             status = "ok"
         except subprocess.CalledProcessError as err:
             failures += 1
             status = f"FAILED ({err})"
         print(f"wheel {import_name}: {status} in {time.time() - start:.0f}s", flush=True)
         shutil.rmtree(env, ignore_errors=True)
-    print(f"wheels: {len(dist_of) - failures} passed, {failures} failed")
+    print(f"wheels: {len(names) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 

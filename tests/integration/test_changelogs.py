@@ -5,7 +5,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_changelogs", ROOT / "tools" / "check_changelogs.py")
+    spec = importlib.util.spec_from_file_location(
+        "check_changelogs", ROOT / "tools" / "check_changelogs.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
