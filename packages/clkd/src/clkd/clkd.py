@@ -1,0 +1,148 @@
+"""Class-aware Logit Knowledge Distillation (Zhang, Liu, Hopcroft, He, arXiv 2211.14773).
+
+Logits ``Z ∈ R^{B×C}`` are compared at two levels: per instance (each row) and per class (each
+column, i.e. one class's logits across the batch), plus a class-correlation term on the
+``C × C`` covariance of the logits over the batch. No official code is public; the formulas
+follow the reconstruction shared by two public re-implementations:
+
+- ``L_ins = MSE(rownorm(Z_s), rownorm(Z_t))`` (rows L2-normalised, mean over ``B·C`` entries);
+- ``L_cla`` = the same on the transposes (columns L2-normalised);
+- ``G = Z̃ᵀ Z̃ / (B − 1)`` with ``Z̃`` centred over the batch; ``L_cc = ‖G_s − G_t‖²_F / C²``;
+- ``L = λ_ce·CE + μ·(L_ins + β·L_cla) + ν·L_cc``.
+
+``variant="softmax"`` reads the two levels as temperature-softened KL divergences instead:
+along the class axis for instances, along the batch axis for classes (both ×T²).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import prepare_logits
+
+__all__ = [
+    "CLKDConfig",
+    "CLKDLoss",
+    "class_correlation_loss",
+    "class_loss",
+    "clkd_loss",
+    "instance_loss",
+]
+
+Variant = Literal["mse", "softmax"]
+_VARIANTS = ("mse", "softmax")
+
+
+@dataclass(frozen=True)
+class CLKDConfig:
+    """CLKD hyperparameters (paper symbols in brackets); defaults from the re-implementations.
+
+    Attributes:
+        ce_weight: [λ_ce] weight of the cross-entropy with the labels.
+        logit_weight: [μ] weight of the instance- and class-level terms.
+        class_weight: [β] class-level term relative to the instance-level one (1 or 2).
+        correlation_weight: [ν] weight of the class-correlation term.
+        variant: "mse" (L2-normalised logits + MSE, default) or "softmax" (KL at ``temperature``).
+        temperature: softmax temperature of the "softmax" variant (ignored by "mse").
+    """
+
+    ce_weight: float = 0.1
+    logit_weight: float = 0.5
+    class_weight: float = 1.0
+    correlation_weight: float = 0.4
+    variant: Variant = "mse"
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in _VARIANTS:
+            raise ValueError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        weights = {k: getattr(self, k) for k in ("ce_weight", "logit_weight", "class_weight",
+                                                  "correlation_weight")}  # fmt: skip
+        negative = {k: v for k, v in weights.items() if v < 0}
+        if negative:
+            raise ValueError(f"CLKD weights must be >= 0, got {negative}")
+
+
+def instance_loss(
+    s: torch.Tensor, t: torch.Tensor, variant: Variant = "mse", temperature: float = 4.0
+) -> torch.Tensor:
+    """Instance-level term on ``(B, C)`` logits: each sample's row compared across classes."""
+    if variant == "mse":
+        return F.mse_loss(F.normalize(s, dim=1), F.normalize(t, dim=1))
+    log_ps, log_pt = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
+    return temperature**2 * F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+
+
+def class_loss(
+    s: torch.Tensor, t: torch.Tensor, variant: Variant = "mse", temperature: float = 4.0
+) -> torch.Tensor:
+    """Class-level term on ``(B, C)`` logits: each class's column compared across the batch."""
+    return instance_loss(s.t(), t.t(), variant, temperature)
+
+
+def _class_covariance(z: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` → ``(C, C)`` covariance of the class logits over the batch."""
+    centred = z - z.mean(dim=0, keepdim=True)
+    return centred.t() @ centred / (z.shape[0] - 1)
+
+
+def class_correlation_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``‖G_s − G_t‖²_F / C²`` with ``G`` the ``(C, C)`` class covariance of ``(B, C)`` logits."""
+    return (_class_covariance(s) - _class_covariance(t)).pow(2).mean()
+
+
+def clkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ce_weight: float = 0.1,
+    logit_weight: float = 0.5,
+    class_weight: float = 1.0,
+    correlation_weight: float = 0.4,
+    variant: Variant = "mse",
+    temperature: float = 4.0,
+) -> dict[str, torch.Tensor]:
+    """Weighted CLKD terms for logits ``(B, C)`` (B ≥ 2, C ≥ 2) and targets ``(B,)``.
+
+    Returns ``loss_ce = λ_ce·CE``, ``loss_ins = μ·L_ins``, ``loss_cla = μ·β·L_cla`` and
+    ``loss_cc = ν·L_cc`` (see the module docstring), computed in float32 (float64 inputs stay
+    float64) with the teacher logits detached.
+    """
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    s, t = prepare_logits(student_logits, teacher_logits, target, min_batch=2, method="clkd_loss")
+    with torch.autocast(s.device.type, enabled=False):
+        return {
+            "loss_ce": ce_weight * F.cross_entropy(s, target),
+            "loss_ins": logit_weight * instance_loss(s, t, variant, temperature),
+            "loss_cla": logit_weight * class_weight * class_loss(s, t, variant, temperature),
+            "loss_cc": correlation_weight * class_correlation_loss(s, t),
+        }
+
+
+class CLKDLoss(nn.Module):
+    """:func:`clkd_loss` as a module: ``CLKDLoss(class_weight=2.0)`` or ``CLKDLoss(CLKDConfig())``.
+
+    ``forward(student_logits (B, C), teacher_logits (B, C), target (B,))`` returns the dict of
+    weighted ``loss_*`` terms; their sum is the training loss.
+    """
+
+    def __init__(self, config: CLKDConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.config = replace(config or CLKDConfig(), **overrides)
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return clkd_loss(student_logits, teacher_logits, target, **asdict(self.config))
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
