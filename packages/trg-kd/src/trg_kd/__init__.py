@@ -4,7 +4,7 @@ from trg_kd.contextual import contextual_loss, token_self_similarity
 from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
 from trg_kd.extraction import TokenExtractor
 from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
-from trg_kd.kd import kd_loss
+from trg_kd.kd import KDLoss, kd_loss
 from trg_kd.local import local_preserving_loss
 from trg_kd.longtail import (
     longtail_counts,
@@ -21,10 +21,12 @@ from trg_kd.tokens import (
     to_tokens,
 )
 from trg_kd.trg import TRGConfig, TRGLoss
+from trg_kd.visualize import plot_tsne
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KDLoss",
     "TRGConfig",
     "TRGLoss",
     "TemperatureSchedule",
@@ -42,6 +44,7 @@ __all__ = [
     "longtail_counts",
     "longtail_indices",
     "longtail_subset",
+    "plot_tsne",
     "sample_token_index",
     "shot_splits",
     "split_accuracy",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["kd_loss"]
+__all__ = ["KDLoss", "kd_loss"]
 
 
 def kd_loss(
@@ -28,3 +29,24 @@ def kd_loss(
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+
+
+class KDLoss(nn.Module):
+    """``ce_weight·CE + kd_weight·KD`` as a Distiller loss returning ``{"loss_ce", "loss_kd"}``.
+
+    The logit-only baseline of :class:`~trg_kd.TRGLoss` (same terms with α = β = γ = 0, without
+    running the feature extraction).
+    """
+
+    def __init__(self, ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 4.0):
+        super().__init__()
+        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        s, t = student_logits.float(), teacher_logits.float()
+        return {
+            "loss_ce": self.ce_weight * F.cross_entropy(s, target),
+            "loss_kd": self.kd_weight * kd_loss(s, t, self.temperature),
+        }

@@ -107,6 +107,25 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+class _AllGather(torch.autograd.Function):
+    """Concatenate ``(M, D)`` from all ranks to ``(W·M, D)``; backward sums the gradients of the
+    copies over ranks and returns this rank's slice (all_reduce, so it also works on gloo)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
 class TRGLoss(nn.Module):
     """TRG loss with its learned student-to-teacher token projection.
 
@@ -295,9 +314,7 @@ class TRGLoss(nn.Module):
         local = torch.arange(s_nodes.shape[0], device=s_nodes.device)
         if world == 1 or not self.config.gather_distributed:
             return s_nodes, t_nodes, local
-        from torch.distributed.nn.functional import all_gather as all_gather_autograd
-
-        s_all = torch.cat(all_gather_autograd(s_nodes.contiguous()))
+        s_all = _AllGather.apply(s_nodes)
         t_parts = [torch.empty_like(t_nodes) for _ in range(world)]
         dist.all_gather(t_parts, t_nodes.contiguous())
         return s_all, torch.cat(t_parts), local + rank * s_nodes.shape[0]
