@@ -507,7 +507,8 @@ class LaViT(nn.Module):
         self.la_depths = tuple(la_depths)
         self.grad_checkpointing = False
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages = []
         self.feature_info = []
         prev_dim, cur = in_chans, 0
@@ -579,12 +580,12 @@ class LaViT(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r"^stages\.0\.(patch_embed|pos_embed)",
+            stem=r"^stages\.0\.(?:patch_embed|pos_embed)",
             blocks=r"^stages\.(\d+)"
             if coarse
             else [
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.(patch_embed|pos_embed|attn_downsample)", (0,)),
+                (r"^stages\.(\d+)\.(?:patch_embed|pos_embed|attn_downsample)", (0,)),
                 (r"^stages\.(\d+)\.norm", (99999,)),
             ],
         )

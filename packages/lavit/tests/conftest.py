@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny LaViT configuration that exercises every code path quickly."""
+
+import pytest
+import torch
+
+import lavit
+
+#: 32x32 input, grids 8/4/2/1, one VA + one LA block per stage, key grid 4x4 -> 4x4 -> 2x2 -> 1x1
+#: (non-square LA in stage 0, a shrinking key grid for the attention residual).
+TINY = dict(
+    img_size=32,
+    num_classes=7,
+    depths=(2, 2, 2, 2),
+    la_depths=(1, 1, 1, 1),
+    embed_dims=(16, 32, 48, 64),
+    num_heads=(1, 2, 3, 4),
+    mlp_ratios=(2, 2, 2, 2),
+    sr_ratios=(2, 1, 1, 1),
+)
+
+
+@pytest.fixture
+def tiny_kwargs() -> dict:
+    return dict(TINY)
+
+
+@pytest.fixture
+def tiny_model() -> lavit.LaViT:
+    torch.manual_seed(0)
+    return lavit.LaViT(**TINY).eval()
+
+
+@pytest.fixture
+def tiny_input() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
