@@ -2,8 +2,8 @@
 
 Nodes are token vectors ``(M, D)``. Squared Euclidean distances and the k-NN search run over
 blocks of ``chunk_size`` query rows, so peak memory grows with ``chunk_size × M`` instead of
-``M²``; the result does not depend on ``chunk_size``: neighbour indices come from a stable sort of
-each row, and the returned distances are recomputed exactly from the selected pairs.
+``M²``; the result does not depend on ``chunk_size`` (each row's neighbours are a top-k of that
+row alone, and the returned distances are recomputed exactly from the selected pairs).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ class TokenGraph(NamedTuple):
     """k-NN graph of ``Q`` query nodes among ``M`` nodes.
 
     Attributes:
-        index: ``(Q, k)`` int64 neighbour indices into the ``M`` nodes, nearest first
-            (ties broken by the lower index); a node is never its own neighbour.
+        index: ``(Q, k)`` int64 neighbour indices into the ``M`` nodes, nearest first (exact
+            ties in distance are broken by ``torch.topk``); a node is never its own neighbour.
         sq_dist: ``(Q, k)`` squared Euclidean distances to those neighbours.
     """
 
@@ -55,8 +55,7 @@ def _knn_index(
         q = queries[start : start + chunk_size]  # (c, D)
         d = q.pow(2).sum(-1, keepdim=True) + node_sq - 2.0 * q @ nodes.T  # (c, M)
         d.scatter_(1, self_index[start : start + chunk_size, None], float("inf"))
-        # Stable sort: equal distances keep index order, so ties never depend on the chunking.
-        out.append(torch.sort(d, dim=1, stable=True).indices[:, :k])
+        out.append(d.topk(k, dim=1, largest=False, sorted=True).indices)
     return torch.cat(out)
 
 
