@@ -1,0 +1,104 @@
+"""Time per training step of a student with CLKD vs KD vs DKD vs cross-entropy only.
+
+One step = teacher forward (no_grad; not for CE) + student forward + loss + backward + SGD
+step, for the same teacher/student/batch. Methods are measured round-robin over several rounds
+(median of all timed steps per method) so that load changes on a shared machine hit every
+method alike. A second table times the loss alone (forward + backward on fixed logits).
+
+    nice -n 10 python packages/clkd/benchmarks/bench_overhead.py            # defaults below
+    python packages/clkd/benchmarks/bench_overhead.py --device cuda --batch-size 64 \\
+        --teacher cifar_resnet32x4 --student cifar_resnet8x4                  # the paper pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import lab_common.zoo  # noqa: F401  (registers cifar_* models)
+from clkd import CLKDLoss, DKDLoss, KDLoss
+from lab_common import measure, resolve_device, seed_everything, write_benchmark
+from lab_common.distiller import Distiller
+
+RESULTS = Path(__file__).parent / "results"
+LOSSES = {
+    "ce": None,
+    "kd": KDLoss,
+    "dkd": DKDLoss,
+    "clkd-mse": lambda: CLKDLoss(variant="mse"),
+    "clkd-softmax": lambda: CLKDLoss(variant="softmax"),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", default="cifar_resnet56")
+    p.add_argument("--student", default="cifar_resnet20")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=4, help="timed steps per method per round")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    seed_everything(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    teacher = timm.create_model(args.teacher, num_classes=args.num_classes).to(device)
+
+    steps = {}
+    for name, factory in LOSSES.items():
+        student = timm.create_model(args.student, num_classes=args.num_classes).to(device)
+        if factory is None:
+            model, params = student.train(), list(student.parameters())
+        else:
+            model = Distiller(student, teacher, factory()).train()
+            params = list(model.trainable_parameters())
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+        def step(model=model, opt=opt, ce=factory is None) -> None:
+            if ce:
+                loss = F.cross_entropy(model(x), y)
+            else:
+                loss = sum(model(x, y)[1].values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps[name] = step
+
+    logits_s = torch.randn(args.batch_size, args.num_classes, device=device, requires_grad=True)
+    logits_t = torch.randn(args.batch_size, args.num_classes, device=device)
+    loss_only = {"ce": lambda: F.cross_entropy(logits_s, y).backward()}
+    for name, factory in list(LOSSES.items())[1:]:
+        loss_fn = factory()
+        loss_only[name] = lambda f=loss_fn: sum(f(logits_s, logits_t, y).values()).backward()
+
+    times: dict[str, dict[str, list[float]]] = {"step": {}, "loss": {}}
+    for _ in range(args.rounds):
+        for kind, fns in (("step", steps), ("loss", loss_only)):
+            for name, fn in fns.items():
+                m = measure(fn, warmup=1, repeats=args.repeats, device=device)
+                times[kind].setdefault(name, []).append(m.median_s)
+
+    setup = (f"{args.teacher} -> {args.student}, batch {args.batch_size}, "
+             f"{args.num_classes} classes, {args.image_size}px, {device.type}")  # fmt: skip
+    for kind, label in (("step", "training step"), ("loss", "loss forward+backward")):
+        med = {k: statistics.median(v) for k, v in times[kind].items()}
+        rows = [
+            {"method": k, f"{label} (ms)": 1e3 * v, "× KD": v / med["kd"], "× CE": v / med["ce"]}
+            for k, v in med.items()
+        ]
+        md = write_benchmark(rows, args.out_dir, f"overhead_{kind}", title=f"{label}: {setup}")
+        print(md)
+
+
+if __name__ == "__main__":
+    main()
