@@ -1,0 +1,187 @@
+"""Attention saturation analysis: how alike are consecutive layers' attention maps?
+
+Works for LaViT and for timm ViTs whose attention modules follow timm's convention (a
+``fused_attn`` switch and an ``attn_drop`` dropout applied to the softmax probabilities:
+``vit``/``deit``, ``pvt_v2``). :func:`capture_attention` temporarily switches those modules to
+the explicit path and hooks ``attn_drop``; nothing global is touched and everything is
+restored on exit.
+
+CLI (writes ``similarity.json``, ``similarity.png`` and ``attention_<model>.png``)::
+
+    python -m lavit.analysis --models lavit_small deit_small_patch16_224 pvt_v2_b2 \
+        --checkpoint lavit_small=runs/s/model.pth --out runs/analysis
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .lavit import LessAttention
+
+__all__ = ["capture_attention", "consecutive_similarity", "main", "plot_attention_maps"]
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "attn_drop", None), nn.Dropout)
+        and (hasattr(m, "fused_attn") or isinstance(m, LessAttention))
+    ]
+
+
+@torch.no_grad()
+def capture_attention(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Run ``model(x)`` in eval mode; return each attention layer's ``(B, H, N_q, N_k)`` probs.
+
+    Layers are listed in execution order as ``(module name, probabilities)``.
+    """
+    modules = _attention_modules(model)
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no attention modules with an attn_drop dropout; "
+            "capture_attention supports LaViT and timm ViT-style attention (vit, deit, pvt_v2)"
+        )
+    captured: list[tuple[str, torch.Tensor]] = []
+    handles, fused = [], {}
+    was_training = model.training
+    model.eval()
+    try:
+        for name, m in modules:
+            if hasattr(m, "fused_attn"):
+                fused[name] = m.fused_attn
+                m.fused_attn = False
+
+            def hook(_mod, _inp, out, name=name):
+                captured.append((name, out.detach().float()))
+
+            handles.append(m.attn_drop.register_forward_hook(hook))
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for name, m in modules:
+            if name in fused:
+                m.fused_attn = fused[name]
+        model.train(was_training)
+    return captured
+
+
+def consecutive_similarity(maps: list[tuple[str, torch.Tensor]]) -> list[dict]:
+    """Cosine similarity of each pair of consecutive same-shape attention maps.
+
+    Per pair: the cosine of the flattened ``(N_q, N_k)`` maps of each sample and head, averaged
+    over samples and heads. Pairs across a change of shape (a new stage) are skipped.
+    """
+    out = []
+    for i in range(len(maps) - 1):
+        (name_a, a), (name_b, b) = maps[i], maps[i + 1]
+        if a.shape != b.shape:
+            continue
+        cos = F.cosine_similarity(a.flatten(2), b.flatten(2), dim=-1)
+        out.append(dict(layer=i, layer_a=name_a, layer_b=name_b, cosine=cos.mean().item()))
+    return out
+
+
+def plot_attention_maps(
+    maps: list[tuple[str, torch.Tensor]], path: str | Path, title: str = ""
+) -> Path:
+    """Save one panel per layer: the head-averaged attention of the first sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(6, len(maps))
+    rows = math.ceil(len(maps) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, a) in zip(axes.flat, maps):
+        ax.imshow(a[0].mean(0).cpu().numpy(), aspect="auto", cmap="viridis")
+        ax.set_title(name.replace(".attn", ""), fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(maps) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_similarity(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, rows in results.items():
+        ax.plot([r["layer"] for r in rows], [r["cosine"] for r in rows], marker="o", label=name)
+    ax.set_xlabel("layer l (pair l, l+1)")
+    ax.set_ylabel("cosine similarity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _load_image(path: str | None, size: int) -> torch.Tensor:
+    if path is None:  # a smooth random image: deterministic, no data needed
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 3, size // 8, size // 8, generator=g)
+        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    from PIL import Image
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    tf = create_transform(size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=1.0)
+    return tf(Image.open(path).convert("RGB"))[None]
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    p = argparse.ArgumentParser(prog="lavit-analysis", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--models", nargs="+", default=["lavit_small", "deit_small_patch16_224", "pvt_v2_b2"]
+    )
+    p.add_argument("--checkpoint", nargs="*", default=[], help="name=path.pth (timm-loadable)")
+    p.add_argument("--image", default=None, help="image file (default: a smooth random image)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--out", default="runs/analysis")
+    args = p.parse_args(argv)
+    ckpts = {}
+    for item in args.checkpoint:
+        if "=" not in item:
+            raise ValueError(f"--checkpoint entries look like name=path.pth, got {item!r}")
+        k, v = item.split("=", 1)
+        ckpts[k] = v
+    x = _load_image(args.image, args.img_size)
+    out = Path(args.out)
+    results = {}
+    for name in args.models:
+        # pvt_v2 is size-agnostic; ViTs and LaViT are built for one input size
+        kwargs = {} if name.startswith("pvt_v2") else {"img_size": args.img_size}
+        if name in ckpts:
+            kwargs["checkpoint_path"] = ckpts[name]
+        model = timm.create_model(name, **kwargs)
+        maps = capture_attention(model, x)
+        results[name] = consecutive_similarity(maps)
+        plot_attention_maps(maps, out / f"attention_{name}.png", title=name)
+        mean = sum(r["cosine"] for r in results[name]) / max(len(results[name]), 1)
+        print(f"{name}: {len(maps)} attention layers, mean consecutive cosine {mean:.3f}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "similarity.json").write_text(json.dumps(results, indent=2))
+    _plot_similarity(results, out / "similarity.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
