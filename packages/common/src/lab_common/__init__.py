@@ -2,7 +2,8 @@
 
 Only what at least two of those packages need: seeding, device/autocast selection,
 accuracy and confidence intervals, benchmark timing and tables, metrics logging,
-atomic checkpoints, torch.distributed helpers and dataset location.
+atomic checkpoints, torch.distributed helpers, dataset location, the teacher-student
+``Distiller`` and (``lab_common.zoo``) the CIFAR distillation model zoo.
 """
 
 from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
@@ -16,6 +17,7 @@ from .datasets import (
     shared_datasets_root,
 )
 from .device import autocast, resolve_device
+from .distiller import Distiller, features_and_logits
 from .distributed import (
     DistContext,
     all_reduce_mean,
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "DATASET_NAMES",
+    "Distiller",
     "DistContext",
     "Measurement",
     "MetricsLogger",
@@ -43,6 +46,7 @@ __all__ = [
     "cache_dir",
     "cleanup_distributed",
     "dataset_num_classes",
+    "features_and_logits",
     "init_distributed",
     "is_main_process",
     "load_checkpoint",
