@@ -34,7 +34,7 @@ def test_returns_weighted_terms_and_backward():
 
 def test_weights_scale_terms_and_zero_weight_skips():
     args = _batch()
-    base = TRGLoss(8, 16, seed=3)
+    base = TRGLoss(8, 16, seed=3, inner_weight=1.0, local_weight=1.0, global_weight=1.0)
     double = TRGLoss(8, 16, seed=3, inner_weight=2.0, local_weight=2.0, global_weight=2.0)
     double.load_state_dict(base.state_dict())
     a, b = base(*args), double(*args)
@@ -61,7 +61,7 @@ def test_relation_terms_zero_when_student_equals_teacher():
 def test_global_term_uses_schedule_and_progress():
     sched = TemperatureSchedule(1.0, 0.1, "linear")
     args = _batch()
-    loss = TRGLoss(8, 16, temperature=sched, tokens_per_image=16)
+    loss = TRGLoss(8, 16, temperature=sched, tokens_per_image=16, global_weight=1.0)
     assert loss.temperature == 1.0
     loss.set_progress(1.0)
     assert loss.temperature == pytest.approx(0.1)

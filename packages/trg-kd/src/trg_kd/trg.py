@@ -59,10 +59,10 @@ class TRGConfig:
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     kd_temperature: float = 4.0
-    inner_weight: float = 1.0
-    local_weight: float = 1.0
-    global_weight: float = 1.0
-    k: int = 8
+    inner_weight: float = 500.0
+    local_weight: float = 50.0
+    global_weight: float = 0.1
+    k: int = 4
     sigma: float = 1.0
     tokens_per_image: int = 16
     temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
