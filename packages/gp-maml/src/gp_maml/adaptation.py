@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad
@@ -84,9 +85,23 @@ def adapt(
         return weighted_cross_entropy(logits, y, sample_weight)
 
     sub = {n: params[n] for n in names}
-    for _ in range(steps):
-        grads = grad(loss_fn)(sub)
-        if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
-        sub = {n: sub[n] - lr * grads[n] for n in names}
+    if _inside_functorch_transform():
+        for _ in range(steps):
+            grads = grad(loss_fn)(sub)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            sub = {n: sub[n] - lr * grads[n] for n in names}
+        return {**fixed, **sub} if names else dict(params)
+    # plain autograd (same result, less overhead outside vmap); runs under torch.no_grad too
+    with torch.enable_grad():
+        sub = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in sub.items()}
+        for _ in range(steps):
+            loss = loss_fn(sub)
+            grads = torch.autograd.grad(loss, list(sub.values()), create_graph=not first_order)
+            sub = {n: sub[n] - lr * g for n, g in zip(names, grads)}
     return {**fixed, **sub} if names else dict(params)
+
+
+def _inside_functorch_transform() -> bool:
+    """True under ``torch.func.vmap`` / ``grad`` (where ``torch.autograd.grad`` cannot be used)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
