@@ -134,11 +134,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--teacher", default="cifar_resnet20")
     p.add_argument("--student", default="cifar_resnet8")
-    p.add_argument("--train-subset", type=int, default=2000)
-    p.add_argument("--test-subset", type=int, default=2000)
+    p.add_argument("--train-subset", type=int, default=1000)
+    p.add_argument("--test-subset", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--teacher-epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--dkd-warmup", type=int, default=1, help="DKD warm-up epochs (20 of 240 in the paper)"
     )

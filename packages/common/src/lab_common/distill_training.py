@@ -334,11 +334,13 @@ def evaluate(
     model.eval()
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, ce, count
+    num_classes = 0
     for x, y in DataLoader(shard, batch_size=batch_size):
         x, y = x.to(ctx.device), y.to(ctx.device)
         with autocast(ctx.device, enabled=amp):
             logits = model(x)
         logits = logits.float()
+        num_classes = logits.shape[1]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.tensor([
             (top[:, 0] == y).sum().item(), (top == y[:, None]).any(1).sum().item(),
@@ -349,7 +351,7 @@ def evaluate(
     model.train(was_training)
     n = max(sums[3].item(), 1.0)
     out = {"test_acc": 100 * sums[0].item() / n, "test_loss": sums[2].item() / n}
-    if logits.shape[1] >= 5:
+    if num_classes >= 5:
         out["test_acc5"] = 100 * sums[1].item() / n
     return out
 

@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+
 from lab_common import zoo
 
 MODELS = zoo.list_zoo_models()
