@@ -109,8 +109,8 @@ def main() -> None:
             with torch.no_grad(), FlopCounterMode(display=False) as fc:
                 model(x1)
             with torch.no_grad():
-                m1 = measure(lambda: model(x1), warmup=3, repeats=10)
-                m32 = measure(lambda: model(x32), warmup=1, repeats=args.repeats)
+                m1 = measure(lambda m=model, x=x1: m(x), warmup=3, repeats=10)
+                m32 = measure(lambda m=model, x=x32: m(x), warmup=1, repeats=args.repeats)
             row = dict(
                 model=name,
                 params_M=sum(q.numel() for q in model.parameters()) / 1e6,
