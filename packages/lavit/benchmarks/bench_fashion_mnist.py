@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lab_common import load_fashion_mnist_tensors, seed_everything, write_benchmark
 from timm.models import PyramidVisionTransformerV2, VisionTransformer
 from timm.scheduler import CosineLRScheduler
 
+from lab_common import load_fashion_mnist_tensors, seed_everything, write_benchmark
 from lavit import LaViT
 
 MEAN, STD = 0.286, 0.353
