@@ -27,7 +27,7 @@ from lab_common import measure, write_benchmark
 def fused_bn(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with torch's fused batch-norm (batch statistics) instead of ours."""
     model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, BatchNorm2d):
                 new = nn.BatchNorm2d(child.num_features, track_running_stats=False)
@@ -63,6 +63,22 @@ def make_batch(b: int, ways=5, shots=1, queries=15, size=28):
     return xs, ys, xq, yq
 
 
+def _higher_runner(model: nn.Module, batch, first_order: bool):
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        higher_step(model, batch, first_order)
+
+    return run
+
+
+def _learner_runner(learner: nn.Module, batch):
+    def run() -> None:
+        learner.zero_grad(set_to_none=True)
+        learner(*batch).loss.backward()
+
+    return run
+
+
 def grads_of(module: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
@@ -84,36 +100,22 @@ def main(argv: list[str] | None = None) -> str:
         for first_order in (False, True):
             order = "1st" if first_order else "2nd"
             hmodel = fused_bn(base)
-
-            def run_higher() -> None:
-                hmodel.zero_grad(set_to_none=True)
-                higher_step(hmodel, batch, first_order)
-
+            run_higher = _higher_runner(hmodel, batch, first_order)
             learners = {
-                "gp_maml loop": create_learner("maml", copy.deepcopy(base), task_batching="loop",
-                                               first_order=first_order),
-                "gp_maml loop (fused BN)": create_learner("maml", fused_bn(base),
-                                                          task_batching="loop",
-                                                          first_order=first_order),
-                "gp_maml vmap": create_learner("maml", copy.deepcopy(base), task_batching="vmap",
-                                               first_order=first_order),
-                "GP-MAML loop": create_learner("gp-maml", copy.deepcopy(base),
-                                               task_batching="loop", first_order=first_order),
+                name: create_learner(method, copy.deepcopy(base), task_batching=batching,
+                                     first_order=first_order)
+                for name, method, batching in (
+                    ("gp_maml loop", "maml", "loop"),
+                    ("gp_maml vmap", "maml", "vmap"),
+                    ("GP-MAML loop", "gp-maml", "loop"),
+                )
             }  # fmt: skip
-
-            def runner(learner):
-                def run() -> None:
-                    learner.zero_grad(set_to_none=True)
-                    learner(*batch).loss.backward()
-
-                return run
-
             run_higher()
             ref = grads_of(hmodel)
             timings = {"higher": measure(run_higher, warmup=1, repeats=a.repeats)}
             diffs = {"higher": 0.0}
             for name, learner in learners.items():
-                run = runner(learner)
+                run = _learner_runner(learner, batch)
                 run()
                 if not name.startswith("GP"):
                     diffs[name] = max(

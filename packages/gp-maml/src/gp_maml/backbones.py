@@ -8,17 +8,19 @@ and ``head`` (a linear classifier), and use batch-norm on batch statistics only
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["BatchNorm2d", "Conv4", "ResNet12", "conv4", "create_backbone", "resnet12"]
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """Batch-norm on batch statistics written with elementary ops.
+    """Batch-norm on batch statistics whose second-order gradients are right under ``vmap``.
 
-    Same numerics as ``nn.BatchNorm2d(track_running_stats=False)``, but its second-order
-    gradients are also correct under ``torch.func.vmap`` (the fused kernel's are not in
-    PyTorch 2.x, see ``MetaLearner``).
+    Outside ``torch.func`` transforms it calls torch's fused kernel (fast, especially on
+    channels-last tensors); inside them it is written with elementary ops, because the fused
+    kernel's double backward is wrong under ``torch.func.vmap`` in PyTorch 2.x (see
+    ``MetaLearner``). Same numerics as ``nn.BatchNorm2d(track_running_stats=False)``.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -26,6 +28,8 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        if torch._C._functorch.peek_interpreter_stack() is None:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
         scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
         return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
