@@ -174,7 +174,7 @@ class TRGLoss(nn.Module):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.progress = float(state["progress"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # checkpoints may be mapped to GPU
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
