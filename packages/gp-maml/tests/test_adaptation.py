@@ -81,3 +81,13 @@ def test_bad_arguments():
         adapt(model, params, {}, x, y, steps=-1)
     with pytest.raises(ValueError, match="nope"):
         adapt(model, params, {}, x, y, adapted=["nope"])
+
+
+def test_runs_under_no_grad_without_keeping_a_graph():
+    model = _linear()
+    params = dict(model.named_parameters())
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    with torch.no_grad():
+        out = adapt(model, params, {}, x, y, lr=0.1)
+    expected = adapt(model, params, {}, x, y, lr=0.1)
+    torch.testing.assert_close(out["weight"], expected["weight"].detach())

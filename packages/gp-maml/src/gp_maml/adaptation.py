@@ -64,7 +64,8 @@ def adapt(
         steps: number of inner SGD steps (>= 0).
         lr: inner learning rate ``alpha``.
         first_order: if True the inner gradients are detached (first-order MAML); otherwise the
-            returned parameters stay differentiable through the inner gradients (second order).
+            returned parameters stay differentiable through the inner gradients (second order;
+            outside ``torch.func`` transforms only when grad mode is enabled).
         sample_weight: optional ``(N,)`` weights of the loss (see ``weighted_cross_entropy``).
 
     Returns:
@@ -92,12 +93,14 @@ def adapt(
                 grads = {n: g.detach() for n, g in grads.items()}
             sub = {n: sub[n] - lr * grads[n] for n in names}
         return {**fixed, **sub} if names else dict(params)
-    # plain autograd (same result, less overhead outside vmap); runs under torch.no_grad too
+    # plain autograd (same result, less overhead outside vmap). Under torch.no_grad (meta-test)
+    # the inner gradients are still computed, but no graph is kept for an outer backward.
+    create_graph = not first_order and torch.is_grad_enabled()
     with torch.enable_grad():
         sub = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in sub.items()}
         for _ in range(steps):
             loss = loss_fn(sub)
-            grads = torch.autograd.grad(loss, list(sub.values()), create_graph=not first_order)
+            grads = torch.autograd.grad(loss, list(sub.values()), create_graph=create_graph)
             sub = {n: sub[n] - lr * g for n, g in zip(names, grads)}
     return {**fixed, **sub} if names else dict(params)
 

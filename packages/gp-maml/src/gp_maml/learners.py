@@ -89,8 +89,6 @@ class MetaLearner(nn.Module):
         lp_alpha, lp_topk: label-propagation strength and neighbours per row.
         task_batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (``loop`` on CPU, where it measured
             faster than ``vmap`` for Conv-4, see the README; ``vmap`` on CUDA).
-        channels_last: run 4-D inputs in channels-last memory format (on this CPU it makes
-            max-pool and batch-norm an order of magnitude faster).
     """
 
     def __init__(
@@ -106,7 +104,6 @@ class MetaLearner(nn.Module):
         lp_alpha: float = 0.99,
         lp_topk: int = 20,
         task_batching: str = "auto",
-        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -136,7 +133,6 @@ class MetaLearner(nn.Module):
         self.lp_alpha = lp_alpha
         self.lp_topk = lp_topk
         self.task_batching = task_batching
-        self.channels_last = channels_last
         if self.gp and relation_net is None:
             num_features = getattr(model, "num_features", None)
             if num_features is None:
@@ -247,10 +243,6 @@ class MetaLearner(nn.Module):
                 f"{tuple(xq.shape)}"
             )
         ways = int(ys.max()) + 1
-        if self.channels_last:
-            # (B, N, C, H, W) tensors whose per-task (N, C, H, W) slices are channels-last
-            xs = xs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-            xq = xq.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         params = dict(self.model.named_parameters())
         rel = dict(self.relation_net.named_parameters()) if self.gp else {}
         if self.resolved_batching(xs.device) == "vmap":
