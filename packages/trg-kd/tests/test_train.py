@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from lab_common.checkpoint import load_checkpoint
@@ -41,12 +42,35 @@ def test_parser_maps_to_config():
     assert not cfg.gather_distributed
 
 
-def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path):
+@pytest.fixture(scope="module")
+def kd_run(tmp_path_factory):
+    """A KD run (teacher trained here, then 1 student epoch) whose teacher.pt other tests reuse."""
+    out = tmp_path_factory.mktemp("kd")
+    result = main(
+        argv(out, "--method", "kd", "--epochs", "1", "--tsne", "30"), datasets=synthetic()
+    )
+    return out, result
+
+
+def test_kd_method_trains_teacher_and_plots_tsne(kd_run):
+    out, result = kd_run
+    assert result.teacher is not None and (out / "teacher.pt").is_file()
+    assert set(json.loads((out / "result.json").read_text())) >= {"loss_kd", "tsne_png"}
+    assert (out / "tsne.png").stat().st_size > 0
+
+
+def test_ce_method_has_no_teacher(tmp_path):
+    ce = main(argv(tmp_path, "--method", "ce", "--epochs", "1"), datasets=synthetic())
+    assert ce.teacher is None and not (tmp_path / "teacher.pt").exists()
+
+
+def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
     data = synthetic()
-    lt = ["--imbalance-ratio", "4", "--lt-n-max", "16", "--many-shot", "10", "--few-shot", "5"]
+    lt = ["--imbalance-ratio", "4", "--lt-n-max", "16", "--many-shot", "10", "--few-shot", "5",
+          "--teacher-checkpoint", str(kd_run[0] / "teacher.pt")]  # fmt: skip
     full = main(argv(tmp_path / "a", *lt), datasets=data)
     assert full.metrics["completed"]
-    # interrupted after the teacher and one of the two student epochs
+    # interrupted after one of the two student epochs
     part = main(argv(tmp_path / "b", *lt, "--stop-after", "1"), datasets=data)
     assert not part.metrics["completed"]
     part = main(argv(tmp_path / "b", *lt, "--resume"), datasets=data)
@@ -67,18 +91,6 @@ def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path):
     assert res["train_counts"] == [16, 10, 6, 4]  # 16 * 4^(-i/3)
     assert res["shot_splits"] == {"many": [0], "medium": [1, 2], "few": [3]}
     assert {"test_acc_many", "test_acc_medium", "test_acc_few"} <= set(res)
-
-
-def test_kd_and_ce_methods_and_tsne(tmp_path):
-    data = synthetic()
-    kd = main(
-        argv(tmp_path / "kd", "--method", "kd", "--epochs", "1", "--tsne", "30"), datasets=data
-    )
-    assert set(json.loads((tmp_path / "kd/result.json").read_text())) >= {"loss_kd", "tsne_png"}
-    assert (tmp_path / "kd" / "tsne.png").stat().st_size > 0
-    assert kd.teacher is not None
-    ce = main(argv(tmp_path / "ce", "--method", "ce", "--epochs", "1"), datasets=data)
-    assert ce.teacher is None
 
 
 DDP_SCRIPT = """
