@@ -28,6 +28,7 @@ PACKAGES = {
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 SHARED_VENV = ROOT / ".nox" / "_shared"
 TORCH_BASE_VENV = ROOT / ".nox" / "_torch_base"
+DEMO_REQUIREMENTS = ROOT / "demo" / "requirements.txt"
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
@@ -59,7 +60,8 @@ def shared_env(session: nox.Session) -> str:
     digest = hashlib.sha256(" ".join(TORCH).encode())
     for name in PACKAGES:
         digest.update((ROOT / "packages" / name / "pyproject.toml").read_bytes())
-    editable = []
+    digest.update(DEMO_REQUIREMENTS.read_bytes())
+    editable = ["-r", str(DEMO_REQUIREMENTS)]
     for name in PACKAGES:
         editable += ["-e", f"{ROOT / 'packages' / name}[test,bench]"]
     _make_venv(session, SHARED_VENV, digest.hexdigest(), [TORCH, editable])
