@@ -102,3 +102,24 @@ def test_fused_batch_norm_refused_under_vmap_second_order():
     # loop mode and first order are fine
     create_learner("maml", model, task_batching="loop")(xs, ys, xq, yq)
     create_learner("maml", model, task_batching="vmap", first_order=True)(xs, ys, xq, yq)
+
+
+def test_gp_fallback_without_picks_equals_vmap_and_base_adaptation():
+    # random tasks on an untrained net: some class gets no pseudo-label -> theta' is kept
+    g = torch.Generator().manual_seed(3)
+    xs, xq = torch.randn(2, 3, 1, 16, 16, generator=g), torch.randn(2, 6, 1, 16, 16, generator=g)
+    ys, yq = torch.arange(3).repeat(2, 1), torch.arange(3).repeat_interleave(2).repeat(2, 1)
+    outs = []
+    for batching in ("loop", "vmap"):
+        learner = create_learner("gp-maml", _model().float(), task_batching=batching, lp_topk=3)
+        learner.eval()
+        with torch.no_grad():
+            outs.append(learner(xs, ys, xq, yq))
+    assert torch.equal(outs[0].picked, outs[1].picked)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits)
+    base = create_learner("maml", _model().float()).eval()
+    skipped = outs[0].picked == 0
+    assert skipped.any(), "fixture should produce a task without picks"
+    with torch.no_grad():
+        ref = base(xs, ys, xq, yq).logits
+    torch.testing.assert_close(outs[0].logits[skipped], ref[skipped])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .adaptation import adapt
+from .adaptation import _inside_functorch_transform, adapt
 from .label_propagation import RelationNet, label_propagation
 from .picking import pick_pseudo_labels
 
@@ -209,10 +209,13 @@ class MetaLearner(nn.Module):
         sigma = functional_call(self.relation_net, rel_params, (z,))
         scores = label_propagation(z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk)
         mask, pseudo = pick_pseudo_labels(scores[n_s:], ways)
-        weight = torch.cat([torch.ones_like(ys, dtype=mask.dtype), mask])
-        retrained = self._adapt(params, x_all, torch.cat([ys, pseudo]), weight)
         use = mask.sum() > 0
-        final = {n: torch.where(use, retrained[n], adapted[n]) for n in adapted}
+        if _inside_functorch_transform() or bool(use):
+            weight = torch.cat([torch.ones_like(ys, dtype=mask.dtype), mask])
+            retrained = self._adapt(params, x_all, torch.cat([ys, pseudo]), weight)
+            final = {n: torch.where(use, retrained[n], adapted[n]) for n in adapted}
+        else:  # nothing picked: theta' (the re-training would be discarded by the where above)
+            final = adapted
         logits = self._logits(final, xq)
         loss = F.cross_entropy(logits, yq)
         if self.training:
