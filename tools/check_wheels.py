@@ -42,15 +42,22 @@ SMOKE = {
     """,
     "trg_kd": """
         import torch, trg_kd
-        loss = trg_kd.TRGLoss(student_dim=16, teacher_dim=32)
-        terms = loss(torch.randn(8, 16, 16), torch.randn(8, 16, 32), torch.randn(8, 10, requires_grad=True),
-                     torch.randn(8, 10), torch.randint(0, 10, (8,)))
+        loss = trg_kd.TRGLoss(16, 32)
+        s_tokens = torch.randn(8, 16, 16, requires_grad=True)  # (B, N, D_student)
+        terms = loss(torch.randn(8, 10, requires_grad=True), torch.randn(8, 10), torch.randint(0, 10, (8,)),
+                     student_features=s_tokens, teacher_features=torch.randn(8, 32, 4, 4))
         sum(terms.values()).backward()
         print("trg_kd", trg_kd.__version__, sorted(terms))
     """,
     "gp_maml": """
         import torch, gp_maml
-        print("gp_maml", gp_maml.__version__, gp_maml.__all__[:3])
+        model = gp_maml.create_backbone("conv4-32", in_chans=1, num_classes=5, img_size=28)
+        learner = gp_maml.create_learner("gp-maml", model)
+        xs, ys = torch.rand(2, 5, 1, 28, 28), torch.arange(5).repeat(2, 1)
+        xq, yq = torch.rand(2, 15, 1, 28, 28), torch.arange(5).repeat_interleave(3).repeat(2, 1)
+        out = learner(xs, ys, xq, yq)
+        out.loss.backward()
+        print("gp_maml", gp_maml.__version__, tuple(out.logits.shape), float(out.accuracy))
     """,
 }
 
