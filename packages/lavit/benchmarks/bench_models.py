@@ -4,9 +4,10 @@ One run, models measured in adjacent pairs (lavit_tiny / pvt_v2_b1, ...) to limi
 a shared machine. Throughput is images/s from the median of timed forward passes after
 warm-up (``lab_common.measure``), batch 1 and 32, fp32, ``torch.no_grad``. MACs = FLOPs of
 ``torch.utils.flop_counter.FlopCounterMode`` / 2. A per-stage breakdown (embedding, VA, LA,
-MLP, attention residual: params, MACs and measured time at batch 32) explains the ratios.
+MLP, attention residual: params, MACs and measured time at batch 8) explains the ratios.
+Results are rewritten after every model, so an interrupted run keeps what it measured.
 
-Usage: nice -n 10 python benchmarks/bench_models.py [--repeats 3] [--out benchmarks/results]
+Usage: nice -n 10 python benchmarks/bench_models.py [--repeats 2] [--out benchmarks/results]
 """
 
 import argparse
@@ -97,7 +98,8 @@ def breakdown(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[tup
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="timed batch-32 passes per model")
+    p.add_argument("--repeats", type=int, default=2, help="timed batch-32 passes per model")
+    p.add_argument("--repeats-b1", type=int, default=5, help="timed batch-1 passes per model")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
     torch.manual_seed(0)
@@ -109,7 +111,7 @@ def main() -> None:
             with torch.no_grad(), FlopCounterMode(display=False) as fc:
                 model(x1)
             with torch.no_grad():
-                m1 = measure(lambda m=model, x=x1: m(x), warmup=3, repeats=10)
+                m1 = measure(lambda m=model, x=x1: m(x), warmup=2, repeats=args.repeats_b1)
                 m32 = measure(lambda m=model, x=x32: m(x), warmup=1, repeats=args.repeats)
             row = dict(
                 model=name,
@@ -123,7 +125,8 @@ def main() -> None:
             by_name[name] = row
             print(row, flush=True)
             if name.startswith(("lavit", "pvt_v2")):
-                for (stage, comp), v in sorted(breakdown(model, x32, args.repeats).items()):
+                parts = breakdown(model, x32[:8], args.repeats)
+                for (stage, comp), v in sorted(parts.items()):
                     stage_rows.append(
                         dict(
                             model=name,
@@ -131,11 +134,17 @@ def main() -> None:
                             component=comp,
                             params_M=v["params"] / 1e6,
                             GMACs=v["macs"] / 1e9,
-                            ms_b32=1e3 * v["time_s"],
+                            ms_b8=1e3 * v["time_s"],
                         )
                     )
+            _write(rows, stage_rows, by_name, args.out)
+
+
+def _write(rows: list, stage_rows: list, by_name: dict, out: str) -> None:
     ratios = []
     for (a, b), target in TARGETS.items():
+        if a not in by_name or b not in by_name:
+            continue
         for key in ("img_s_b1", "img_s_b32"):
             r = by_name[a][key] / by_name[b][key]
             ratios.append(
@@ -148,10 +157,11 @@ def main() -> None:
                     mac_ratio=by_name[b]["GMACs"] / by_name[a]["GMACs"],
                 )
             )
-    out = args.out
     print(write_benchmark(rows, out, "models_224", title="Models at 224x224 (fp32, no_grad)"))
-    print(write_benchmark(ratios, out, "speedup_targets", title="Throughput ratios vs targets"))
-    print(write_benchmark(stage_rows, out, "stage_breakdown", title="Per-stage breakdown"))
+    if ratios:
+        print(write_benchmark(ratios, out, "speedup_targets", title="Throughput ratios vs targets"))
+    if stage_rows:
+        print(write_benchmark(stage_rows, out, "stage_breakdown", title="Per-stage breakdown"))
 
 
 if __name__ == "__main__":
