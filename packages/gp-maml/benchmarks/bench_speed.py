@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> str:
                     "cost vs best gp_maml MAML": round(cpu[name] / best, 2),
                     "wall tasks/s": round(b / timings[name].median_s, 2),
                     "peak MB": round(timings[name].peak_memory_mb, 1),
-                    "max |grad diff| vs higher": diffs.get(name, "-"),
+                    "max abs grad diff vs higher": diffs.get(name, "-"),
                     "GP picked queries/task": round(picked, 1) if name.startswith("GP") else "-",
                 })  # fmt: skip
                 print(rows[-1], flush=True)
