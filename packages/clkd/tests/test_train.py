@@ -16,7 +16,7 @@ from clkd.train import build_arg_parser, main, make_loss, run
 from lab_common.checkpoint import load_checkpoint
 from lab_common.distiller import Distiller
 
-BASE = ["--dataset", "fashion-mnist", "--train-subset", "64", "--test-subset", "32",
+BASE = ["--dataset", "fashion-mnist", "--train-subset", "48", "--test-subset", "16",
         "--teacher", "cifar_resnet8", "--student", "cifar_wrn_16_1", "--batch-size", "16",
         "--workers", "0", "--no-progress", "--device", "cpu", "--lr", "0.05"]  # fmt: skip
 

@@ -20,7 +20,7 @@ class KDConfig:
     """Weights of the KD terms; defaults are mdistiller's CIFAR-100 KD settings."""
 
     ce_weight: float = 0.1
-    kd_weight: float = 9.0
+    kd_weight: float = 0.9
     temperature: float = 4.0
 
     def __post_init__(self) -> None:
@@ -36,7 +36,7 @@ def kd_loss(
     target: torch.Tensor,
     *,
     ce_weight: float = 0.1,
-    kd_weight: float = 9.0,
+    kd_weight: float = 0.9,
     temperature: float = 4.0,
 ) -> dict[str, torch.Tensor]:
     """Weighted KD terms for logits ``(B, C)`` and targets ``(B,)``.

@@ -53,7 +53,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--logit-weight", type=float, default=None, help="CLKD μ (if unset: 0.5)")
     g.add_argument("--class-weight", type=float, default=None, help="CLKD β (if unset: 1)")
     g.add_argument("--correlation-weight", type=float, default=None, help="CLKD ν (if unset: 0.4)")
-    g.add_argument("--kd-weight", type=float, default=None, help="KD weight (if unset: 9)")
+    g.add_argument("--kd-weight", type=float, default=None, help="KD weight (if unset: 0.9)")
     g.add_argument("--dkd-alpha", type=float, default=None, help="DKD α (if unset: 1)")
     g.add_argument("--dkd-beta", type=float, default=None, help="DKD β (if unset: 8)")
     g.add_argument("--dkd-warmup", type=int, default=None, help="DKD warm-up epochs (if unset: 20)")
