@@ -9,7 +9,8 @@ smoothing, drop path, optional EMA, AMP, the diagonality-preserving loss
 Example (Fashion-MNIST subset, 2 epochs on CPU)::
 
     python -m lavit.train --dataset fashion-mnist --data-root ../shared/datasets \
-        --model lavit_tiny --img-size 32 --epochs 2 --max-train-samples 2000 --output runs/fm
+        --model lavit_tiny --img-size 32 --model-kwargs '{"sr_ratios": [2, 1, 1, 1]}' \
+        --epochs 2 --max-train-samples 2000 --output runs/fm
 """
 
 import argparse
