@@ -55,7 +55,7 @@ SMALL_LAVIT = {
 
 
 #: A DeiT-style ViT of similar size for the same 32x32 inputs (64 tokens).
-SMALL_VIT = {"patch_size": 4, "embed_dim": 96, "depth": 7, "num_heads": 3}
+SMALL_VIT = {"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 7, "num_heads": 3}
 
 
 def log(msg: str) -> None:
@@ -155,7 +155,7 @@ def section_models(args: argparse.Namespace) -> str:
         with torch.no_grad():
             with FlopCounterMode(display=False) as counter:
                 model(x[:1])
-            m = measure(lambda m=model, x=x: m(x), warmup=1, repeats=args.bench_repeats)
+            m = measure(lambda m=model, x=x: m(x), warmup=2, repeats=args.bench_repeats)
         rows.append(
             {
                 "model": name,
@@ -364,14 +364,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-root", type=Path, default=None, help="default: the shared datasets folder"
     )
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    p.add_argument("--train-images", type=int, default=6000)
-    p.add_argument("--test-images", type=int, default=2000)
-    p.add_argument("--lavit-epochs", type=int, default=4)
+    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--test-images", type=int, default=1000)
+    p.add_argument("--lavit-epochs", type=int, default=3)
     p.add_argument("--teacher", default="cifar_resnet20")
     p.add_argument("--student", default="cifar_resnet8")
-    p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--student-epochs", type=int, default=3)
-    p.add_argument("--meta-iterations", type=int, default=300)
+    p.add_argument("--meta-iterations", type=int, default=200)
     p.add_argument("--test-tasks", type=int, default=600)
     p.add_argument("--bench-batch", type=int, default=8)
     p.add_argument("--bench-repeats", type=int, default=3)

@@ -31,7 +31,7 @@ def test_lavit_train_two_processes(tmp_path):
         ]
     )  # fmt: skip
     records = read_metrics(out / "metrics.jsonl")
-    epochs = [r for r in records if "val_top1" in r or "val_acc" in r or "top1" in r]
+    epochs = [r for r in records if "val_top1" in r]
     assert len(epochs) >= 2, records
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     state = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)

@@ -8,7 +8,7 @@ from lab_common import seed_everything
 
 
 def _draw():
-    return random.random(), np.random.rand(3), torch.randn(4)
+    return random.random(), np.random.rand(3), torch.randn(4)  # noqa: NPY002
 
 
 def test_same_seed_same_numbers():
