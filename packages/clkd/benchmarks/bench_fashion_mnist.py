@@ -32,11 +32,17 @@ METHODS = {
     "ce": ["--method", "ce"],
     "kd": ["--method", "kd"],
     "dkd": ["--method", "dkd"],
-    "clkd-mse": ["--method", "clkd", "--clkd-variant", "mse"],
-    "clkd-softmax": ["--method", "clkd", "--clkd-variant", "softmax"],
-    # ablation: the correlation term ν·L_cc is quartic in the logits; a 10× smaller ν
-    "clkd-mse-nu0.04": ["--method", "clkd", "--correlation-weight", "0.04"],
-}
+    # CLKD defaults (mse variant, Pearson class correlation)
+    "clkd-pearson": ["--method", "clkd", "--clkd-variant", "mse"],
+    "clkd-softmax-pearson": ["--method", "clkd", "--clkd-variant", "softmax"],
+    # the literal reconstruction: covariance of raw logits (quartic in the logit scale)
+    "clkd-covariance": ["--method", "clkd", "--clkd-correlation", "covariance"],
+    "clkd-softmax-covariance": ["--method", "clkd", "--clkd-variant", "softmax",
+                                "--clkd-correlation", "covariance"],
+    # ablation of the covariance form: a 10× smaller ν
+    "clkd-covariance-nu0.04": ["--method", "clkd", "--clkd-correlation", "covariance",
+                               "--correlation-weight", "0.04"],
+}  # fmt: skip
 # CIFAR-100 top-1 published in the DKD paper (teacher / student / KD / DKD), for --full.
 PAIRS = {
     ("cifar_resnet32x4", "cifar_resnet8x4"): (79.42, 72.50, 73.33, 76.32),

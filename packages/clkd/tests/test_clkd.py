@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from clkd import CLKDConfig, CLKDLoss, class_correlation_loss, class_loss, clkd_loss, instance_loss
+from clkd import (
+    CLKDConfig,
+    CLKDLoss,
+    class_correlation_loss,
+    class_correlation_matrix,
+    class_loss,
+    clkd_loss,
+    instance_loss,
+)
 
 S = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
 T = torch.tensor([[4.0, 3.0], [0.0, 2.0]])
@@ -37,7 +45,67 @@ def test_correlation_term_hand_computed():
     # centred S = [[1, 2], [-1, -2]] -> G_s = [[2, 4], [4, 8]] (B - 1 = 1)
     # centred T = [[2, .5], [-2, -.5]] -> G_t = [[8, 2], [2, .5]]
     # ‖G_s − G_t‖² = 36 + 4 + 4 + 56.25 = 100.25; / C² = 25.0625
-    assert class_correlation_loss(S, T).item() == pytest.approx(25.0625)
+    assert class_correlation_loss(S, T, "covariance").item() == pytest.approx(25.0625)
+
+
+def test_pearson_correlation_term_hand_computed():
+    # student columns (1, 2, 3), (3, 2, 1): correlation -1; teacher (1, 2, 3), (1, 3, 2):
+    # centred (-1, 0, 1), (-1, 1, 0) -> r = 1 / (√2·√2) = 0.5
+    # off-diagonal differences -1.5 (twice), diagonals 1 - 1 -> (2 · 2.25) / C² = 1.125
+    s = torch.tensor([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    t = torch.tensor([[1.0, 1.0], [2.0, 3.0], [3.0, 2.0]])
+    expected_t = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
+    torch.testing.assert_close(class_correlation_matrix(t), expected_t)
+    assert class_correlation_loss(s, t, "pearson").item() == pytest.approx(1.125)
+    assert class_correlation_loss(s, t).item() == pytest.approx(1.125)  # the default
+
+
+def test_pearson_term_invariant_to_logit_scale_and_shift_and_bounded():
+    s, t, _ = random_logits(b=8, c=5)
+    base = class_correlation_loss(s, t, "pearson")
+    scale = torch.tensor([0.01, 1.0, 7.0, 100.0, 3.0])  # per class, positive
+    shift = torch.tensor([5.0, -2.0, 0.0, 40.0, 1.0])
+    torch.testing.assert_close(class_correlation_loss(s * scale + shift, t, "pearson"), base)
+    torch.testing.assert_close(class_correlation_loss(s * 1000.0, t * 0.1, "pearson"), base)
+    assert 0 <= base.item() <= 4.0  # entries of G in [-1, 1]
+    # the covariance form is not: it grows with the 4th power of a common scale
+    cov = class_correlation_loss(s * 10.0, t * 10.0, "covariance")
+    torch.testing.assert_close(cov, 1e4 * class_correlation_loss(s, t, "covariance"))
+
+
+def test_pearson_constant_class_column_is_finite():
+    s, t, _ = random_logits(b=4, c=3, dtype=torch.float64)
+    s[:, 1] = 2.5  # constant over the batch: zero correlation with the other classes
+    s.requires_grad_(True)
+    loss = class_correlation_loss(s, t, "pearson")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    assert class_correlation_matrix(s.detach())[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("correlation", ["pearson", "covariance"])
+def test_correlation_term_gradcheck_float64(correlation):
+    s, t, _ = random_logits(b=5, c=4, dtype=torch.float64)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: class_correlation_loss(x, t, correlation), (s,))
+    out = clkd_loss(s, t, torch.zeros(5, dtype=torch.long), correlation=correlation)
+    assert torch.autograd.gradcheck(
+        lambda x: clkd_loss(x, t, torch.zeros(5, dtype=torch.long), correlation=correlation)[
+            "loss_cc"
+        ],
+        (s,),
+    )
+    assert out["loss_cc"].dtype == torch.float64
+
+
+def test_bad_correlation_raises():
+    s, t, y = random_logits()
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        clkd_loss(s, t, y, correlation="spearman")
+    with pytest.raises(ValueError, match="'spearman'"):
+        CLKDConfig(correlation="spearman")
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        class_correlation_loss(s, t, "cov")
 
 
 def test_softmax_instance_term_hand_computed():
@@ -51,7 +119,14 @@ def test_softmax_instance_term_hand_computed():
 
 def test_weights_applied_as_documented():
     out = clkd_loss(
-        S, T, Y, ce_weight=0.3, logit_weight=0.5, class_weight=2.0, correlation_weight=0.4
+        S,
+        T,
+        Y,
+        ce_weight=0.3,
+        logit_weight=0.5,
+        class_weight=2.0,
+        correlation_weight=0.4,
+        correlation="covariance",
     )
     ce = torch.nn.functional.cross_entropy(S, Y)
     torch.testing.assert_close(out["loss_ce"], 0.3 * ce)

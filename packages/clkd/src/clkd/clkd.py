@@ -7,7 +7,11 @@ follow the reconstruction shared by two public re-implementations:
 
 - ``L_ins = MSE(rownorm(Z_s), rownorm(Z_t))`` (rows L2-normalised, mean over ``B·C`` entries);
 - ``L_cla`` = the same on the transposes (columns L2-normalised);
-- ``G = Z̃ᵀ Z̃ / (B − 1)`` with ``Z̃`` centred over the batch; ``L_cc = ‖G_s − G_t‖²_F / C²``;
+- ``G`` the ``(C, C)`` class-correlation matrix of the logits over the batch,
+  ``L_cc = ‖G_s − G_t‖²_F / C²``; with ``correlation="covariance"`` (the literal
+  reconstruction) ``G = Z̃ᵀ Z̃ / (B − 1)`` for ``Z̃`` centred over the batch, with
+  ``correlation="pearson"`` (default) ``G`` is that covariance normalised to a correlation matrix
+  (entries in [−1, 1], invariant to the scale and shift of each class's logits);
 - ``L = λ_ce·CE + μ·(L_ins + β·L_cla) + ν·L_cc``.
 
 ``variant="softmax"`` reads the two levels as temperature-softened KL divergences instead:
@@ -29,6 +33,7 @@ __all__ = [
     "CLKDConfig",
     "CLKDLoss",
     "class_correlation_loss",
+    "class_correlation_matrix",
     "class_loss",
     "clkd_loss",
     "instance_loss",
@@ -36,6 +41,8 @@ __all__ = [
 
 Variant = Literal["mse", "softmax"]
 _VARIANTS = ("mse", "softmax")
+Correlation = Literal["pearson", "covariance"]
+_CORRELATIONS = ("pearson", "covariance")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ class CLKDConfig:
         correlation_weight: [ν] weight of the class-correlation term.
         variant: "mse" (L2-normalised logits + MSE, default) or "softmax" (KL at ``temperature``).
         temperature: softmax temperature of the "softmax" variant (ignored by "mse").
+        correlation: matrix compared by the class-correlation term: "pearson" (correlation
+            matrix, bounded and scale-invariant, default) or "covariance" (raw covariance: the
+            literal reconstruction, quartic in the logit scale and unstable at lr 0.05).
     """
 
     ce_weight: float = 0.1
@@ -57,10 +67,15 @@ class CLKDConfig:
     correlation_weight: float = 0.4
     variant: Variant = "mse"
     temperature: float = 4.0
+    correlation: Correlation = "pearson"
 
     def __post_init__(self) -> None:
         if self.variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
+        if self.correlation not in _CORRELATIONS:
+            raise ValueError(
+                f"correlation must be one of {_CORRELATIONS}, got {self.correlation!r}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         weights = {k: getattr(self, k) for k in ("ce_weight", "logit_weight", "class_weight",
@@ -87,15 +102,27 @@ def class_loss(
     return instance_loss(s.t(), t.t(), variant, temperature)
 
 
-def _class_covariance(z: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` → ``(C, C)`` covariance of the class logits over the batch."""
+def class_correlation_matrix(z: torch.Tensor, correlation: Correlation = "pearson") -> torch.Tensor:
+    """``(B, C)`` logits → ``(C, C)`` covariance or Pearson correlation of the classes over the batch.
+
+    A class whose logits are constant over the batch has zero correlation with every class
+    (its centred column is not rescaled below a norm of 1e-12).
+    """
     centred = z - z.mean(dim=0, keepdim=True)
+    if correlation == "pearson":
+        unit = F.normalize(centred, dim=0, eps=1e-12)
+        return unit.t() @ unit
     return centred.t() @ centred / (z.shape[0] - 1)
 
 
-def class_correlation_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``‖G_s − G_t‖²_F / C²`` with ``G`` the ``(C, C)`` class covariance of ``(B, C)`` logits."""
-    return (_class_covariance(s) - _class_covariance(t)).pow(2).mean()
+def class_correlation_loss(
+    s: torch.Tensor, t: torch.Tensor, correlation: Correlation = "pearson"
+) -> torch.Tensor:
+    """``‖G_s − G_t‖²_F / C²`` for ``(B, C)`` logits, ``G`` from :func:`class_correlation_matrix`."""
+    if correlation not in _CORRELATIONS:
+        raise ValueError(f"correlation must be one of {_CORRELATIONS}, got {correlation!r}")
+    diff = class_correlation_matrix(s, correlation) - class_correlation_matrix(t, correlation)
+    return diff.pow(2).mean()
 
 
 def clkd_loss(
@@ -109,6 +136,7 @@ def clkd_loss(
     correlation_weight: float = 0.4,
     variant: Variant = "mse",
     temperature: float = 4.0,
+    correlation: Correlation = "pearson",
 ) -> dict[str, torch.Tensor]:
     """Weighted CLKD terms for logits ``(B, C)`` (B ≥ 2, C ≥ 2) and targets ``(B,)``.
 
@@ -118,13 +146,15 @@ def clkd_loss(
     """
     if variant not in _VARIANTS:
         raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    if correlation not in _CORRELATIONS:
+        raise ValueError(f"correlation must be one of {_CORRELATIONS}, got {correlation!r}")
     s, t = prepare_logits(student_logits, teacher_logits, target, min_batch=2, method="clkd_loss")
     with torch.autocast(s.device.type, enabled=False):
         return {
             "loss_ce": ce_weight * F.cross_entropy(s, target),
             "loss_ins": logit_weight * instance_loss(s, t, variant, temperature),
             "loss_cla": logit_weight * class_weight * class_loss(s, t, variant, temperature),
-            "loss_cc": correlation_weight * class_correlation_loss(s, t),
+            "loss_cc": correlation_weight * class_correlation_loss(s, t, correlation),
         }
 
 

@@ -50,6 +50,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--temperature", type=float, default=None, help="softmax temperature (if unset: 4)"
     )
     g.add_argument("--clkd-variant", choices=("mse", "softmax"), default="mse")
+    g.add_argument(
+        "--clkd-correlation",
+        choices=("pearson", "covariance"),
+        default="pearson",
+        help="CLKD class-correlation matrix (covariance = literal reconstruction, unstable)",
+    )
     g.add_argument("--logit-weight", type=float, default=None, help="CLKD μ (if unset: 0.5)")
     g.add_argument("--class-weight", type=float, default=None, help="CLKD β (if unset: 1)")
     g.add_argument("--correlation-weight", type=float, default=None, help="CLKD ν (if unset: 0.4)")
@@ -68,7 +74,7 @@ _LOSSES = {
         CLKDLoss,
         CLKDConfig,
         {"variant": "clkd_variant", "logit_weight": "logit_weight", "class_weight": "class_weight",
-         "correlation_weight": "correlation_weight"},
+         "correlation_weight": "correlation_weight", "correlation": "clkd_correlation"},
     ),
 }  # fmt: skip
 _SHARED = {"ce_weight": "ce_weight", "temperature": "temperature"}
