@@ -31,6 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = {
     "ce": ["--method", "ce"],
     "kd": ["--method", "kd"],
+    "kd-ce1": ["--method", "kd", "--ce-weight", "1.0"],  # ablation: λ_ce 1 for KD as well
     "dkd": ["--method", "dkd"],
     # CLKD defaults (mse variant, Pearson class correlation)
     "clkd-pearson": ["--method", "clkd", "--clkd-variant", "mse"],
@@ -39,6 +40,10 @@ METHODS = {
     "clkd-covariance": ["--method", "clkd", "--clkd-correlation", "covariance"],
     "clkd-softmax-covariance": ["--method", "clkd", "--clkd-variant", "softmax",
                                 "--clkd-correlation", "covariance"],
+    # ablation: a 10× larger label weight (λ_ce 1, as DKD uses)
+    "clkd-pearson-ce1": ["--method", "clkd", "--ce-weight", "1.0"],
+    # ablation: λ_ce 1 and μ 5 (the MSE terms summed over classes instead of averaged, C = 10)
+    "clkd-pearson-ce1-mu5": ["--method", "clkd", "--ce-weight", "1.0", "--logit-weight", "5.0"],
     # ablation of the covariance form: a 10× smaller ν
     "clkd-covariance-nu0.04": ["--method", "clkd", "--clkd-correlation", "covariance",
                                "--correlation-weight", "0.04"],
