@@ -32,18 +32,30 @@ class Measurement:
         return asdict(self)
 
 
+def _max_rss_bytes() -> int:
+    """Lifetime peak resident set of this process (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class _RssPeakSampler:
-    """Samples the process RSS in a thread; ``peak - start`` approximates CPU working memory."""
+    """Samples the process RSS in a thread; ``peak - start`` approximates CPU working memory.
+
+    A new lifetime peak (``ru_maxrss``) reached during the window also counts, so a spike that
+    falls between two samples is still seen when it is the process's highest so far.
+    """
 
     def __init__(self, interval_s: float = 0.002) -> None:
         self.interval_s = interval_s
         self.available = os.path.exists("/proc/self/statm")
         self.start = self.peak = _rss_bytes() if self.available else 0
+        self._max_rss_before = _max_rss_bytes() if self.available else 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -62,6 +74,10 @@ class _RssPeakSampler:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, _rss_bytes())
+            # a new lifetime peak reached between samples (e.g. while the GIL was held)
+            max_rss = _max_rss_bytes()
+            if max_rss > self._max_rss_before:
+                self.peak = max(self.peak, max_rss)
 
 
 def _synchronize(device: torch.device | None) -> None:
