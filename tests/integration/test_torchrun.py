@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import torch
 
 from lab_common import read_metrics, shared_datasets_root
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+from lab_common.testing import run_torchrun
 
 
 def _run(args: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_torchrun(args, timeout=600)
 
 
 def test_lavit_train_two_processes(tmp_path):

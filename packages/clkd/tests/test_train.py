@@ -1,7 +1,6 @@
 """clkd.train end to end on a Fashion-MNIST subset: Distiller, resume, torchrun DDP, CLI."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from clkd import CLKDLoss, DKDLoss
 from clkd.train import build_arg_parser, main, make_loss, run
 from lab_common.checkpoint import load_checkpoint
 from lab_common.distiller import Distiller
+from lab_common.testing import run_torchrun
 
 BASE = ["--dataset", "fashion-mnist", "--train-subset", "48", "--test-subset", "16",
         "--teacher", "cifar_resnet8", "--student", "cifar_wrn_16_1", "--batch-size", "16",
@@ -84,12 +84,8 @@ torch.save(result.student.state_dict(), os.path.join({out!r}, f"rank{{os.environ
 def test_torchrun_two_processes_gloo_ranks_identical(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=str(tmp_path))))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29531", str(script), *BASE, "--epochs", "2", "--teacher-epochs", "1",
-           "--out-dir", str(tmp_path / "run")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun([script, *BASE, "--epochs", "2", "--teacher-epochs", "1",
+                  "--out-dir", tmp_path / "run"])  # fmt: skip
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     _same(r0, r1)
     _same(load_checkpoint(tmp_path / "run/student.pt")["model"], r0)

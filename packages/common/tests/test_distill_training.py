@@ -1,9 +1,6 @@
 """The shared distillation engine: exact resume, CE-only path, DDP ranks identical, errors."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from lab_common.distill_training import (
     default_milestones,
     run_distillation,
 )
+from lab_common.testing import run_torchrun
 
 
 class KD(nn.Module):
@@ -158,11 +156,7 @@ def test_torchrun_two_processes_keep_ranks_identical(tmp_path):
     script.write_text(
         textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(tmp_path)))
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", str(script)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun([script], timeout=240)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     _assert_same(r0, r1)
     init = synthetic()  # weights moved away from a fresh init

@@ -1,10 +1,9 @@
 import json
-import subprocess
-import sys
 
 import torch
 
 from lab_common import all_reduce_mean, barrier, init_distributed, is_main_process
+from lab_common.testing import run_torchrun
 
 
 def test_single_process_context(monkeypatch):
@@ -33,7 +32,6 @@ cleanup_distributed()
 def test_two_process_torchrun_gloo_mean(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    subprocess.run([*cmd, str(script), str(tmp_path)], check=True, timeout=180, capture_output=True)
+    run_torchrun([script, tmp_path], timeout=180)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results == [[0, 2, True, True, [0.5, 10.0]], [1, 2, False, False, [0.5, 10.0]]]

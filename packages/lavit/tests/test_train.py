@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lab_common.testing import run_torchrun
 from lavit.train import main
 
 TINY_KWARGS = json.dumps(
@@ -78,14 +76,9 @@ def test_resume_continues_exactly(image_folder, tmp_path):
 def test_torchrun_two_ranks_identical(image_folder, tmp_path):
     out = tmp_path / "ddp"
     worker = Path(__file__).with_name("_ddp_worker.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--standalone", str(worker),
-        *_args(image_folder, out, "--epochs", "1", "--batch-size", "4"),
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun(
+        [worker, *_args(image_folder, out, "--epochs", "1", "--batch-size", "4")], timeout=240
+    )
     r0 = torch.load(out / "rank0.pt")
     r1 = torch.load(out / "rank1.pt")
     init = torch.load(out / "model.pth")  # EMA weights of rank 0, saved by the trainer

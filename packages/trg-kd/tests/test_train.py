@@ -1,9 +1,6 @@
 """trg_kd.train on the shared engine: exact resume, long-tail metrics, t-SNE, torchrun DDP."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +9,7 @@ import torch
 
 from lab_common.checkpoint import load_checkpoint
 from lab_common.distill_training import TensorImageDataset
+from lab_common.testing import run_torchrun
 from trg_kd.train import build_train_parser, main, trg_config_from_args
 
 
@@ -134,11 +132,7 @@ def test_torchrun_two_processes_gathered_graph_and_identical_ranks(tmp_path):
     script.write_text(
         textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(tmp_path)))
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29533", str(script)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_torchrun([script])
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0.keys() == r1.keys()
     for key in r0:
