@@ -41,7 +41,14 @@ def run_one(method, train_data, test_data, ways, shots, a, log) -> torch.Tensor:
     seed_everything(a.seed)
     chans, size = train_data.images.shape[1], train_data.images.shape[2]
     model = create_backbone(a.backbone, in_chans=chans, num_classes=ways, img_size=size)
-    learner = create_learner(method, model, inner_lr=a.inner_lr, first_order=a.first_order)
+    learner = create_learner(
+        method,
+        model,
+        inner_lr=a.inner_lr,
+        first_order=a.first_order,
+        lp_loss_weight=a.lp_loss_weight,
+        class_mass_norm=a.class_mass_norm,
+    )
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, a.milestones, 0.1)
     sampler = EpisodeSampler(train_data, ways, shots, a.train_queries, seed=a.seed)
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000])
     p.add_argument("--inner-lr", type=float, default=0.5)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--lp-loss-weight", type=float, default=0.01)
+    p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress-log", default=None)

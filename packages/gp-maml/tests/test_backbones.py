@@ -52,3 +52,31 @@ def test_batch_norm_matches_torch():
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(5, 6, 4, 4)
     torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_sample_weighted_batch_norm_equals_batch_norm_on_the_subset():
+    from gp_maml import BatchNorm2d, sample_weighted_batch_norm
+
+    torch.manual_seed(0)
+    bn = BatchNorm2d(4).double()
+    torch.nn.init.normal_(bn.weight)
+    x = torch.randn(3, 7, 4, 5, 5, dtype=torch.float64)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.float64)
+    keep = mask.bool()
+    with sample_weighted_batch_norm(bn, mask) as layers:
+        assert layers == 1
+        out = bn(x[0])
+    assert bn.sample_weight is None  # restored on exit
+    torch.testing.assert_close(out[keep], bn(x[0][keep]))
+    assert not torch.allclose(bn(x[0])[keep], bn(x[0][keep]))  # unweighted stats differ
+    # under vmap, with a per-task mask
+    masks = torch.stack([mask, 1 - mask, torch.ones(7, dtype=torch.float64)])
+
+    def weighted(xb, wb):
+        with sample_weighted_batch_norm(bn, wb):
+            return bn(xb)
+
+    batched = torch.func.vmap(weighted)(x, masks)
+    for b in range(3):
+        sel = masks[b].bool()
+        torch.testing.assert_close(batched[b][sel], bn(x[b][sel]))

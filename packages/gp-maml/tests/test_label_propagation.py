@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from gp_maml import RelationNet, gaussian_affinity, label_propagation
+from gp_maml import (
+    RelationNet,
+    class_mass_normalize,
+    gaussian_affinity,
+    label_propagation,
+    pick_pseudo_labels,
+)
 
 
 def _clusters(n_per: int = 10, seed: int = 0):
@@ -66,3 +72,23 @@ def test_relation_net_positive_and_grad_flows():
 def test_bad_alpha():
     with pytest.raises(ValueError, match="alpha"):
         label_propagation(torch.randn(3, 2), torch.tensor([0]), torch.ones(3, 1), 1, alpha=1.0)
+
+
+def test_class_mass_normalisation_undoes_the_dominant_class():
+    # a big class-0 cluster next to a small class-1 cluster, dense graph, alpha = 0.99: the raw
+    # argmax gives class 0 to every query (so the class-balanced pick takes nothing);
+    # class mass normalisation recovers both clusters.
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 8, generator=g, dtype=torch.float64) * 0.5 + 1.0
+    b = torch.randn(6, 8, generator=g, dtype=torch.float64) * 0.5 - 1.0
+    z = torch.cat([a[:1], b[:1], a[1:], b[1:]])
+    yq = torch.cat([torch.zeros(15), torch.ones(5)]).long()
+    sigma = torch.ones(z.shape[0], 1, dtype=z.dtype)
+    f = label_propagation(z, torch.tensor([0, 1]), sigma, 2, topk=20)[2:]
+    assert torch.all(f.argmax(-1) == 0)
+    assert pick_pseudo_labels(f, 2)[0].sum() == 0
+    normed = class_mass_normalize(f)
+    torch.testing.assert_close(normed.sum(0), torch.ones(2, dtype=f.dtype))
+    assert torch.equal(normed.argmax(-1), yq)
+    mask, labels = pick_pseudo_labels(normed, 2)
+    assert torch.bincount(labels[mask.bool()], minlength=2).tolist() == [5, 5]

@@ -52,6 +52,8 @@ def test_vmap_equals_loop(method):
         grads = [p.grad.clone() for p in learner.parameters()]
         results.append((out, grads))
     (a, ga), (b, gb) = results
+    if learner.gp:  # some task re-trains on a strict subset: loop gathers, vmap weights
+        assert torch.any((a.picked > 0) & (a.picked < xq.shape[1]))
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.logits, b.logits)
     assert torch.equal(a.picked, b.picked)
@@ -123,3 +125,47 @@ def test_gp_fallback_without_picks_equals_vmap_and_base_adaptation():
     with torch.no_grad():
         ref = base(xs, ys, xq, yq).logits
     torch.testing.assert_close(outs[0].logits[skipped], ref[skipped])
+
+
+def test_lp_loss_weight_scales_the_label_propagation_term():
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())
+    losses = {}
+    for weight in (0.0, 0.5, 1.0):
+        learner = create_learner("gp-maml", _model(), lp_topk=5, lp_loss_weight=weight).double()
+        losses[weight] = learner(xs, ys, xq, yq).loss
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * (losses[1.0] - losses[0.0]))
+    assert losses[1.0] > losses[0.0]  # the term is a cross-entropy, positive
+    # evaluation mode never adds it (query labels are unknown at test time)
+    learner = create_learner("gp-maml", _model(), lp_topk=5, lp_loss_weight=1.0).double().eval()
+    torch.testing.assert_close(learner(xs, ys, xq, yq).loss, losses[0.0])
+
+
+def test_class_mass_norm_switch_changes_what_is_picked():
+    # identical learners except for the picking rule: on random tasks of an untrained net the
+    # raw scores leave some class unpredicted (nothing picked) more often than the normalised
+    xs, ys, xq, yq = _tasks(b=6, ways=3, queries=6, seed=4)
+    xs, xq = torch.randn_like(xs), torch.randn_like(xq)
+    picked = {}
+    for norm in (False, True):
+        learner = create_learner("gp-maml", _model().float(), lp_topk=5, class_mass_norm=norm)
+        with torch.no_grad():
+            picked[norm] = learner.eval()(xs, ys, xq, yq).picked
+    assert picked[True].sum() > picked[False].sum()
+
+
+@pytest.mark.parametrize("method", ["maml", "gp-boil"])
+def test_compiled_query_forward_matches_eager(method):
+    xs, ys, xq, yq = _tasks(b=2)
+    results = []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for compiled in (False, True):
+        learner = create_learner(method, _model().float(), lp_topk=5, compile_query=compiled)
+        out = learner(xs, ys, xq, yq)
+        out.loss.backward()  # second order through the compiled query pass
+        results.append((out, [p.grad.clone() for p in learner.model.parameters()]))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)

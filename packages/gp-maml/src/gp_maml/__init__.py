@@ -3,9 +3,22 @@ on ``torch.func`` (Liu et al., "Generating Pseudo-labels Adaptively for Few-shot
 Model-Agnostic Meta-Learning", arXiv 2207.04217)."""
 
 from .adaptation import adapt, weighted_cross_entropy
-from .backbones import BatchNorm2d, Conv4, ResNet12, conv4, create_backbone, resnet12
+from .backbones import (
+    BatchNorm2d,
+    Conv4,
+    ResNet12,
+    conv4,
+    create_backbone,
+    resnet12,
+    sample_weighted_batch_norm,
+)
 from .data import Episode, EpisodeSampler, FewShotDataset
-from .label_propagation import RelationNet, gaussian_affinity, label_propagation
+from .label_propagation import (
+    RelationNet,
+    class_mass_normalize,
+    gaussian_affinity,
+    label_propagation,
+)
 from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
 from .picking import pick_pseudo_labels
 
@@ -24,6 +37,7 @@ __all__ = [
     "ResNet12",
     "adapt",
     "check_no_running_stats",
+    "class_mass_normalize",
     "conv4",
     "create_backbone",
     "create_learner",
@@ -31,5 +45,6 @@ __all__ = [
     "label_propagation",
     "pick_pseudo_labels",
     "resnet12",
+    "sample_weighted_batch_norm",
     "weighted_cross_entropy",
 ]

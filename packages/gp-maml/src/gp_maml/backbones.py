@@ -7,11 +7,22 @@ and ``head`` (a linear classifier), and use batch-norm on batch statistics only
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BatchNorm2d", "Conv4", "ResNet12", "conv4", "create_backbone", "resnet12"]
+__all__ = [
+    "BatchNorm2d",
+    "Conv4",
+    "ResNet12",
+    "conv4",
+    "create_backbone",
+    "resnet12",
+    "sample_weighted_batch_norm",
+]
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -21,18 +32,50 @@ class BatchNorm2d(nn.BatchNorm2d):
     channels-last tensors); inside them it is written with elementary ops, because the fused
     kernel's double backward is wrong under ``torch.func.vmap`` in PyTorch 2.x (see
     ``MetaLearner``). Same numerics as ``nn.BatchNorm2d(track_running_stats=False)``.
+
+    Inside ``sample_weighted_batch_norm(model, weight)`` the statistics are weighted per sample
+    (a 0/1 weight computes them over a subset without changing shapes, so it works under
+    ``vmap``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__(num_features, eps=eps, track_running_stats=False)
+        self.sample_weight: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
-        if torch._C._functorch.peek_interpreter_stack() is None:
+        if self.sample_weight is not None:
+            w = self.sample_weight.to(x.dtype).view(-1, 1, 1, 1)
+            count = w.sum() * x.shape[2] * x.shape[3]
+            mean = (w * x).sum((0, 2, 3), keepdim=True) / count
+            var = (w * (x - mean).square()).sum((0, 2, 3), keepdim=True) / count
+        elif torch._C._functorch.peek_interpreter_stack() is None:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
+        else:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
         scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
         return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+
+
+@contextmanager
+def sample_weighted_batch_norm(model: nn.Module, weight: Tensor) -> Iterator[int]:
+    """Within the block, every ``gp_maml.BatchNorm2d`` of ``model`` weights its statistics.
+
+    Args:
+        model: network whose batch-norm layers are ``gp_maml.BatchNorm2d``.
+        weight: ``(N,)`` non-negative weights of the ``N`` samples of the next forwards.
+
+    Yields:
+        The number of layers weighted (0: the model has none of ours, statistics unchanged).
+    """
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    for m in layers:
+        m.sample_weight = weight
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.sample_weight = None
 
 
 def _bn(chans: int) -> nn.BatchNorm2d:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RelationNet", "gaussian_affinity", "label_propagation"]
+__all__ = ["RelationNet", "class_mass_normalize", "gaussian_affinity", "label_propagation"]
 
 
 class RelationNet(nn.Module):
@@ -87,3 +87,20 @@ def label_propagation(
     y = torch.cat([y, y.new_zeros(n - n_s, num_classes)])
     eye = torch.eye(n, dtype=z.dtype, device=z.device)
     return torch.linalg.solve(eye - alpha * s, y)
+
+
+def class_mass_normalize(scores: Tensor) -> Tensor:
+    """Class mass normalisation (Zhu, Ghahramani and Lafferty, ICML 2003) for balanced tasks.
+
+    Divides every class column by its total mass, so a class whose support sample is central
+    in the graph no longer wins every row. With ``alpha`` near 1, ``(I - alpha S)^{-1} Y`` is
+    dominated by the graph's leading eigenvector and the raw ``argmax`` tends to give one class
+    to all queries.
+
+    Args:
+        scores: ``(N, C)`` non-negative propagated scores (e.g. the query rows of ``F``).
+
+    Returns:
+        ``(N, C)`` scores whose columns each sum to 1.
+    """
+    return scores / scores.sum(0, keepdim=True).clamp_min(1e-12)

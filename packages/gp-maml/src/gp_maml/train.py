@@ -52,6 +52,8 @@ class TrainConfig:
     inner_lr: float = 0.5
     inner_steps: int = 1
     first_order: bool = False
+    lp_loss_weight: float = 0.01
+    class_mass_norm: bool = True
     lr: float = 1e-3
     milestones: list[int] = field(default_factory=lambda: [10000, 20000])
     gamma: float = 0.1
@@ -61,6 +63,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     task_batching: str = "auto"
+    compile_query: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -93,7 +96,10 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         inner_lr=cfg.inner_lr,
         inner_steps=cfg.inner_steps,
         first_order=cfg.first_order,
+        lp_loss_weight=cfg.lp_loss_weight,
+        class_mass_norm=cfg.class_mass_norm,
         task_batching=cfg.task_batching,
+        compile_query=cfg.compile_query,
     )
 
 
@@ -215,13 +221,17 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("ways", "shots", "queries", "meta_batch", "iterations", "inner_steps", "val_every",
                  "val_tasks", "ckpt_every", "log_every", "seed"):  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("inner_lr", "lr", "gamma"):
+    for name in ("inner_lr", "lr", "gamma", "lp_loss_weight"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--milestones", type=int, nargs="*", default=d.milestones)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false",
+                   help="GP methods: pick pseudo-labels from the raw propagated scores")  # fmt: skip
     p.add_argument("--no-rotate", dest="rotate", action="store_false",
                    help="Omniglot: no rotation-augmented training classes")  # fmt: skip
     p.add_argument("--task-batching", default=d.task_batching, choices=["loop", "vmap", "auto"])
+    p.add_argument("--compile-query", action="store_true",
+                   help="torch.compile the query forward (loop mode; see MetaLearner)")  # fmt: skip
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
