@@ -325,7 +325,7 @@ def section_fewshot(args: argparse.Namespace, data: dict, out: Path) -> tuple[st
             "--method", method, "--backbone", "conv4-32", "--dataset", "omniglot",
             "--data-root", str(train_root), "--out", str(run), "--ways", "5", "--shots", "1",
             "--queries", "5", "--meta-batch", "4", "--iterations", str(args.meta_iterations),
-            "--val-every", str(args.meta_iterations), "--val-tasks", "100", "--inner-lr", "0.4",
+            "--val-every", "0", "--inner-lr", "0.4",
             "--milestones", str(10 * args.meta_iterations),
         ]  # fmt: skip
         if (run / "last.pt").is_file():

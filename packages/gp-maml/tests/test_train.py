@@ -70,3 +70,16 @@ def test_cli_and_errors(shared_omniglot, tmp_path, capsys):
         TrainConfig(meta_batch=0)
     with pytest.raises(FileNotFoundError):
         train(_cfg(tmp_path / "missing.zip", tmp_path / "x"))
+
+
+def test_validation_can_be_disabled_and_a_too_small_split_is_named(omniglot_zip, tmp_path):
+    # the tiny zip has 6 characters: every 10th is held out, so the validation split is empty
+    small = dict(ways=2, queries=1, iterations=2, val_tasks=2, first_order=True)
+    with pytest.raises(ValueError, match=r"validation split .* 0 classes.*--val-every 0"):
+        train(_cfg(omniglot_zip, tmp_path / "val", val_every=1, **small))
+    result = train(_cfg(omniglot_zip, tmp_path / "noval", val_every=0, **small))
+    assert result["best_val"] == -1.0
+    assert (tmp_path / "noval" / "last.pt").is_file()
+    assert not (tmp_path / "noval" / "best.pt").exists()
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(val_every=-1)

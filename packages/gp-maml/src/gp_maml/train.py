@@ -1,7 +1,8 @@
 """Meta-training CLI: ``python -m gp_maml.train`` / ``gp-maml-train``.
 
 Writes to ``--out``: ``last.pt`` (atomic, every ``--ckpt-every`` iterations and at the end),
-``best.pt`` (best validation accuracy), ``metrics.jsonl`` and ``curves.png``.
+``best.pt`` (best validation accuracy; none with ``--val-every 0``), ``metrics.jsonl`` and
+``curves.png``.
 ``--resume`` continues exactly from ``last.pt`` (parameters, optimizer, scheduler, sampler and
 RNG states, iteration).
 """
@@ -74,10 +75,11 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
         for name in (
             "meta_batch",
             "iterations",
-            "val_every",
             "val_tasks",
             "ckpt_every",
             "log_every",
@@ -139,7 +141,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    train_data, val_data = _load_data(cfg, "train"), _load_data(cfg, "val")
+    train_data = _load_data(cfg, "train")
+    val_data = _load_data(cfg, "val") if cfg.val_every else None
+    if val_data is not None and len(val_data.class_names) < cfg.ways:
+        raise ValueError(
+            f"the validation split of {cfg.data_root} has {len(val_data.class_names)} classes, "
+            f"fewer than ways={cfg.ways}; use a dataset with more classes or --val-every 0 "
+            "(train without validation; evaluate last.pt)"
+        )
     sampler = EpisodeSampler(train_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
     learner = build_learner(cfg, train_data).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
@@ -192,7 +201,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             )
             if cfg.progress:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-        if step % cfg.val_every == 0 or step == cfg.iterations:
+        if val_data is not None and (step % cfg.val_every == 0 or step == cfg.iterations):
             val_sampler = EpisodeSampler(
                 val_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1
             )
