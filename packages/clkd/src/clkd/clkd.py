@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab_common import softened_kl_div
+
 from ._validation import prepare_logits
 
 __all__ = [
@@ -91,8 +93,7 @@ def instance_loss(
     """Instance-level term on ``(B, C)`` logits: each sample's row compared across classes."""
     if variant == "mse":
         return F.mse_loss(F.normalize(s, dim=1), F.normalize(t, dim=1))
-    log_ps, log_pt = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
-    return temperature**2 * F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+    return softened_kl_div(s, t, temperature)
 
 
 def class_loss(

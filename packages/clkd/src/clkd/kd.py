@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab_common import softened_kl_div
+
 from ._validation import prepare_logits
 
 __all__ = ["KDConfig", "KDLoss", "kd_loss"]
@@ -46,13 +48,8 @@ def kd_loss(
     """
     s, t = prepare_logits(student_logits, teacher_logits, target, min_batch=1, method="kd_loss")
     with torch.autocast(s.device.type, enabled=False):
-        log_ps = F.log_softmax(s / temperature, dim=1)
-        log_pt = F.log_softmax(t / temperature, dim=1)
-        kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
-        return {
-            "loss_ce": ce_weight * F.cross_entropy(s, target),
-            "loss_kd": kd_weight * temperature**2 * kl,
-        }
+        loss_ce = ce_weight * F.cross_entropy(s, target)
+    return {"loss_ce": loss_ce, "loss_kd": kd_weight * softened_kl_div(s, t, temperature)}
 
 
 class KDLoss(nn.Module):

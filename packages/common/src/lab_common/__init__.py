@@ -2,8 +2,8 @@
 
 Only what at least two of those packages need: seeding, device/autocast selection,
 accuracy and confidence intervals, benchmark timing and tables, metrics logging,
-atomic checkpoints, torch.distributed helpers, dataset location, the teacher-student
-``Distiller`` and (``lab_common.zoo``) the CIFAR distillation model zoo.
+atomic checkpoints, torch.distributed helpers, dataset location, the softened KL of
+distillation, the teacher-student ``Distiller`` and (``lab_common.zoo``) the CIFAR distillation model zoo.
 """
 
 from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
@@ -27,6 +27,7 @@ from .distributed import (
     is_main_process,
 )
 from .logging import MetricsLogger, plot_metrics, progress, read_metrics
+from .losses import softened_kl_div
 from .metrics import mean_confidence_interval, topk_accuracy
 from .seeding import seed_everything
 
@@ -62,6 +63,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "shared_datasets_root",
+    "softened_kl_div",
     "topk_accuracy",
     "write_benchmark",
 ]

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lab_common import softened_kl_div
+
 __all__ = ["KDLoss", "kd_loss"]
 
 
@@ -19,16 +21,7 @@ def kd_loss(
         teacher_logits: ``(B, C)``; detached.
         temperature: ``T > 0``.
     """
-    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
-        raise ValueError(
-            f"expected student and teacher logits of the same (B, C) shape, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+    return softened_kl_div(student_logits, teacher_logits, temperature)
 
 
 class KDLoss(nn.Module):
