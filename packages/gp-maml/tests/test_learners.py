@@ -169,3 +169,23 @@ def test_compiled_query_forward_matches_eager(method):
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["maml", "gp-anil"])
+def test_forward_backward_per_task_matches_one_backward(method):
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())
+    grads, outs = [], []
+    for per_task in (False, True):
+        learner = create_learner(method, _model(), lp_topk=5).double()
+        if per_task:
+            out = learner.forward_backward(xs, ys, xq, yq)
+            assert not out.loss.requires_grad
+        else:
+            out = learner(xs, ys, xq, yq)
+            out.loss.backward()
+        outs.append(out)
+        grads.append([p.grad.clone() for p in learner.parameters()])
+    torch.testing.assert_close(outs[0].loss.detach(), outs[1].loss)
+    torch.testing.assert_close(outs[0].logits.detach(), outs[1].logits)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

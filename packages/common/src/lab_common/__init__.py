@@ -6,7 +6,13 @@ atomic checkpoints, torch.distributed helpers, dataset location, the softened KL
 distillation, the teacher-student ``Distiller`` and (``lab_common.zoo``) the CIFAR distillation model zoo.
 """
 
-from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
+from .benchmarking import (
+    Measurement,
+    machine_description,
+    markdown_table,
+    measure,
+    write_benchmark,
+)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import (
     DATASET_NAMES,

@@ -266,6 +266,17 @@ class MetaLearner(nn.Module):
             return self.task_batching
         return "vmap" if device.type == "cuda" else "loop"
 
+    def _meta_batch_inputs(self, xs: Tensor, ys: Tensor, xq: Tensor):
+        if xs.dim() != 5 or xq.dim() != 5:
+            raise ValueError(
+                f"expected (B, N, C, H, W) support/query tensors, got {tuple(xs.shape)} and "
+                f"{tuple(xq.shape)}"
+            )
+        ways = int(ys.max()) + 1
+        params = dict(self.model.named_parameters())
+        rel = dict(self.relation_net.named_parameters()) if self.gp else {}
+        return ways, params, rel
+
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
         """Meta-batch of ``B`` tasks.
 
@@ -276,14 +287,7 @@ class MetaLearner(nn.Module):
         Returns:
             ``MetaOutput`` with the loss averaged over tasks.
         """
-        if xs.dim() != 5 or xq.dim() != 5:
-            raise ValueError(
-                f"expected (B, N, C, H, W) support/query tensors, got {tuple(xs.shape)} and "
-                f"{tuple(xq.shape)}"
-            )
-        ways = int(ys.max()) + 1
-        params = dict(self.model.named_parameters())
-        rel = dict(self.relation_net.named_parameters()) if self.gp else {}
+        ways, params, rel = self._meta_batch_inputs(xs, ys, xq)
         if self.resolved_batching(xs.device) == "vmap":
             if (
                 not self.first_order
@@ -305,6 +309,34 @@ class MetaLearner(nn.Module):
             loss, logits, picked = (torch.stack(t) for t in zip(*outs))
         accuracy = (logits.argmax(-1) == yq).float().mean() * 100
         return MetaOutput(loss.mean(), accuracy.detach(), logits, picked.detach())
+
+    def forward_backward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
+        """``forward(...).loss.backward()`` one task at a time (peak memory of a single task).
+
+        Each task's share of the mean loss is back-propagated as soon as it is computed, so
+        parameter gradients accumulate exactly as with ``forward(...).loss.backward()`` while
+        only one task's graph is alive (``higher``'s memory profile). Python-loop batching only.
+
+        Args:
+            xs, ys, xq, yq: as in ``forward``.
+
+        Returns:
+            ``MetaOutput`` with a detached mean ``loss``.
+        """
+        ways, params, rel = self._meta_batch_inputs(xs, ys, xq)
+        n_tasks = xs.shape[0]
+        losses, logits, picked = [], [], []
+        for b in range(n_tasks):
+            loss, task_logits, task_picked = self.task_loss(
+                params, rel, xs[b], ys[b], xq[b], yq[b], ways
+            )
+            (loss / n_tasks).backward()
+            losses.append(loss.detach())
+            logits.append(task_logits.detach())
+            picked.append(task_picked.detach())
+        logits_t = torch.stack(logits)
+        accuracy = (logits_t.argmax(-1) == yq).float().mean() * 100
+        return MetaOutput(torch.stack(losses).mean(), accuracy, logits_t, torch.stack(picked))
 
 
 def create_learner(method: str, model: nn.Module, **kwargs) -> MetaLearner:

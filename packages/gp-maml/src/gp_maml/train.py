@@ -182,12 +182,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
 
     record: dict = {}
+    per_task_backward = learner.resolved_batching(device) == "loop"
     bar = progress(range(start, cfg.iterations), enabled=cfg.progress, desc=cfg.method)
     for it in bar:
         ep = sampler.sample_batch(cfg.meta_batch).to(device)
-        result = learner(ep.xs, ep.ys, ep.xq, ep.yq)
         optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
+        if per_task_backward:  # same gradients, one task's graph alive at a time
+            result = learner.forward_backward(ep.xs, ep.ys, ep.xq, ep.yq)
+        else:
+            result = learner(ep.xs, ep.ys, ep.xq, ep.yq)
+            result.loss.backward()
         optimizer.step()
         scheduler.step()
         step = it + 1
