@@ -3,16 +3,11 @@
 Only what at least two of those packages need: seeding, device/autocast selection,
 accuracy and confidence intervals, benchmark timing and tables, metrics logging,
 atomic checkpoints, torch.distributed helpers, dataset location, the softened KL of
-distillation, the teacher-student ``Distiller`` and (``lab_common.zoo``) the CIFAR distillation model zoo.
+distillation, the teacher-student ``Distiller`` and (``lab_common.zoo``) the CIFAR
+distillation model zoo.
 """
 
-from .benchmarking import (
-    Measurement,
-    machine_description,
-    markdown_table,
-    measure,
-    write_benchmark,
-)
+from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import (
     DATASET_NAMES,

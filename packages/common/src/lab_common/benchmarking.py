@@ -15,13 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "Measurement",
-    "measure",
-    "machine_description",
-    "markdown_table",
-    "write_benchmark",
-]
+__all__ = ["Measurement", "measure", "machine_description", "markdown_table", "write_benchmark"]
 
 
 @dataclass(frozen=True)

@@ -307,8 +307,7 @@ class MetaLearner(nn.Module):
                 for b in range(xs.shape[0])
             ]
             loss, logits, picked = (torch.stack(t) for t in zip(*outs))
-        accuracy = (logits.argmax(-1) == yq).float().mean() * 100
-        return MetaOutput(loss.mean(), accuracy.detach(), logits, picked.detach())
+        return _meta_output(loss, logits, picked, yq)
 
     def forward_backward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
         """``forward(...).loss.backward()`` one task at a time (peak memory of a single task).
@@ -325,18 +324,19 @@ class MetaLearner(nn.Module):
         """
         ways, params, rel = self._meta_batch_inputs(xs, ys, xq)
         n_tasks = xs.shape[0]
-        losses, logits, picked = [], [], []
+        outs = []
         for b in range(n_tasks):
-            loss, task_logits, task_picked = self.task_loss(
-                params, rel, xs[b], ys[b], xq[b], yq[b], ways
-            )
-            (loss / n_tasks).backward()
-            losses.append(loss.detach())
-            logits.append(task_logits.detach())
-            picked.append(task_picked.detach())
-        logits_t = torch.stack(logits)
-        accuracy = (logits_t.argmax(-1) == yq).float().mean() * 100
-        return MetaOutput(torch.stack(losses).mean(), accuracy, logits_t, torch.stack(picked))
+            out = self.task_loss(params, rel, xs[b], ys[b], xq[b], yq[b], ways)
+            (out[0] / n_tasks).backward()
+            outs.append([t.detach() for t in out])
+        loss, logits, picked = (torch.stack(t) for t in zip(*outs))
+        return _meta_output(loss, logits, picked, yq)
+
+
+def _meta_output(loss: Tensor, logits: Tensor, picked: Tensor, yq: Tensor) -> MetaOutput:
+    """``MetaOutput`` from per-task ``(B,)`` losses, ``(B, N_q, N)`` logits, ``(B,)`` picks."""
+    accuracy = (logits.argmax(-1) == yq).float().mean() * 100
+    return MetaOutput(loss.mean(), accuracy.detach(), logits, picked.detach())
 
 
 def create_learner(method: str, model: nn.Module, **kwargs) -> MetaLearner:
