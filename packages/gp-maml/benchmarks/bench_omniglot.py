@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from gp_maml import EpisodeSampler, create_backbone, create_learner
+from gp_maml import EpisodeSampler, MetaLearner, create_backbone, create_learner
 from gp_maml.datasets import load_omniglot, load_split
 from lab_common import (
     mean_confidence_interval,
@@ -36,8 +36,8 @@ PAIRS = (("maml", "gp-maml"), ("anil", "gp-anil"), ("boil", "gp-boil"))
 SETTINGS = {"5w1s": (5, 1), "20w1s": (20, 1), "5w5s": (5, 5)}
 
 
-def run_one(method, train_data, test_data, ways, shots, a, log) -> torch.Tensor:
-    """Meta-train ``method`` and return per-task test accuracies (percent), shape ``(tasks,)``."""
+def meta_train(method, train_data, ways, shots, a, log) -> MetaLearner:
+    """``method`` meta-trained on ``train_data`` with the settings of ``a`` (see ``parse_args``)."""
     seed_everything(a.seed)
     chans, size = train_data.images.shape[1], train_data.images.shape[2]
     model = create_backbone(a.backbone, in_chans=chans, num_classes=ways, img_size=size)
@@ -65,8 +65,21 @@ def run_one(method, train_data, test_data, ways, shots, a, log) -> torch.Tensor:
             log(f"  {method} it {it + 1}/{iters} loss {out.loss.item():.3f} "
                 f"acc {out.accuracy.item():.1f} picked {out.picked.mean().item():.1f} "
                 f"({time.time() - t0:.0f}s)")  # fmt: skip
+    return learner
+
+
+def evaluation_sampler(test_data, ways, shots, a) -> EpisodeSampler:
+    """The benchmark's test episodes (the same for every learner)."""
+    return EpisodeSampler(test_data, ways, shots, a.test_queries, seed=a.seed + 12345)
+
+
+def run_one(method, train_data, test_data, ways, shots, a, log) -> torch.Tensor:
+    """Meta-train ``method`` and return per-task test accuracies (percent), shape ``(tasks,)``."""
+    t0 = time.time()
+    learner = meta_train(method, train_data, ways, shots, a, log)
+    iters = a.iterations[list(SETTINGS).index(f"{ways}w{shots}s")]
     learner.eval()
-    test = EpisodeSampler(test_data, ways, shots, a.test_queries, seed=a.seed + 12345)
+    test = evaluation_sampler(test_data, ways, shots, a)
     accs = []
     for _ in range(0, a.test_tasks, a.eval_batch):
         ep = test.sample_batch(a.eval_batch)
@@ -77,7 +90,8 @@ def run_one(method, train_data, test_data, ways, shots, a, log) -> torch.Tensor:
     return torch.cat(accs)[: a.test_tasks]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's settings (``--full``: the paper's protocol)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="the paper's protocol (GPU, hours)")
     p.add_argument(
@@ -110,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         a.backbone, a.meta_batch, a.train_queries, a.test_queries = "conv4-64", 4, 15, 15
         a.iterations, a.lr, a.test_tasks, a.eval_batch = [30000] * 3, 1e-3, 10000, 20
         a.settings = ["5w1s", "5w5s"]
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     log_file = open(a.progress_log, "a") if a.progress_log else None  # noqa: SIM115

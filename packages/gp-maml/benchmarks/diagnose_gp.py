@@ -1,7 +1,7 @@
 """What a GP learner's pseudo-labels do at test time, for a few learner settings.
 
-Meta-trains each ``--variants`` entry on Omniglot small1 (rotation-augmented) exactly like
-``bench_omniglot.py``, then on small2 test tasks reports, per task and averaged:
+Meta-trains each ``--variants`` entry on Omniglot small1 (rotation-augmented) with
+``bench_omniglot.meta_train``, then on small2 test tasks reports, per task and averaged:
 
 * ``theta' %``: query accuracy after the support step only (what the base learner predicts);
 * ``GP %``: query accuracy of the learner (re-trained on the picks, or theta' without picks);
@@ -21,19 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+from bench_omniglot import SETTINGS, evaluation_sampler, meta_train
+from bench_omniglot import parse_args as bench_args
 
-from gp_maml import (
-    EpisodeSampler,
-    class_mass_normalize,
-    create_backbone,
-    create_learner,
-    label_propagation,
-    pick_pseudo_labels,
-)
+from gp_maml import EpisodeSampler, class_mass_normalize, label_propagation, pick_pseudo_labels
 from gp_maml.datasets import load_omniglot
-from lab_common import seed_everything, shared_datasets_root, write_benchmark
-
-SETTINGS = {"5w1s": (5, 1), "20w1s": (20, 1), "5w5s": (5, 5)}
+from lab_common import shared_datasets_root, write_benchmark
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -107,7 +100,13 @@ def main(argv: list[str] | None = None) -> str:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ways, shots = SETTINGS[a.setting]
-    iterations = a.iterations or {"5w1s": 100, "20w1s": 60, "5w5s": 60}[a.setting]
+    train_args = bench_args(
+        ["--seed", str(a.seed), "--lr", str(a.lr), "--meta-batch", str(a.meta_batch),
+         "--train-queries", str(a.queries), "--test-queries", str(a.queries)]
+    )  # fmt: skip
+    if a.iterations:
+        train_args.iterations[list(SETTINGS).index(a.setting)] = a.iterations
+    iterations = train_args.iterations[list(SETTINGS).index(a.setting)]
     root = shared_datasets_root() / "omniglot"
     train_data = load_omniglot(root / "images_background_small1.zip").with_rotations()
     test_data = load_omniglot(root / "images_background_small2.zip")
@@ -117,18 +116,9 @@ def main(argv: list[str] | None = None) -> str:
         if not method.startswith("gp-"):
             raise ValueError(f"{spec!r}: diagnose a GP method (gp-maml, gp-anil, gp-boil)")
         t0 = time.time()
-        seed_everything(a.seed)
-        model = create_backbone("conv4-32", in_chans=1, num_classes=ways, img_size=28)
-        learner = create_learner(method, model, **kwargs)
-        opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
-        sampler = EpisodeSampler(train_data, ways, shots, a.queries, seed=a.seed)
-        for _ in range(iterations):
-            ep = sampler.sample_batch(a.meta_batch)
-            loss = learner(ep.xs, ep.ys, ep.xq, ep.yq).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        test = EpisodeSampler(test_data, ways, shots, a.queries, seed=a.seed + 12345)
+        variant_args = argparse.Namespace(**{**vars(train_args), **kwargs})
+        learner = meta_train(method, train_data, ways, shots, variant_args, log=lambda _: None)
+        test = evaluation_sampler(test_data, ways, shots, variant_args)
         row = {"setting": a.setting, "variant": spec, "iterations": iterations}
         row.update(diagnose(learner, test, a.tasks, ways))
         row["s"] = round(time.time() - t0)
