@@ -2,13 +2,15 @@
 
 Conv-4-64, 28x28 inputs, 5-way 1-shot, 15 queries per class, one inner step (lr 0.5), at
 meta-batch 4 and 32, first and second order. Each row times one warmed-up meta-training step
-(forward, backward, no optimizer step) on random data; the main figure is process CPU time per
-task (one thread), wall tasks/s is beside it. The ``higher`` baseline uses the same network
-with torch's fused batch-norm (its natural setup); ``max abs grad diff`` checks that both give
-the same meta-gradient. ``peak MB`` (RSS growth during one step) is measured in a child process
-where freed memory goes back to the OS at once (see ``memory_peaks``).
+(forward, backward, no optimizer step) on random data, the rows interleaved ``--repeats``
+times; the main figure is the median process CPU time per task (one thread), wall tasks/s is
+beside it. The ``higher`` baseline runs the same network built from torch's layers
+(``nn.BatchNorm2d``, ``nn.MaxPool2d``: its natural setup). ``max abs grad err`` is each
+meta-gradient's distance to a float64 one (the eager learner in double, same weights).
+``peak MB`` (RSS growth during one step) is measured in a child process where freed memory
+goes back to the OS at once (see ``memory_peaks``).
 
-    python packages/gp-maml/benchmarks/bench_speed.py --batches 32 4 --repeats 1
+    python packages/gp-maml/benchmarks/bench_speed.py --batches 32 4 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import copy
 import ctypes
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -27,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gp_maml import BatchNorm2d, Conv4, create_learner
+from gp_maml import BatchNorm2d, Conv4, MaxPool2d, MetaLearner, create_learner
 from lab_common import measure, write_benchmark
 
 
-def fused_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with torch's fused batch-norm (batch statistics) instead of ours."""
+def torch_layers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with torch's batch-norm (batch statistics) and max-pool layers."""
     model = copy.deepcopy(model)
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -40,6 +43,8 @@ def fused_bn(model: nn.Module) -> nn.Module:
                 new = nn.BatchNorm2d(child.num_features, track_running_stats=False)
                 new.load_state_dict(child.state_dict())
                 setattr(module, child_name, new)
+            elif isinstance(child, MaxPool2d):
+                setattr(module, child_name, nn.MaxPool2d(child.kernel_size, child.stride))
     return model
 
 
@@ -78,7 +83,7 @@ def _higher_runner(model: nn.Module, batch, first_order: bool):
     return run
 
 
-def _learner_runner(learner: nn.Module, batch, per_task: bool = False):
+def _learner_runner(learner: nn.Module, batch, per_task: bool):
     def run() -> None:
         learner.zero_grad(set_to_none=True)
         if per_task:
@@ -93,33 +98,38 @@ def grads_of(module: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
 
-IMPLEMENTATIONS = (  # name, method, task batching, compile_query
-    ("gp_maml loop", "maml", "loop", False),
-    ("gp_maml loop + compile", "maml", "loop", True),
-    ("gp_maml loop, backward per task", "maml", "loop", False),
-    ("gp_maml vmap", "maml", "vmap", False),
-    ("GP-MAML loop", "gp-maml", "loop", False),
-    ("GP-MAML loop + compile", "gp-maml", "loop", True),
+IMPLEMENTATIONS = (  # name, method, task batching, compiled, backward per task
+    ("gp_maml loop", "maml", "loop", False, True),
+    ("gp_maml loop + compile", "maml", "loop", True, True),
+    ("gp_maml loop, one backward", "maml", "loop", False, False),
+    ("gp_maml vmap", "maml", "vmap", False, False),
+    ("GP-MAML loop", "gp-maml", "loop", False, True),
+    ("GP-MAML loop + compile", "gp-maml", "loop", True, True),
 )
 
 
 def build_runs(base: nn.Module, b: int, first_order: bool):
     """``(runs, learners, higher_model, batch)``: one zero-argument step function per row."""
     batch = make_batch(b)
-    hmodel = fused_bn(base)
+    hmodel = torch_layers(base)
     learners = {
         name: create_learner(method, copy.deepcopy(base), task_batching=batching,
-                             first_order=first_order, compile_query=compiled)
-        for name, method, batching, compiled in IMPLEMENTATIONS
+                             first_order=first_order, compiled=compiled)
+        for name, method, batching, compiled, _ in IMPLEMENTATIONS
     }  # fmt: skip
     runs = {"higher": _higher_runner(hmodel, batch, first_order)}
-    runs.update(
-        {
-            name: _learner_runner(learner, batch, "per task" in name)
-            for name, learner in learners.items()
-        }
-    )
+    for name, *_, per_task in IMPLEMENTATIONS:
+        runs[name] = _learner_runner(learners[name], batch, per_task)
     return runs, learners, hmodel, batch
+
+
+def float64_grads(learner: MetaLearner, batch, first_order: bool) -> list[torch.Tensor]:
+    """Meta-gradient of an eager float64 copy of ``learner`` (reference of the error column)."""
+    ref = create_learner(learner.method, copy.deepcopy(learner.model), first_order=first_order,
+                         task_batching="loop").double()  # fmt: skip
+    ref.load_state_dict(learner.state_dict())
+    ref.forward_backward(*(t.double() if t.is_floating_point() else t for t in batch))
+    return [p.grad for p in ref.model.parameters()]
 
 
 def _return_freed_memory_to_os() -> None:
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> str:
         "--check-batch",
         type=int,
         default=4,
-        help="compare gradients with higher at meta-batches <= this (every row is warmed up)",
+        help="compare gradients with float64 ones at meta-batches <= this",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
@@ -187,28 +197,30 @@ def main(argv: list[str] | None = None) -> str:
         for first_order in a.orders:
             order = "1st" if first_order else "2nd"
             runs, learners, hmodel, batch = build_runs(base, b, first_order)
-            diffs: dict[str, object] = {}
+            errors: dict[str, object] = {}
             picked = learners["GP-MAML loop"](*batch).picked.mean().item()
-            if b <= a.check_batch:  # untimed warm-up run that also checks the numerics
-                runs["higher"]()
-                ref = grads_of(hmodel)
-                diffs["higher"] = 0.0
-                for name, learner in learners.items():
-                    runs[name]()
-                    if not name.startswith("GP"):
-                        diffs[name] = max(
-                            (x - y).abs().max().item() for x, y in zip(grads_of(learner.model), ref)
-                        )
-            else:  # untimed warm-up (and torch.compile's compilation)
-                for run in runs.values():
+            for run in runs.values():  # untimed warm-up (and torch.compile's compilation)
+                run()
+            if b <= a.check_batch:
+                models = {"higher": hmodel} | {n: ln.model for n, ln in learners.items()}
+                refs = {n: float64_grads(ln, batch, first_order) for n, ln in learners.items()}
+                refs["higher"] = refs["gp_maml loop"]  # same initial weights
+                for name, model in models.items():
+                    errors[name] = max(
+                        (x.double() - y).abs().max().item()
+                        for x, y in zip(grads_of(model), refs[name])
+                    )
+            cpu_runs: dict[str, list[float]] = {name: [] for name in runs}
+            wall_runs: dict[str, list[float]] = {name: [] for name in runs}
+            for rep in range(a.repeats):  # rows interleaved, so slow drifts hit all of them
+                for name, run in runs.items():
+                    c0, w0 = time.process_time(), time.perf_counter()
                     run()
-            cpu: dict[str, float] = {}
-            timings = {}
-            for name, run in runs.items():
-                t0 = time.process_time()
-                timings[name] = measure(run, warmup=0, repeats=a.repeats)
-                cpu[name] = (time.process_time() - t0) / a.repeats
-                print(name, b, order, f"cpu {cpu[name]:.2f}s", flush=True)
+                    cpu_runs[name].append(time.process_time() - c0)
+                    wall_runs[name].append(time.perf_counter() - w0)
+                    print(b, order, rep, name, f"cpu {cpu_runs[name][-1]:.2f}s", flush=True)
+            cpu = {name: statistics.median(v) for name, v in cpu_runs.items()}
+            wall = {name: statistics.median(v) for name, v in wall_runs.items()}
             for name in runs:
                 same_mode = "gp_maml loop + compile" if "compile" in name else "gp_maml loop"
                 rows.append({
@@ -218,9 +230,9 @@ def main(argv: list[str] | None = None) -> str:
                     "CPU ms/task": round(1000 * cpu[name] / b, 1),
                     "speed-up vs higher (CPU)": round(cpu["higher"] / cpu[name], 2),
                     "cost vs gp_maml MAML (same mode)": round(cpu[name] / cpu[same_mode], 2),
-                    "wall tasks/s": round(b / timings[name].median_s, 2),
+                    "wall tasks/s": round(b / wall[name], 2),
                     "peak MB": "-",
-                    "max abs grad diff vs higher": diffs.get(name, "-"),
+                    "max abs grad err (float64 ref)": errors.get(name, "-"),
                     "GP picked queries/task": round(picked, 1) if name.startswith("GP") else "-",
                 })  # fmt: skip
                 print(rows[-1], flush=True)

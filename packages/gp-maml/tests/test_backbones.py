@@ -80,3 +80,69 @@ def test_sample_weighted_batch_norm_equals_batch_norm_on_the_subset():
     for b in range(3):
         sel = masks[b].bool()
         torch.testing.assert_close(batched[b][sel], bn(x[b][sel]))
+
+
+@pytest.mark.parametrize("size", [8, 7])  # 7: the last row and column are outside every window
+def test_max_pool_elementwise_backward_matches_torch(size):
+    from gp_maml import MaxPool2d, fast_compiled_layers
+
+    torch.manual_seed(0)
+    pool = MaxPool2d(2)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, size // 2, size // 2, dtype=torch.float64)
+    ref = torch.nn.functional.max_pool2d(x, 2)
+    (ref_grad,) = torch.autograd.grad(ref, x, g)
+    with fast_compiled_layers(pool) as layers:
+        assert layers == 1 and pool.outside_transforms
+        out = pool(x)
+    assert not pool.outside_transforms  # restored on exit
+    assert out.grad_fn.name() != ref.grad_fn.name()  # really the elementwise backward
+    (grad,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool_elementwise_backward_breaks_ties_like_torch(k):
+    from gp_maml import MaxPool2d, fast_compiled_layers
+
+    # flat regions (Omniglot's background) tie inside windows: torch's backward picks the
+    # first maximum in row-major order; giving every tie the gradient would multiply it
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (2, 3, 7, 7)).double().requires_grad_()
+    g = torch.randn(2, 3, 7 // k, 7 // k, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(torch.nn.functional.max_pool2d(x, k), x, g)
+    pool = MaxPool2d(k)
+    with fast_compiled_layers(pool):
+        (grad,) = torch.autograd.grad(pool(x), x, g)
+    torch.testing.assert_close(grad, ref)
+
+
+def test_max_pool_elementwise_backward_compiled():
+    from gp_maml import MaxPool2d, fast_compiled_layers
+
+    torch.manual_seed(0)
+    pool = MaxPool2d(2)
+    x = torch.randint(0, 3, (2, 4, 6, 6)).float().requires_grad_()  # many ties
+    w = torch.randn(2, 4, 3, 3)
+    (ref,) = torch.autograd.grad((torch.nn.functional.max_pool2d(x, 2) * w).sum(), x)
+    compiled = torch.compile(lambda t: (pool(t) * w).sum(), dynamic=False)
+    with fast_compiled_layers(pool):
+        (grad,) = torch.autograd.grad(compiled(x), x)
+    torch.testing.assert_close(grad, ref)
+
+
+def test_fast_compiled_layers_batch_norm_is_the_same_function():
+    from gp_maml import BatchNorm2d, fast_compiled_layers
+
+    torch.manual_seed(0)
+    bn = BatchNorm2d(4).double()
+    torch.nn.init.normal_(bn.weight)
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    compiled = torch.compile(bn, dynamic=False)
+    plain = compiled(x)  # traced: the elementary version (transforms are invisible to dynamo)
+    with fast_compiled_layers(bn) as layers:
+        assert layers == 1
+        fused = compiled(x)  # torch's fused kernel (the flag is guarded: a second graph)
+    torch.testing.assert_close(plain, fused)
+    torch.testing.assert_close(fused, bn(x))

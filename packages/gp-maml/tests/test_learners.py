@@ -153,22 +153,49 @@ def test_class_mass_norm_switch_changes_what_is_picked():
     assert picked[True].sum() > picked[False].sum()
 
 
-@pytest.mark.parametrize("method", ["maml", "gp-boil"])
-def test_compiled_query_forward_matches_eager(method):
+def test_compiled_forward_matches_eager():
+    # GP learners (and forward()) compile the query forward; second order flows through it
     xs, ys, xq, yq = _tasks(b=2)
     results = []
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     for compiled in (False, True):
-        learner = create_learner(method, _model().float(), lp_topk=5, compile_query=compiled)
+        learner = create_learner("gp-boil", _model().float(), lp_topk=5, compiled=compiled)
         out = learner(xs, ys, xq, yq)
-        out.loss.backward()  # second order through the compiled query pass
+        out.loss.backward()
         results.append((out, [p.grad.clone() for p in learner.model.parameters()]))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method,steps,first_order", [("maml", 1, False), ("boil", 2, False), ("anil", 1, True)]
+)
+def test_compiled_meta_gradient_matches_backward_through_the_inner_loop(method, steps, first_order):
+    # compiled support/query gradients + Hessian-vector products == autograd through adapt()
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks(b=2))
+    outs, grads = [], []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for compiled in (False, True):
+        learner = create_learner(
+            method, _model(), inner_steps=steps, first_order=first_order, compiled=compiled
+        )
+        outs.append(learner.forward_backward(xs, ys, xq, yq))
+        grads.append([p.grad.clone() for p in learner.model.parameters()])
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= (2 if first_order else 3)  # support, query (and Hessian-vector) graphs
+    torch.testing.assert_close(outs[0].loss, outs[1].loss)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    if not first_order:  # the second-order term is really there
+        fo = create_learner(method, _model(), inner_steps=steps, first_order=True)
+        fo.forward_backward(xs, ys, xq, yq)
+        assert any(not torch.allclose(p.grad, g) for p, g in zip(fo.model.parameters(), grads[1]))
 
 
 @pytest.mark.parametrize("method", ["maml", "gp-anil"])

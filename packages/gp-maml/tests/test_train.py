@@ -83,3 +83,22 @@ def test_validation_can_be_disabled_and_a_too_small_split_is_named(omniglot_zip,
     assert not (tmp_path / "noval" / "best.pt").exists()
     with pytest.raises(ValueError, match="val_every"):
         TrainConfig(val_every=-1)
+
+
+def test_compiled_training_matches_eager(shared_omniglot, tmp_path):
+    # --compile: compiled support/query gradients and Hessian-vector products, same training
+    root = shared_omniglot / "images_background_small1.zip"
+    states = []
+    for compiled in (False, True):
+        out = tmp_path / f"compiled_{compiled}"
+        train(_cfg(root, out, first_order=False, iterations=3, val_every=0, compiled=compiled))
+        states.append(torch.load(out / "last.pt", weights_only=False)["learner"])
+    assert states[1].keys() == states[0].keys()
+    # the conv biases feed a batch-norm: their gradient is zero up to float noise, which Adam
+    # turns into +-lr steps of either sign: they may differ by 2 * lr per iteration
+    conv_biases = {f"model.features.{i}.bias" for i in (0, 4, 8, 12)}
+    for k, v in states[0].items():
+        if k in conv_biases:
+            torch.testing.assert_close(states[1][k], v, rtol=0, atol=3 * 2 * 1e-3)
+        else:
+            torch.testing.assert_close(states[1][k], v, rtol=1e-4, atol=1e-5)

@@ -6,9 +6,11 @@ from .adaptation import adapt, weighted_cross_entropy
 from .backbones import (
     BatchNorm2d,
     Conv4,
+    MaxPool2d,
     ResNet12,
     conv4,
     create_backbone,
+    fast_compiled_layers,
     resnet12,
     sample_weighted_batch_norm,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "Episode",
     "EpisodeSampler",
     "FewShotDataset",
+    "MaxPool2d",
     "MetaLearner",
     "MetaOutput",
     "RelationNet",
@@ -41,6 +44,7 @@ __all__ = [
     "conv4",
     "create_backbone",
     "create_learner",
+    "fast_compiled_layers",
     "gaussian_affinity",
     "label_propagation",
     "pick_pseudo_labels",

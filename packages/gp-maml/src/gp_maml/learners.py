@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 from .adaptation import _inside_functorch_transform, adapt
-from .backbones import sample_weighted_batch_norm
+from .backbones import fast_compiled_layers, sample_weighted_batch_norm
 from .label_propagation import RelationNet, class_mass_normalize, label_propagation
 from .picking import pick_pseudo_labels
 
@@ -98,10 +98,14 @@ class MetaLearner(nn.Module):
             choices: with raw ``F`` the class-balanced rule almost never picks anything).
         task_batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (``loop`` on CPU, where it measured
             faster than ``vmap`` for Conv-4, see the README; ``vmap`` on CUDA).
-        compile_query: run the query forward (at the adapted parameters) through
-            ``torch.compile`` in ``loop`` mode; its backward is an ordinary first-order one, so
-            second-order MAML still works (the inner loop stays eager: a compiled backward
-            cannot be differentiated again). Costs a few seconds of compilation per input shape.
+        compiled: ``torch.compile`` the per-task work (``loop`` mode). ``forward_backward`` of
+            MAML/ANIL/BOIL then gets each task's meta-gradient from compiled pieces: the support
+            and query gradients are compiled forward+backward graphs, and the second-order term
+            is an explicit Hessian-vector product of the inner loss (a compiled
+            ``torch.func`` graph) instead of a backward through an eager inner loop; the same
+            meta-gradient (tested). GP learners and ``forward`` compile the query forward (its
+            backward is first order, so second-order gradients still flow). Costs seconds of
+            compilation per input shape.
     """
 
     def __init__(
@@ -119,7 +123,7 @@ class MetaLearner(nn.Module):
         lp_loss_weight: float = 0.01,
         class_mass_norm: bool = True,
         task_batching: str = "auto",
-        compile_query: bool = False,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -151,9 +155,9 @@ class MetaLearner(nn.Module):
         self.lp_loss_weight = lp_loss_weight
         self.class_mass_norm = class_mass_norm
         self.task_batching = task_batching
-        self._compiled_forward = (
-            torch.compile(self._forward_params, dynamic=False) if compile_query else None
-        )
+        self.compiled = compiled
+        self._loss_graph = torch.compile(self._loss_and_logits, dynamic=False) if compiled else None
+        self._hvp_graph = torch.compile(self._inner_hvp, dynamic=False) if compiled else None
         if self.gp and relation_net is None:
             num_features = getattr(model, "num_features", None)
             if num_features is None:
@@ -175,10 +179,15 @@ class MetaLearner(nn.Module):
     def _forward_params(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(self.model, params, (x,))
 
-    def _query_logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        if self._compiled_forward is not None and not _inside_functorch_transform():
-            return self._compiled_forward(params, x)
-        return self._forward_params(params, x)
+    def _loss_and_logits(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
+        logits = self._forward_params(params, x)
+        return F.cross_entropy(logits, y), logits
+
+    def _maybe_compiled_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
+        if self._loss_graph is not None and not _inside_functorch_transform():
+            with fast_compiled_layers(self.model):
+                return self._loss_graph(params, x, y)
+        return self._loss_and_logits(params, x, y)
 
     def _logits(self, params: dict[str, Tensor], x: Tensor, embed: bool = False):
         if not embed:
@@ -230,8 +239,8 @@ class MetaLearner(nn.Module):
         """
         adapted = self._adapt(params, xs, ys)
         if not self.gp:
-            logits = self._query_logits(adapted, xq)
-            return F.cross_entropy(logits, yq), logits, xq.new_zeros(())
+            loss, logits = self._maybe_compiled_loss(adapted, xq, yq)
+            return loss, logits, xq.new_zeros(())
         n_s = xs.shape[0]
         x_all = torch.cat([xs, xq])
         _, z = self._logits(adapted, x_all, embed=True)
@@ -252,11 +261,53 @@ class MetaLearner(nn.Module):
             final = self._adapt(params, torch.cat([xs, xq[keep]]), torch.cat([ys, pseudo[keep]]))
         else:  # nothing picked: theta'
             final = adapted
-        logits = self._query_logits(final, xq)
-        loss = F.cross_entropy(logits, yq)
+        loss, logits = self._maybe_compiled_loss(final, xq, yq)
         if self.training and self.lp_loss_weight:
             loss = loss + self.lp_loss_weight * F.cross_entropy(scores, torch.cat([ys, yq]))
         return loss, logits, mask.sum()
+
+    # -- compiled meta-gradient (base learners) --------------------------------------------
+
+    def _inner_hvp(
+        self, params: dict[str, Tensor], vector: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> dict[str, Tensor]:
+        """``d/d params <grad_A L(params), vector>``: the inner loss's Hessian columns of the
+        adapted names ``A`` times ``vector`` (keyed by ``A``); returns every name of ``params``."""
+
+        def inner_grad(p: dict[str, Tensor]) -> dict[str, Tensor]:
+            def loss(sub: dict[str, Tensor]) -> Tensor:
+                return self._loss_and_logits({**p, **sub}, x, y)[0]
+
+            return grad(loss)({n: p[n] for n in self.adapted})
+
+        return vjp(inner_grad, params)[1](vector)[0]
+
+    def _loss_grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor, names: list[str]):
+        """Compiled ``(loss, logits, {name: d loss / d params[name]})`` (no graph kept)."""
+        leaves = {n: params[n].detach().requires_grad_() for n in names}
+        with torch.enable_grad():
+            loss, logits = self._maybe_compiled_loss({**params, **leaves}, x, y)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        return loss.detach(), logits.detach(), dict(zip(names, grads))
+
+    def _meta_gradient(self, params, xs, ys, xq, yq):
+        """One task's ``(loss, logits, meta-gradient)`` without a graph through the inner loop.
+
+        ``theta_{i+1} = theta_i - lr * P grad L_S(theta_i)`` (``P`` keeps the adapted names); the
+        meta-gradient of ``L_Q(theta_k)`` is ``v = grad L_Q(theta_k)`` followed, from the last
+        step to the first, by ``v <- v - lr * H_S(theta_i) P v`` (second order only).
+        """
+        params = {n: t.detach() for n, t in params.items()}
+        points = [params]
+        for _ in range(self.inner_steps):
+            g = self._loss_grads(points[-1], xs, ys, self.adapted)[2]
+            points.append({**points[-1], **{n: points[-1][n] - self.inner_lr * g[n] for n in g}})
+        loss, logits, v = self._loss_grads(points[-1], xq, yq, list(params))
+        if not self.first_order:
+            for point in reversed(points[:-1]):
+                hv = self._hvp_graph(point, {n: v[n] for n in self.adapted}, xs, ys)
+                v = {n: v[n] - self.inner_lr * hv[n] for n in v}
+        return loss, logits, v
 
     # -- meta-batch -----------------------------------------------------------------------
 
@@ -315,6 +366,8 @@ class MetaLearner(nn.Module):
         Each task's share of the mean loss is back-propagated as soon as it is computed, so
         parameter gradients accumulate exactly as with ``forward(...).loss.backward()`` while
         only one task's graph is alive (``higher``'s memory profile). Python-loop batching only.
+        With ``compiled=True`` a base learner adds each task's compiled meta-gradient
+        (``_meta_gradient``) to the ``.grad`` fields instead.
 
         Args:
             xs, ys, xq, yq: as in ``forward``.
@@ -326,6 +379,13 @@ class MetaLearner(nn.Module):
         n_tasks = xs.shape[0]
         outs = []
         for b in range(n_tasks):
+            if self.compiled and not self.gp:
+                loss, logits, grads = self._meta_gradient(params, xs[b], ys[b], xq[b], yq[b])
+                for n, p in params.items():
+                    g = grads[n] / n_tasks
+                    p.grad = g if p.grad is None else p.grad + g
+                outs.append([loss, logits, loss.new_zeros(())])
+                continue
             out = self.task_loss(params, rel, xs[b], ys[b], xq[b], yq[b], ways)
             (out[0] / n_tasks).backward()
             outs.append([t.detach() for t in out])

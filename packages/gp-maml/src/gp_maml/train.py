@@ -64,7 +64,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     task_batching: str = "auto"
-    compile_query: bool = False
+    compiled: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -101,7 +101,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         lp_loss_weight=cfg.lp_loss_weight,
         class_mass_norm=cfg.class_mass_norm,
         task_batching=cfg.task_batching,
-        compile_query=cfg.compile_query,
+        compiled=cfg.compiled,
     )
 
 
@@ -243,8 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rotate", dest="rotate", action="store_false",
                    help="Omniglot: no rotation-augmented training classes")  # fmt: skip
     p.add_argument("--task-batching", default=d.task_batching, choices=["loop", "vmap", "auto"])
-    p.add_argument("--compile-query", action="store_true",
-                   help="torch.compile the query forward (loop mode; see MetaLearner)")  # fmt: skip
+    p.add_argument("--compile", dest="compiled", action="store_true",
+                   help="torch.compile the per-task meta-gradient (loop mode; see MetaLearner)")  # fmt: skip
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
