@@ -12,7 +12,10 @@ Per task (``N`` ways; support ``x_S, y_S``; query ``x_Q, y_Q``):
   ``CE(f_theta''(x_Q), y_Q) + CE(F, [y_S; y_Q])`` (the label-propagation term only in training).
 
 The per-task function is pure and ``vmap``-able; the meta-batch runs as a Python loop or under
-``torch.func.vmap`` (``task_batching``).
+``torch.func.vmap`` (``task_batching``). With ``compiled=True`` a base learner's
+``forward_backward`` computes each task's meta-gradient as compiled gradients plus compiled
+Hessian-vector products of the inner loss (``_meta_gradient``), the same numbers as autograd
+through the inner loop.
 """
 
 from __future__ import annotations
@@ -282,16 +285,21 @@ class MetaLearner(nn.Module):
 
         return vjp(inner_grad, params)[1](vector)[0]
 
-    def _loss_grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor, names: list[str]):
-        """Compiled ``(loss, logits, {name: d loss / d params[name]})`` (no graph kept)."""
+    def _loss_grads(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, names: list[str]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Compiled ``(loss, logits, {name: d loss / d params[name]})`` for ``x`` ``(N, C, H, W)``
+        and ``y`` ``(N,)``; no graph is kept."""
         leaves = {n: params[n].detach().requires_grad_() for n in names}
         with torch.enable_grad():
             loss, logits = self._maybe_compiled_loss({**params, **leaves}, x, y)
             grads = torch.autograd.grad(loss, list(leaves.values()))
         return loss.detach(), logits.detach(), dict(zip(names, grads))
 
-    def _meta_gradient(self, params, xs, ys, xq, yq):
-        """One task's ``(loss, logits, meta-gradient)`` without a graph through the inner loop.
+    def _meta_gradient(
+        self, params: dict[str, Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One task's ``(loss, (N_q, N) logits, meta-gradient)``, no graph through the inner loop.
 
         ``theta_{i+1} = theta_i - lr * P grad L_S(theta_i)`` (``P`` keeps the adapted names); the
         meta-gradient of ``L_Q(theta_k)`` is ``v = grad L_Q(theta_k)`` followed, from the last
