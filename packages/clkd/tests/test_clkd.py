@@ -14,6 +14,7 @@ from clkd import (
     clkd_loss,
     instance_loss,
 )
+from lab_common.testing import DEVICES
 
 S = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
 T = torch.tensor([[4.0, 3.0], [0.0, 2.0]])
@@ -237,3 +238,15 @@ def test_bad_config_values():
         CLKDConfig(correlation_weight=-1.0)
     with pytest.raises(ValueError, match="variant"):
         clkd_loss(S, T, Y, variant="cosine")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_on_device_matches_cpu(device):
+    s, t, y = random_logits(b=8, c=5, seed=3)
+    ref = CLKDLoss()(s, t, y)
+    s_dev = s.to(device).requires_grad_()
+    out = CLKDLoss()(s_dev, t.to(device), y.to(device))
+    sum(out.values()).backward()
+    assert s_dev.grad.device.type == device and torch.isfinite(s_dev.grad).all()
+    for key in ref:
+        torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-5, atol=1e-6)

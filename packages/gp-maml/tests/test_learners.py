@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from gp_maml import METHODS, Conv4, MetaLearner, RelationNet, create_learner
+from lab_common.testing import DEVICES
 
 
 def _tasks(b=3, ways=3, shots=1, queries=4, seed=0, size=16):
@@ -216,3 +217,30 @@ def test_forward_backward_per_task_matches_one_backward(method):
     torch.testing.assert_close(outs[0].logits.detach(), outs[1].logits)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["maml", "gp-anil"])
+def test_meta_gradient_on_device_matches_cpu(device, method):
+    # task_batching="auto": a loop on CPU, vmap on CUDA; both match the CPU loop
+    xs, ys, xq, yq = _tasks()
+    ref = create_learner(method, _model().float(), lp_topk=5, task_batching="loop")
+    ref.forward_backward(xs, ys, xq, yq)
+    learner = create_learner(method, _model().float(), lp_topk=5).to(device)
+    learner.load_state_dict(ref.state_dict())
+    out = learner(*(t.to(device) for t in (xs, ys, xq, yq)))
+    out.loss.backward()
+    for p, q in zip(learner.parameters(), ref.parameters()):
+        assert p.grad.device.type == device
+        torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d.id == "cuda"])
+def test_compiled_meta_gradient_on_cuda_matches_cpu(device):
+    xs, ys, xq, yq = _tasks()
+    ref = create_learner("maml", _model().float(), task_batching="loop")
+    ref.forward_backward(xs, ys, xq, yq)
+    learner = create_learner("maml", _model().float(), compiled=True).to(device)
+    learner.forward_backward(*(t.to(device) for t in (xs, ys, xq, yq)))
+    for p, q in zip(learner.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-3, atol=1e-4)

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from lab_common.testing import DEVICES
 from trg_kd import TemperatureSchedule, TRGConfig, TRGLoss
 from trg_kd.contrastive import global_relation_loss
 from trg_kd.tokens import to_tokens
@@ -178,3 +179,18 @@ def test_set_epoch_reaches_final_temperature():
     assert loss.temperature == pytest.approx(0.1)
     with pytest.raises(ValueError, match="epoch"):
         loss.set_epoch(5, 5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_on_device_matches_cpu(device):
+    args = _batch()
+    ref_loss = TRGLoss(8, 16, seed=3)
+    loss = copy.deepcopy(ref_loss).to(device)  # same weights and token-sampling generator
+    ref = ref_loss(*args)
+    dev_args = [a.to(device) for a in args]
+    dev_args[3].requires_grad_(True)
+    out = loss(*dev_args)
+    sum(out.values()).backward()
+    assert dev_args[3].grad.device.type == device and torch.isfinite(dev_args[3].grad).all()
+    for key in ref:
+        torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-4, atol=1e-5)
