@@ -48,6 +48,7 @@ def meta_train(method, train_data, ways, shots, a, log) -> MetaLearner:
         first_order=a.first_order,
         lp_loss_weight=a.lp_loss_weight,
         class_mass_norm=a.class_mass_norm,
+        compiled=a.compiled,
     )
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, a.milestones, 0.1)
@@ -56,9 +57,12 @@ def meta_train(method, train_data, ways, shots, a, log) -> MetaLearner:
     t0 = time.time()
     for it in range(iters):
         ep = sampler.sample_batch(a.meta_batch)
-        out = learner(ep.xs, ep.ys, ep.xq, ep.yq)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if a.compiled:  # compiled meta-gradients (base learners), task by task
+            out = learner.forward_backward(ep.xs, ep.ys, ep.xq, ep.yq)
+        else:
+            out = learner(ep.xs, ep.ys, ep.xq, ep.yq)
+            out.loss.backward()
         opt.step()
         sched.step()
         if (it + 1) % 25 == 0:
@@ -112,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000])
     p.add_argument("--inner-lr", type=float, default=0.5)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--compile", dest="compiled", action="store_true",
+                   help="MetaLearner(compiled=True): compiled meta-gradients")  # fmt: skip
     p.add_argument("--lp-loss-weight", type=float, default=0.01)
     p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false")
     p.add_argument("--threads", type=int, default=0)
