@@ -73,14 +73,24 @@ def sample_weighted_batch_norm(model: nn.Module, weight: Tensor) -> Iterator[int
     Yields:
         The number of layers weighted (0: the model has none of ours, statistics unchanged).
     """
-    layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    with _layer_attribute(model, BatchNorm2d, "sample_weight", weight, None) as layers:
+        yield layers
+
+
+@contextmanager
+def _layer_attribute(
+    model: nn.Module, types: type | tuple[type, ...], name: str, value: object, reset: object
+) -> Iterator[int]:
+    """Set ``name`` to ``value`` on ``model``'s modules of ``types`` within the block, then to
+    ``reset``; yields how many modules were set."""
+    layers = [m for m in model.modules() if isinstance(m, types)]
     for m in layers:
-        m.sample_weight = weight
+        setattr(m, name, value)
     try:
         yield len(layers)
     finally:
         for m in layers:
-            m.sample_weight = None
+            setattr(m, name, reset)
 
 
 class _MaskedMaxPool(torch.autograd.Function):
@@ -102,7 +112,8 @@ class _MaskedMaxPool(torch.autograd.Function):
         x, out = ctx.saved_tensors
         k = ctx.k
         h, w = out.shape[-2] * k, out.shape[-1] * k
-        first = _first_max_2x2(x[..., :h, :w], out) if k == 2 else _first_max(x, out, k)
+        windows = x[..., :h, :w]  # rows and columns outside every window get no gradient
+        first = _first_max_2x2(windows, out) if k == 2 else _first_max(windows, out, k)
         grad_x = _upsample(grad_out, k) * first
         return F.pad(grad_x, (0, x.shape[-1] - w, 0, x.shape[-2] - h)), None
 
@@ -135,13 +146,13 @@ def _first_max_2x2(x: Tensor, out: Tensor) -> Tensor:
 
 def _first_max(x: Tensor, out: Tensor, k: int) -> Tensor:
     """``(..., k h, k w)`` bool: the first maximum of every k x k window (strided views)."""
-    h, w = out.shape[-2] * k, out.shape[-1] * k
+    h, w = x.shape[-2:]
     taken = torch.zeros_like(out, dtype=torch.bool)
     rows = []
     for i in range(k):
         row = []
         for j in range(k):
-            first = (x[..., i:h:k, j:w:k] == out) & ~taken
+            first = (x[..., i::k, j::k] == out) & ~taken
             taken = taken | first
             row.append(first)
         rows.append(torch.stack(row, -1))  # (..., h / k, w / k, k)
@@ -197,14 +208,8 @@ def fast_compiled_layers(model: nn.Module) -> Iterator[int]:
     Yields:
         The number of layers switched.
     """
-    layers = [m for m in model.modules() if isinstance(m, (BatchNorm2d, MaxPool2d))]
-    for m in layers:
-        m.outside_transforms = True
-    try:
-        yield len(layers)
-    finally:
-        for m in layers:
-            m.outside_transforms = False
+    with _layer_attribute(model, (BatchNorm2d, MaxPool2d), "outside_transforms", True, False) as n:
+        yield n
 
 
 def _bn(chans: int) -> nn.BatchNorm2d:
