@@ -82,6 +82,44 @@ def test_sample_weighted_batch_norm_equals_batch_norm_on_the_subset():
         torch.testing.assert_close(batched[b][sel], bn(x[b][sel]))
 
 
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode",
+    [(2, None, 0, False), (3, 2, 1, False), (2, None, 0, True), (3, None, 0, False)],
+)
+def test_max_pool_eager_cpu_path_is_torchs_function(kernel, stride, padding, ceil_mode):
+    from gp_maml import MaxPool2d
+
+    # eager on CPU the pool runs torch's kernel on a channels-last copy: the same values,
+    # gradients (ties: small integers) and double backward as nn.MaxPool2d
+    torch.manual_seed(0)
+    pool = MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+    ref_pool = torch.nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+    x = torch.randint(0, 3, (2, 3, 9, 8)).double().requires_grad_()
+    out, ref = pool(x), ref_pool(x)
+    assert out.grad_fn.name() == "_ChannelsLastMaxPoolBackward"  # really the fast path
+    assert out.is_contiguous()  # handed on in the input's layout
+    g = torch.randn_like(ref, requires_grad=True)
+    (grad,) = torch.autograd.grad(out, x, g, create_graph=True)
+    (ref_grad,) = torch.autograd.grad(ref, x, g, create_graph=True)
+    assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
+    h = torch.randn_like(grad)
+    assert torch.equal(
+        torch.autograd.grad((grad * h).sum(), g)[0], torch.autograd.grad((ref_grad * h).sum(), g)[0]
+    )
+    assert torch.autograd.gradgradcheck(pool, torch.randn(2, 3, 6, 6, dtype=torch.float64,
+                                                          requires_grad=True))  # fmt: skip
+
+
+def test_max_pool_under_vmap_is_torchs_pool():
+    from gp_maml import MaxPool2d
+
+    pool = MaxPool2d(2)
+    x = torch.randn(3, 2, 4, 6, 6)
+    out = torch.func.vmap(pool)(x)
+    torch.testing.assert_close(out, torch.nn.functional.max_pool2d(x.flatten(0, 1), 2).view(
+        3, 2, 4, 3, 3))  # fmt: skip
+
+
 @pytest.mark.parametrize("size", [8, 7])  # 7: the last row and column are outside every window
 def test_max_pool_elementwise_backward_matches_torch(size):
     from gp_maml import MaxPool2d, fast_compiled_layers

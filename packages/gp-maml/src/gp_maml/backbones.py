@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 __all__ = [
     "BatchNorm2d",
@@ -159,6 +160,36 @@ def _first_max(x: Tensor, out: Tensor, k: int) -> Tensor:
     return torch.stack(rows, -3).reshape(*out.shape[:-2], h, w)
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """torch's max-pool evaluated on a channels-last copy of a CPU tensor (torch's NCHW CPU
+    kernel is a scalar loop, ~4x slower on Conv-4's maps), returned in the input's layout; the
+    backward is torch's own kernel with the same window indices, so values, gradients and double
+    backward are torch's (ties included)."""
+
+    @staticmethod
+    def forward(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+                ceil_mode: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+        out, indices = F.max_pool2d_with_indices(
+            x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
+            ceil_mode,
+        )  # fmt: skip
+        return out.contiguous(), indices.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.window = inputs[1:]
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, _grad_indices: Tensor):
+        x, indices = ctx.saved_tensors
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, x, *ctx.window, indices
+        )  # differentiable: torch's double backward gathers through the indices
+        return grad_x, None, None, None, None, None
+
+
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` with an optional elementwise backward, for compiled graphs.
 
@@ -188,6 +219,15 @@ class MaxPool2d(nn.MaxPool2d):
             and not self.return_indices
         ):
             return _MaskedMaxPool.apply(x, k)
+        if (
+            x.dim() == 4
+            and x.device.type == "cpu"
+            and not self.return_indices
+            and not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is None
+        ):  # eager on CPU, outside torch.func transforms
+            window = (_pair(k), _pair(self.stride), _pair(self.padding), _pair(self.dilation))
+            return _ChannelsLastMaxPool.apply(x, *window, self.ceil_mode)[0]
         return super().forward(x)
 
 
