@@ -167,12 +167,10 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
     backward are torch's (ties included)."""
 
     @staticmethod
-    def forward(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
-                ceil_mode: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
-        out, indices = F.max_pool2d_with_indices(
-            x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
-            ceil_mode,
-        )  # fmt: skip
+    def forward(x: Tensor, *window) -> tuple[Tensor, Tensor]:
+        """``x`` ``(B, C, H, W)``; ``window``: kernel, stride, padding, dilation, ceil_mode."""
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        out, indices = F.max_pool2d_with_indices(x_cl, *window)
         return out.contiguous(), indices.contiguous()
 
     @staticmethod
@@ -187,22 +185,21 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out, x, *ctx.window, indices
         )  # differentiable: torch's double backward gathers through the indices
-        return grad_x, None, None, None, None, None
+        return (grad_x, *(None for _ in ctx.window))
 
 
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d``, faster on CPU, with an optional elementwise backward for compiled graphs.
 
     The same function as ``nn.MaxPool2d`` everywhere. Eager on CPU (outside ``torch.func``
-    transforms) it runs torch's kernel on a channels-last copy of the input, ~4x faster than
-    torch's NCHW CPU kernel on Conv-4's maps, and back-propagates with torch's own kernel
-    (``_ChannelsLastMaxPool``). Elsewhere it is ``nn.MaxPool2d``'s forward. With ``outside_transforms = True`` (see
-    ``fast_compiled_layers``) a non-overlapping pool (``kernel_size == stride``, no padding or
-    dilation) computes its backward elementwise by comparing its input with its output: inductor
-    fuses that into the elementwise kernels around it, while torch's index scatter becomes a
-    slow scalar loop on CPU. Same values and gradients as torch, ties included (the first maximum of
-    a window in row-major order gets its gradient; ties are common on images with flat
-    regions, e.g. Omniglot's white background).
+    transforms) it runs torch's kernel on a channels-last copy of the input
+    (``_ChannelsLastMaxPool``); elsewhere it is ``nn.MaxPool2d``'s forward. With
+    ``outside_transforms = True`` (see ``fast_compiled_layers``) a non-overlapping pool
+    (``kernel_size == stride``, no padding or dilation) computes its backward elementwise by
+    comparing its input with its output: inductor fuses that into the elementwise kernels around
+    it, while torch's index scatter becomes a slow scalar loop on CPU. Same values and gradients
+    as torch, ties included (the first maximum of a window in row-major order gets its gradient;
+    ties are common on images with flat regions, e.g. Omniglot's white background).
     """
 
     def __init__(self, *args, **kwargs) -> None:
