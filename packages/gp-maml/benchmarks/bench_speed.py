@@ -44,7 +44,9 @@ def torch_layers(model: nn.Module) -> nn.Module:
                 new.load_state_dict(child.state_dict())
                 setattr(module, child_name, new)
             elif isinstance(child, MaxPool2d):
-                setattr(module, child_name, nn.MaxPool2d(child.kernel_size, child.stride))
+                new = nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
+                                   ceil_mode=child.ceil_mode)  # fmt: skip
+                setattr(module, child_name, new)
     return model
 
 

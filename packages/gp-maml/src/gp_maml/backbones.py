@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .adaptation import _inside_functorch_transform
+
 __all__ = [
     "BatchNorm2d",
     "Conv4",
@@ -55,7 +57,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             count = w.sum() * x.shape[2] * x.shape[3]
             mean = (w * x).sum((0, 2, 3), keepdim=True) / count
             var = (w * (x - mean).square()).sum((0, 2, 3), keepdim=True) / count
-        elif self.outside_transforms or torch._C._functorch.peek_interpreter_stack() is None:
+        elif self.outside_transforms or not _inside_functorch_transform():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         else:
             var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
@@ -224,7 +226,7 @@ class MaxPool2d(nn.MaxPool2d):
             and x.device.type == "cpu"
             and not self.return_indices
             and not torch.compiler.is_compiling()
-            and torch._C._functorch.peek_interpreter_stack() is None
+            and not _inside_functorch_transform()
         ):  # eager on CPU, outside torch.func transforms
             window = (_pair(k), _pair(self.stride), _pair(self.padding), _pair(self.dilation))
             return _ChannelsLastMaxPool.apply(x, *window, self.ceil_mode)[0]
