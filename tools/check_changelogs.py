@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from monorepo import PACKAGES, ROOT, distribution_name, package_dir, package_version
 
 
-def missing_entries(root: Path = ROOT) -> list[str]:
+def missing_entries(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> list[str]:
     """Messages for packages whose version has no ``## <version>`` heading in CHANGELOG.md."""
     problems = []
-    for pyproject in sorted(root.glob("packages/*/pyproject.toml")):
-        project = tomllib.loads(pyproject.read_text())["project"]
-        changelog = pyproject.parent / "CHANGELOG.md"
+    for folder in packages:
+        name, version = distribution_name(folder, root), package_version(folder, root)
+        changelog = package_dir(folder, root) / "CHANGELOG.md"
         if not changelog.is_file():
-            problems.append(f"{project['name']}: {changelog} is missing")
+            problems.append(f"{name}: {changelog} is missing")
             continue
-        heading = re.compile(rf"^##\s+\[?{re.escape(project['version'])}\]?(\s|$)", re.MULTILINE)
+        heading = re.compile(rf"^##\s+\[?{re.escape(version)}\]?(\s|$)", re.MULTILINE)
         if not heading.search(changelog.read_text()):
-            problems.append(
-                f"{project['name']} {project['version']}: no '## {project['version']}' heading in {changelog}"
-            )
+            problems.append(f"{name} {version}: no '## {version}' heading in {changelog}")
     return problems
 
 

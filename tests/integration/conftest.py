@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lab_common import load_fashion_mnist_tensors, shared_datasets_root
+
+#: ``tools/`` (the package list, the wheel and changelog checks) is importable in these tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 
 @pytest.fixture(scope="session")

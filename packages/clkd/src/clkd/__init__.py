@@ -17,7 +17,7 @@ from .clkd import (
 from .dkd import DKDConfig, DKDLoss, dkd_loss
 from .kd import KDConfig, KDLoss, kd_loss
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CLKDConfig",

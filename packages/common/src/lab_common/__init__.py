@@ -32,7 +32,7 @@ from .losses import softened_kl_div
 from .metrics import mean_confidence_interval, topk_accuracy
 from .seeding import seed_everything
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",

@@ -14,13 +14,17 @@ __all__ = ["DEVICES", "CUDA_SKIP_REASON", "run_torchrun"]
 
 CUDA_SKIP_REASON = "no CUDA device on this machine; CUDA tests run where a GPU is present"
 
-#: ``@pytest.mark.parametrize("device", DEVICES)``: CPU always, CUDA when available.
+#: ``@pytest.mark.parametrize("device", DEVICES)``: CPU always, CUDA when available; the CUDA
+#: cases carry the ``cuda`` marker (``pytest -m cuda`` selects them).
 DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param(
         "cuda",
         id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON),
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON),
+        ],
     ),
 ]
 

@@ -24,7 +24,7 @@ from .label_propagation import (
 from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
 from .picking import pick_pseudo_labels
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "METHODS",

@@ -6,7 +6,7 @@
 from .lavit import LaViT, checkpoint_filter_fn, resample_token_matrix
 from .losses import DP_LOSS_VARIANTS, dp_loss
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DP_LOSS_VARIANTS",

@@ -1,0 +1,191 @@
+"""The trainer dialect: option names every console script of the project shares.
+
+Each trainer keeps its settings in a frozen dataclass; argparse only builds it.
+:func:`add_run_arguments` adds the shared options (same names, same meanings in
+``lavit-train``, ``clkd-train``, ``trg-kd-train`` and ``gp-maml-train``) with defaults read
+from that dataclass, :func:`config_from_args` turns the parsed namespace back into the
+dataclass, and :func:`run_console` makes a console script exit 0 on success and non-zero with
+one clear line on a user error.
+
+Shared options (``--batch-size`` is per process: a ``torchrun`` job of ``P`` processes
+trains on ``P × batch-size`` images a step)::
+
+    --out DIR  --resume  --epochs N | --iterations N  --batch-size N  --seed N
+    --device {auto,cpu,cuda,cuda:N}  --amp  --workers N  --no-progress  --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+__all__ = [
+    "add_deprecated_alias",
+    "add_run_arguments",
+    "config_from_args",
+    "positive_int",
+    "non_negative_int",
+    "positive_float",
+    "non_negative_float",
+    "run_console",
+]
+
+C = TypeVar("C")
+
+#: Option -> (dataclass field, help). ``--epochs``/``--iterations`` are chosen per trainer.
+_RUN_OPTIONS: dict[str, tuple[str, str]] = {
+    "--out": ("out", "output folder: checkpoints, metrics.jsonl, curves"),
+    "--batch-size": ("batch_size", "batch size per process (a torchrun job multiplies it)"),
+    "--seed": ("seed", "random seed"),
+    "--device": ("device", "auto, cpu, cuda or cuda:N"),
+    "--workers": ("workers", "DataLoader worker processes per training process"),
+    "--data-root": ("data_root", "dataset folder"),
+}
+
+
+def _checked_number(kind: type, low: float, inclusive: bool, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+#: argparse ``type=`` callables that reject out-of-range numbers with the flag's name.
+positive_int = _checked_number(int, 0, False, "a positive integer")
+non_negative_int = _checked_number(int, 0, True, "an integer >= 0")
+positive_float = _checked_number(float, 0.0, False, "a number > 0")
+non_negative_float = _checked_number(float, 0.0, True, "a number >= 0")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores into the new option's ``dest`` and warns that the old name goes away."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        warnings.warn(
+            f"{option_string} is deprecated and will be removed in 0.3; use {self.new}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    old: str,
+    new: str,
+    dest: str,
+    *,
+    flag: bool = False,
+    type: Callable[[str], Any] | None = None,
+) -> None:
+    """Accept ``old`` as a hidden alias of ``new`` for one release, with a ``FutureWarning``."""
+    kwargs: dict[str, Any] = {"nargs": 0} if flag else {"type": type}
+    parser.add_argument(
+        old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kwargs
+    )
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    defaults: Any,
+    *,
+    duration: str = "epochs",
+    data_root_required: bool = False,
+    deprecated: Mapping[str, str] | None = None,
+) -> argparse._ArgumentGroup:
+    """Add the shared run options to ``parser`` with defaults from ``defaults``.
+
+    Args:
+        defaults: an instance of the trainer's config dataclass; only the options whose
+            field it has are added (``workers`` and ``amp`` are optional).
+        duration: ``"epochs"`` or ``"iterations"``, the field that sets the run's length.
+        deprecated: old option name -> new option name, accepted for one release.
+    """
+    if duration not in ("epochs", "iterations"):
+        raise ValueError(f"duration must be 'epochs' or 'iterations', got {duration!r}")
+    names = {f.name for f in dataclasses.fields(defaults)}
+    g = parser.add_argument_group("run (same options in every trainer of the project)")
+    g.add_argument(
+        f"--{duration}",
+        type=positive_int,
+        default=getattr(defaults, duration),
+        help=f"training length in {duration}",
+    )
+    types = {"batch_size": positive_int, "workers": non_negative_int, "seed": int}
+    for option, (name, help_text) in _RUN_OPTIONS.items():
+        if name not in names:
+            continue
+        required = name == "data_root" and data_root_required
+        g.add_argument(
+            option,
+            dest=name,
+            type=types.get(name, str),
+            default=None if required else getattr(defaults, name),
+            required=required,
+            help=help_text,
+        )
+    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last.pt")
+    if "amp" in names:
+        g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
+    if "progress" in names:
+        g.add_argument(
+            "--no-progress",
+            dest="progress",
+            action="store_false",
+            help="no progress bars or progress lines",
+        )
+    for old, new in (deprecated or {}).items():
+        dest = _RUN_OPTIONS[new][0] if new in _RUN_OPTIONS else new.lstrip("-").replace("-", "_")
+        add_deprecated_alias(g, old, new, dest, type=types.get(dest))
+    return g
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
+    """Build the dataclass ``cls`` from the namespace fields it declares (plus ``overrides``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, tuple) and isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    values.update(overrides)
+    return cls(**values)
+
+
+def run_console(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Run a trainer's ``main(argv)`` as a console script; return its exit status.
+
+    0 on success whatever ``main`` returns; on a user error (``ValueError``,
+    ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``,
+    including :class:`lab_common.CheckpointError`) one line ``<prog>: error: <message>`` on
+    stderr and status 2; interrupted by Ctrl-C, status 130.
+    """
+    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "lab"
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+    ) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

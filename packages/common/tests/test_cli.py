@@ -1,0 +1,88 @@
+import argparse
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+from lab_common.cli import add_run_arguments, config_from_args, run_console
+
+
+@dataclass(frozen=True)
+class _Config:
+    out: str = "runs/x"
+    epochs: int = 3
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 2
+    progress: bool = True
+    data_root: str | None = None
+    milestones: tuple[int, ...] = (1, 2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="x-train")
+    p.add_argument("--milestones", type=int, nargs="*", default=list(_Config.milestones))
+    add_run_arguments(p, _Config(), deprecated={"--out-dir": "--out"})
+    return p
+
+
+def test_defaults_come_from_the_config_and_round_trip():
+    cfg = config_from_args(_Config, _parser().parse_args([]))
+    assert cfg == _Config()
+
+
+def test_shared_options_fill_the_config():
+    args = _parser().parse_args(
+        "--out o --epochs 5 --batch-size 8 --seed 3 --device cpu --amp --workers 0 "
+        "--no-progress --data-root d --milestones 4".split()
+    )
+    cfg = config_from_args(_Config, args)
+    assert cfg == _Config("o", 5, 8, 3, "cpu", True, 0, False, "d", (4,))
+    assert not hasattr(cfg, "resume") and args.resume is False
+
+
+def test_deprecated_alias_warns_and_sets_the_new_field():
+    with pytest.warns(FutureWarning, match="--out-dir is deprecated.*use --out"):
+        args = _parser().parse_args(["--out-dir", "old"])
+    assert config_from_args(_Config, args).out == "old"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["--batch-size", "-4"], "--batch-size: expected a positive integer, got -4"),
+        (["--workers", "-1"], "--workers: expected an integer >= 0, got -1"),
+        (["--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
+    ],
+)
+def test_bad_numbers_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_console_exit_codes(capsys):
+    assert run_console(lambda argv: {"a": 1}) == 0  # a returned dict is not an exit status
+
+    def bad(argv):
+        raise ValueError("--lr must be > 0, got -1")
+
+    assert run_console(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: --lr must be > 0, got -1")
+
+    def bug(argv):
+        raise RuntimeError("a bug keeps its traceback")
+
+    with pytest.raises(RuntimeError):
+        run_console(bug)
+
+
+def test_no_warning_without_old_names():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _parser().parse_args(["--out", "o"])
