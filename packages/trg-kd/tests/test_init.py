@@ -1,7 +1,9 @@
+import importlib.metadata
+
 import trg_kd
 
 
 def test_version_and_all():
-    assert trg_kd.__version__ == "0.1.0"
+    assert trg_kd.__version__ == importlib.metadata.version("trg-kd")
     for name in trg_kd.__all__:
         assert hasattr(trg_kd, name), name
