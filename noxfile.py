@@ -1,9 +1,12 @@
-"""Sessions for the monorepo: tests, wheels, demo, bench, lint, changelog.
+"""Sessions for the monorepo: tests, wheels, demo, bench, lint, lowest, changelog.
 
 The method packages share one virtual environment (``.nox/_shared``) holding torch,
 torchvision and every package installed editable with its test/bench extras. It is
-rebuilt only when a ``pyproject.toml`` or the torch pin changes, so sessions do not
-reinstall several GB of torch each time.
+created once per torch pin; a changed ``pyproject.toml`` only re-runs the editable
+install, so sessions do not reinstall several GB of torch each time.
+
+``nox -s tests`` is the full suite (CI); ``nox -s tests -- -m "not slow"`` is the fast tier a
+developer runs while working (under 2 minutes a package).
 """
 
 from __future__ import annotations
@@ -17,17 +20,15 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent.resolve()
-#: distribution folder -> import name; a new package is one line here.
-PACKAGES = {
-    "common": "lab_common",
-    "lavit": "lavit",
-    "clkd": "clkd",
-    "trg-kd": "trg_kd",
-    "gp-maml": "gp_maml",
-}
+sys.path.insert(0, str(ROOT / "tools"))
+from monorepo import PACKAGES  # noqa: E402  (the one package list)
+
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+#: The declared lowest versions this machine can install (torch 2.13 is a local CPU wheel).
+LOWEST = ["torch==2.13.0", "torchvision==0.28.0", "timm==1.0.3", "numpy==1.26.4", "scipy==1.11.4"]
 SHARED_VENV = ROOT / ".nox" / "_shared"
 TORCH_BASE_VENV = ROOT / ".nox" / "_torch_base"
+LOWEST_VENV = ROOT / ".nox" / "_lowest"
 DEMO_REQUIREMENTS = ROOT / "demo" / "requirements.txt"
 
 nox.options.sessions = ["tests"]
@@ -40,37 +41,55 @@ def _bin(venv: Path, name: str) -> str:
 
 def _make_venv(
     session: nox.Session, venv: Path, stamp_text: str, installs: list[list[str]]
-) -> None:
-    """Create ``venv`` with ``installs`` unless its stamp says it is up to date."""
+) -> bool:
+    """Create ``venv`` with ``installs`` unless its stamp says it is up to date.
+
+    Returns whether the environment was (re)built.
+    """
     stamp = venv / ".stamp"
     if stamp.is_file() and stamp.read_text() == stamp_text:
         session.log(f"reusing {venv}")
-        return
+        return False
     if venv.exists():
         shutil.rmtree(venv)
     session.run(sys.executable, "-m", "venv", str(venv), external=True)
-    pip = [_bin(venv, "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     for args in installs:
-        session.run(*pip, *args, external=True)
+        _pip_install(session, venv, args)
     stamp.write_text(stamp_text)
+    return True
+
+
+def _pip_install(session: nox.Session, venv: Path, args: list[str]) -> None:
+    pip = [_bin(venv, "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    session.run(*pip, *args, external=True)
+
+
+def _install_packages(session: nox.Session, venv: Path, extras: str) -> None:
+    """Editable installs of every package (with ``extras``), redone when a pyproject changes."""
+    digest = hashlib.sha256(extras.encode())
+    for name in PACKAGES:
+        digest.update((ROOT / "packages" / name / "pyproject.toml").read_bytes())
+    digest.update(DEMO_REQUIREMENTS.read_bytes())
+    stamp = venv / ".packages-stamp"
+    if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        return
+    editable = ["-r", str(DEMO_REQUIREMENTS)]
+    for name in PACKAGES:
+        editable += ["-e", f"{ROOT / 'packages' / name}[{extras}]"]
+    _pip_install(session, venv, editable)
+    stamp.write_text(digest.hexdigest())
 
 
 def shared_env(session: nox.Session) -> str:
     """Path of the shared environment's python, built or reused."""
-    digest = hashlib.sha256(" ".join(TORCH).encode())
-    for name in PACKAGES:
-        digest.update((ROOT / "packages" / name / "pyproject.toml").read_bytes())
-    digest.update(DEMO_REQUIREMENTS.read_bytes())
-    editable = ["-r", str(DEMO_REQUIREMENTS)]
-    for name in PACKAGES:
-        editable += ["-e", f"{ROOT / 'packages' / name}[test,bench]"]
-    _make_venv(session, SHARED_VENV, digest.hexdigest(), [TORCH, editable])
+    _make_venv(session, SHARED_VENV, " ".join(TORCH), [TORCH])
+    _install_packages(session, SHARED_VENV, "test,bench")
     return _bin(SHARED_VENV, "python")
 
 
 def torch_base_env(session: nox.Session) -> Path:
-    """An environment holding only torch and torchvision (and what they need)."""
-    _make_venv(session, TORCH_BASE_VENV, " ".join(TORCH), [TORCH])
+    """An environment holding only torch (and what it needs): the wheels' shared base."""
+    _make_venv(session, TORCH_BASE_VENV, TORCH[0], [TORCH[:1]])
     return TORCH_BASE_VENV
 
 
@@ -144,10 +163,24 @@ def bench(session: nox.Session, package: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff format (check) and ruff check over the whole tree."""
+    """ruff format (check) and ruff check over the whole tree (CI runs it)."""
     session.install("ruff>=0.6")
     session.run("ruff", "format", "--check", ".")
     session.run("ruff", "check", ".")
+
+
+@nox.session(venv_backend="none")
+def lowest(session: nox.Session) -> None:
+    """The fast tier of every package against the declared lowest torch, torchvision, timm."""
+    _make_venv(session, LOWEST_VENV, " ".join(LOWEST), [LOWEST])
+    _install_packages(session, LOWEST_VENV, "test")
+    python = _bin(LOWEST_VENV, "python")
+    session.run(python, "-c", "import torch, torchvision, timm; print(torch.__version__, "
+                "torchvision.__version__, timm.__version__)", external=True)
+    for package in PACKAGES:
+        with session.chdir(ROOT / "packages" / package):
+            session.run(python, "-m", "pytest", "-q", "-m", "not slow", *session.posargs,
+                        external=True, env=_env())
 
 
 @nox.session(venv_backend="none")

@@ -3,7 +3,12 @@ import os
 import pytest
 import torch
 
-from lab_common import CheckpointError, load_checkpoint, save_checkpoint
+from lab_common.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    previous_generation,
+    save_checkpoint,
+)
 
 
 def test_roundtrip(tmp_path):
@@ -57,3 +62,35 @@ def test_missing_and_corrupt(tmp_path):
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_checkpoint(notdict)
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_truncated_at_rest_is_a_checkpoint_error_not_oserror(tmp_path):
+    path = save_checkpoint({"w": torch.randn(20000)}, tmp_path / "last.pt")
+    os.truncate(path, 20000)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_previous_generation_is_kept_and_used_as_fallback(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.randn(5000)}, path, keep_previous=True)
+    assert not previous_generation(path).exists()  # nothing to keep on the first save
+    save_checkpoint({"step": 2, "w": torch.randn(5000)}, path, keep_previous=True)
+    assert previous_generation(path).name == "last.prev.pt"
+    assert load_checkpoint(previous_generation(path))["step"] == 1
+    assert load_checkpoint(path)["step"] == 2
+    os.truncate(path, 100)  # the newest file corrupted at rest
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)  # no silent fallback unless asked
+    with pytest.warns(UserWarning, match="previous generation"):
+        assert load_checkpoint(path, fallback=True)["step"] == 1
+    os.truncate(previous_generation(path), 100)
+    with pytest.raises(CheckpointError, match="last.prev.pt is corrupt"):
+        load_checkpoint(path, fallback=True)
+
+
+def test_without_keep_previous_no_generation_is_written(tmp_path):
+    path = tmp_path / "cache.pt"
+    save_checkpoint({"a": 1}, path)
+    save_checkpoint({"a": 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]

@@ -10,8 +10,12 @@ one clear line on a user error.
 Shared options (``--batch-size`` is per process: a ``torchrun`` job of ``P`` processes
 trains on ``P × batch-size`` images a step)::
 
-    --out DIR  --resume  --epochs N | --iterations N  --batch-size N  --seed N
-    --device {auto,cpu,cuda,cuda:N}  --amp  --workers N  --no-progress  --data-root DIR
+    --out DIR  --resume  --overwrite  --allow-changed SETTING...  --epochs N | --iterations N
+    --batch-size N  --seed N  --device {auto,cpu,cuda,cuda:N}  --amp  --workers N
+    --no-progress  --data-root DIR
+
+``--resume``, ``--overwrite`` and ``--allow-changed`` are how a run is started, not settings
+of the run: they are not config fields (see :mod:`lab_common.run` for their rules).
 """
 
 from __future__ import annotations
@@ -140,6 +144,16 @@ def add_run_arguments(
             help=help_text,
         )
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last.pt")
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in a non-empty --out"
+    )
+    g.add_argument(
+        "--allow-changed",
+        nargs="+",
+        default=(),
+        metavar="SETTING",
+        help="with --resume: settings that may differ from the checkpoint's (e.g. epochs lr)",
+    )
     if "amp" in names:
         g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
     if "progress" in names:

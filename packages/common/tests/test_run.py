@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from lab_common.checkpoint import previous_generation, save_checkpoint
+from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
+
+
+def test_fresh_run_creates_the_folder(tmp_path):
+    out = prepare_run_dir(tmp_path / "a" / "run", resume=False)
+    assert out.is_dir()
+    assert prepare_run_dir(out, resume=False) == out  # empty folder: fine
+
+
+def test_fresh_run_into_a_previous_run_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    save_checkpoint({"step": 12}, out / "last.pt")
+    (out / "metrics.jsonl").write_text('{"step": 12}\n')
+    with pytest.raises(FileExistsError, match="not empty; pass --resume .* --overwrite"):
+        prepare_run_dir(out, resume=False)
+    assert (out / "last.pt").is_file()  # nothing lost
+    prepare_run_dir(out, resume=False, overwrite=True)
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="holds no previous run"):
+        prepare_run_dir(tmp_path, resume=False, overwrite=True)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no last.pt in .*without --resume"):
+        prepare_run_dir(tmp_path, resume=True)
+    save_checkpoint({"step": 1}, previous_generation(tmp_path / "last.pt"))
+    assert prepare_run_dir(tmp_path, resume=True) == tmp_path  # the fallback generation counts
+    with pytest.raises(ValueError, match="contradict"):
+        prepare_run_dir(tmp_path, resume=True, overwrite=True)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        prepare_run_dir(f, resume=False)
+
+
+def test_changed_settings_are_refused_with_both_values():
+    stored = {"method": "clkd", "lr": 0.05, "epochs": 2, "progress": True}
+    current = {"method": "kd", "lr": 0.5, "epochs": 3, "progress": False}
+    with pytest.raises(ValueError) as err:
+        check_resume_settings(stored, current, always_allowed=["progress"])
+    msg = str(err.value)
+    assert "epochs: 2 -> 3; lr: 0.05 -> 0.5; method: 'clkd' -> 'kd'" in msg
+    assert msg.endswith("--allow-changed epochs lr method")
+    allowed = ["epochs", "lr", "method"]
+    check_resume_settings(stored, current, allow_changed=allowed, always_allowed=["progress"])
+    with pytest.raises(ValueError, match="unknown settings \\['lrr'\\]"):
+        check_resume_settings(stored, stored, allow_changed=["lrr"])
+    check_resume_settings(stored, dict(stored))
+
+
+def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s} for s in (4, 8, 12)] + [{"note": "x"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 16, "lo')
+    assert truncate_metrics(p, "step", 8) == 2  # step 12 and the torn line
+    assert [json.loads(line) for line in p.read_text().splitlines()] == [rows[0], rows[1], rows[3]]
+    assert truncate_metrics(p, "step", 8) == 0
+    assert truncate_metrics(tmp_path / "none.jsonl", "step", 0) == 0

@@ -1,0 +1,131 @@
+"""The house rules: which layer may import what (see the root README's Layout).
+
+core ``lab_common`` -> ``lab_common.data`` / ``lab_common.distill`` -> method packages -> demo.
+A layer imports only layers to its left; method packages never import each other.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from monorepo import PACKAGES, ROOT, distribution_name
+
+METHODS = {folder: name for folder, name in PACKAGES.items() if folder != "common"}
+COMMON = ROOT / "packages" / "common" / "src" / "lab_common"
+#: Third-party imports core ``lab_common`` may not make at all, or only inside a function.
+CORE_NEVER = {"timm", "torchvision"}
+CORE_ONLY_LAZY = {"matplotlib", "PIL", "tqdm"}
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """``(dotted module, at module level)`` for every absolute import in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, id(node) in top_level) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, id(node) in top_level))
+    return found
+
+
+def _py_files(folder: Path) -> list[Path]:
+    files = sorted(folder.rglob("*.py"))
+    assert files, f"no Python files under {folder}"
+    return files
+
+
+def _core_files() -> list[Path]:
+    return [f for f in _py_files(COMMON) if f.relative_to(COMMON).parts[0] not in ("data", "distill")]
+
+
+def test_core_imports_no_vision_stack_and_no_upper_layer():
+    offenders = []
+    for f in _core_files():
+        for module, top in _imports(f):
+            root = module.split(".")[0]
+            if root in CORE_NEVER or module.startswith(("lab_common.data", "lab_common.distill")):
+                offenders.append(f"{f.relative_to(ROOT)}: {module}")
+            elif root in CORE_ONLY_LAZY and top:
+                offenders.append(f"{f.relative_to(ROOT)}: {module} at module level")
+            elif root in METHODS.values():
+                offenders.append(f"{f.relative_to(ROOT)}: {module}")
+    assert not offenders, offenders
+
+
+def test_data_layer_does_not_import_distill_or_methods():
+    offenders = [
+        f"{f.relative_to(ROOT)}: {module}"
+        for f in _py_files(COMMON / "data")
+        for module, _ in _imports(f)
+        if module.startswith("lab_common.distill") or module.split(".")[0] in METHODS.values()
+    ]
+    assert not offenders, offenders
+
+
+def test_distill_layer_does_not_import_methods():
+    offenders = [
+        f"{f.relative_to(ROOT)}: {module}"
+        for f in _py_files(COMMON / "distill")
+        for module, _ in _imports(f)
+        if module.split(".")[0] in METHODS.values()
+    ]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("folder", list(METHODS))
+def test_no_method_package_imports_another(folder):
+    others = set(METHODS.values()) - {METHODS[folder]}
+    offenders = {
+        str(f.relative_to(ROOT)): sorted({m.split(".")[0] for m, _ in _imports(f)} & others)
+        for f in _py_files(ROOT / "packages" / folder)
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"method packages must not import each other: {offenders}"
+
+
+def test_gp_maml_needs_no_vision_stack():
+    offenders = [
+        f"{f.relative_to(ROOT)}: {module}"
+        for f in _py_files(ROOT / "packages" / "gp-maml" / "src")
+        for module, _ in _imports(f)
+        if module.split(".")[0] in {"timm", "torchvision"}
+        or module.startswith(("lab_common.data", "lab_common.distill"))
+    ]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("module", ["lab_common", "gp_maml"])
+def test_importing_loads_no_vision_stack(module):
+    probe = (
+        f"import sys, {module}; "
+        "bad = {'timm', 'torchvision', 'matplotlib'} & set(sys.modules); "
+        "assert not bad, sorted(bad)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("folder", list(METHODS))
+def test_declared_dependencies_exclude_siblings(folder):
+    pyproject = ROOT / "packages" / folder / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip() for d in deps}
+    assert {"lab-common", "torch"} <= names
+    siblings = {distribution_name(f) for f in METHODS} - {distribution_name(folder)}
+    assert not names & siblings
+
+
+def test_import_detector_sees_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(
+        "import clkd.losses\nfrom trg_kd import TRGLoss\nfrom . import local\n"
+        "def lazy():\n    import matplotlib\n"
+    )
+    assert _imports(f) == [("clkd.losses", True), ("trg_kd", True), ("matplotlib", False)]
