@@ -30,6 +30,8 @@ SHARED_VENV = ROOT / ".nox" / "_shared"
 TORCH_BASE_VENV = ROOT / ".nox" / "_torch_base"
 LOWEST_VENV = ROOT / ".nox" / "_lowest"
 DEMO_REQUIREMENTS = ROOT / "demo" / "requirements.txt"
+#: What the tools in ``tools/`` need besides the packages (the wheel check builds sdists).
+TOOL_REQUIREMENTS = ["build>=1.0"]
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
@@ -66,14 +68,14 @@ def _pip_install(session: nox.Session, venv: Path, args: list[str]) -> None:
 
 def _install_packages(session: nox.Session, venv: Path, extras: str) -> None:
     """Editable installs of every package (with ``extras``), redone when a pyproject changes."""
-    digest = hashlib.sha256(extras.encode())
+    digest = hashlib.sha256(" ".join([extras, *TOOL_REQUIREMENTS]).encode())
     for name in PACKAGES:
         digest.update((ROOT / "packages" / name / "pyproject.toml").read_bytes())
     digest.update(DEMO_REQUIREMENTS.read_bytes())
     stamp = venv / ".packages-stamp"
     if stamp.is_file() and stamp.read_text() == digest.hexdigest():
         return
-    editable = ["-r", str(DEMO_REQUIREMENTS)]
+    editable = ["-r", str(DEMO_REQUIREMENTS), *TOOL_REQUIREMENTS]
     for name in PACKAGES:
         editable += ["-e", f"{ROOT / 'packages' / name}[{extras}]"]
     _pip_install(session, venv, editable)
@@ -175,12 +177,26 @@ def lowest(session: nox.Session) -> None:
     _make_venv(session, LOWEST_VENV, " ".join(LOWEST), [LOWEST])
     _install_packages(session, LOWEST_VENV, "test")
     python = _bin(LOWEST_VENV, "python")
-    session.run(python, "-c", "import torch, torchvision, timm; print(torch.__version__, "
-                "torchvision.__version__, timm.__version__)", external=True)
+    session.run(
+        python,
+        "-c",
+        "import torch, torchvision, timm; print(torch.__version__, "
+        "torchvision.__version__, timm.__version__)",
+        external=True,
+    )
     for package in PACKAGES:
         with session.chdir(ROOT / "packages" / package):
-            session.run(python, "-m", "pytest", "-q", "-m", "not slow", *session.posargs,
-                        external=True, env=_env())
+            session.run(
+                python,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "not slow",
+                *session.posargs,
+                external=True,
+                env=_env(),
+            )
 
 
 @nox.session(venv_backend="none")

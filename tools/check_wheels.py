@@ -1,9 +1,12 @@
 """Build each package's wheel and install it alone into a fresh environment, then run it.
 
 Every method package must install with only its declared dependencies (plus lab-common)
-and must not find any other method package. torch and torchvision come from a shared
-base environment through a ``.pth`` file, so the check does not copy several GB of torch
-per package; everything else the wheel needs is installed by pip from its metadata.
+and must not find any other method package. torch comes from a shared base environment
+through a ``.pth`` file, so the check does not copy several GB of torch per package;
+everything else the wheel needs (torchvision and timm included, where declared) is
+installed by pip from its metadata. Packages that declare no vision stack (core
+``lab-common``, ``gp-maml``) must install and run without timm or torchvision. Every wheel
+and sdist carries the LICENSE file.
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 import venv
+import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-METHOD_PACKAGES = {"lavit": "lavit", "clkd": "clkd", "trg-kd": "trg_kd", "gp-maml": "gp_maml"}
+from monorepo import PACKAGES, ROOT
+
+METHOD_PACKAGES = {folder: name for folder, name in PACKAGES.items() if folder != "common"}
+#: Import names that must not be installed alongside these packages (they declare neither).
+WITHOUT_VISION = {"lab_common", "gp_maml"}
 
 #: The smallest real use of each package, run in its fresh environment.
 SMOKE = {
@@ -67,24 +75,26 @@ def _python(env: Path) -> str:
 
 
 def build_wheels(out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    wheels = {}
-    for folder in ["common", *METHOD_PACKAGES]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(out),
-            str(ROOT / "packages" / folder),
-        ]
-        subprocess.run(cmd, check=True)
-    for whl in out.glob("*.whl"):
-        wheels[whl.name.split("-")[0]] = whl
+    """Build every package's wheel and sdist into ``out``; return the wheels by import name."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for folder in PACKAGES:
+        cmd = [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out)]
+        subprocess.run([*cmd, str(ROOT / "packages" / folder)], check=True, capture_output=True)
+    wheels = {whl.name.split("-")[0]: whl for whl in out.glob("*.whl")}
+    for artifact in [*out.glob("*.whl"), *out.glob("*.tar.gz")]:
+        if not _has_license(artifact):
+            raise RuntimeError(f"{artifact.name} does not contain the LICENSE file")
     return wheels
+
+
+def _has_license(artifact: Path) -> bool:
+    if artifact.suffix == ".whl":
+        with zipfile.ZipFile(artifact) as whl:
+            return any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())
+    with tarfile.open(artifact) as sdist:
+        return any(n.count("/") == 1 and n.endswith("/LICENSE") for n in sdist.getnames())
 
 
 def fresh_env(path: Path, torch_base: Path) -> Path:
@@ -110,17 +120,17 @@ def fresh_env(path: Path, torch_base: Path) -> Path:
 def check(import_name: str, wheel: Path, common_wheel: Path, env: Path) -> None:
     pip = [_python(env), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, str(common_wheel), str(wheel)], check=True)
-    others = [m for m in METHOD_PACKAGES.values() if m != import_name]
-    probe = f"import importlib.util as u; bad = [m for m in {others!r} if u.find_spec(m)]; assert not bad, bad"
+    absent = [m for m in METHOD_PACKAGES.values() if m != import_name]
+    if import_name in WITHOUT_VISION:
+        absent += ["timm", "torchvision"]
+    probe = f"import importlib.util as u; bad = [m for m in {absent!r} if u.find_spec(m)]; assert not bad, bad"
     subprocess.run([_python(env), "-c", probe], check=True)
     subprocess.run([_python(env), "-c", textwrap.dedent(SMOKE[import_name])], check=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--torch-base", type=Path, required=True, help="venv holding torch+torchvision"
-    )
+    parser.add_argument("--torch-base", type=Path, required=True, help="venv holding torch alone")
     parser.add_argument(
         "--work", type=Path, required=True, help="scratch folder for wheels and envs"
     )

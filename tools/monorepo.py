@@ -40,5 +40,5 @@ def package_version(folder: str, root: Path = ROOT) -> str:
     (init,) = (package_dir(folder, root) / "src").glob("*/__init__.py")
     match = _VERSION.search(init.read_text())
     if match is None:
-        raise ValueError(f"{init} has no line __version__ = \"X.Y.Z\"")
+        raise ValueError(f'{init} has no line __version__ = "X.Y.Z"')
     return match.group(1)

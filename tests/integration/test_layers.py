@@ -42,7 +42,9 @@ def _py_files(folder: Path) -> list[Path]:
 
 
 def _core_files() -> list[Path]:
-    return [f for f in _py_files(COMMON) if f.relative_to(COMMON).parts[0] not in ("data", "distill")]
+    return [
+        f for f in _py_files(COMMON) if f.relative_to(COMMON).parts[0] not in ("data", "distill")
+    ]
 
 
 def test_core_imports_no_vision_stack_and_no_upper_layer():

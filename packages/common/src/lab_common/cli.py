@@ -171,7 +171,9 @@ def add_run_arguments(
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
     """Build the dataclass ``cls`` from the namespace fields it declares (plus ``overrides``)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
     for f in dataclasses.fields(cls):
         if isinstance(f.default, tuple) and isinstance(values.get(f.name), list):
             values[f.name] = tuple(values[f.name])
@@ -179,7 +181,9 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
     return cls(**values)
 
 
-def run_console(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+def run_console(
+    main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None
+) -> int:
     """Run a trainer's ``main(argv)`` as a console script; return its exit status.
 
     0 on success whatever ``main`` returns; on a user error (``ValueError``,

@@ -188,7 +188,7 @@ def plot_metrics(
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):  # the grid may have spare axes
         pts = [
             (r.get(x_key, i), r[key])
             for i, r in enumerate(records)
