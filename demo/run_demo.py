@@ -179,21 +179,30 @@ def section_models(args: argparse.Namespace) -> str:
 
 def _train_classifier(model: str, kwargs: dict, args: argparse.Namespace, data: dict, run: Path):
     """Train with ``lavit.train`` (same recipe for every model); returns (model, metrics records)."""
-    from lavit.train import build_parser, train
+    from lavit.train import TrainConfig, train
 
     dataset, root, _ = data["images"]
-    argv = [
-        "--dataset", dataset, "--model", model, "--model-kwargs", json.dumps(kwargs),
-        "--img-size", "32", "--epochs", str(args.lavit_epochs), "--warmup-epochs", "1",
-        "--batch-size", "64", "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--drop-path", "0.05",
-        "--scale", "0.6", "1.0", "--hflip", "0", "--max-train-samples", str(args.train_images),
-        "--max-val-samples", str(args.test_images), "--workers", "0", "--output", str(run),
-    ]  # fmt: skip
-    if root:
-        argv += ["--data-root", root]
-    if (run / "checkpoint.pth").is_file():
-        argv += ["--resume", str(run / "checkpoint.pth")]
-    trained = train(build_parser().parse_args(argv))
+    cfg = TrainConfig(
+        dataset=dataset,
+        data_root=root or None,
+        model=model,
+        model_kwargs=kwargs,
+        img_size=32,
+        epochs=args.lavit_epochs,
+        warmup_epochs=1,
+        batch_size=64,
+        lr=2e-3,
+        mixup=0.0,
+        cutmix=0.0,
+        drop_path=0.05,
+        scale=(0.6, 1.0),
+        hflip=0.0,
+        max_train_samples=args.train_images,
+        max_val_samples=args.test_images,
+        workers=0,
+        out=str(run),
+    )
+    trained = train(cfg, resume=(run / "last.pt").is_file())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return trained, records
 

@@ -1,5 +1,10 @@
 """Shared fixtures: a tiny LaViT configuration that exercises every code path quickly."""
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
 import pytest
 import torch
 
@@ -33,3 +38,32 @@ def tiny_model() -> lavit.LaViT:
 @pytest.fixture
 def tiny_input() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def run_modules() -> Callable[..., list[subprocess.CompletedProcess]]:
+    """Run ``python -m <module> <args>`` commands side by side; their completed processes.
+
+    Each command is ``(module, *args)`` and gets this process's environment (so PYTHONPATH
+    reaches the sources under test) with one torch thread.
+    """
+
+    def run(*commands: Sequence[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", *map(str, cmd)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for cmd in commands
+        ]
+        done = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return done
+
+    return run

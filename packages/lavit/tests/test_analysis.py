@@ -4,8 +4,13 @@ import pytest
 import timm
 import torch
 
-import lavit
-from lavit.analysis import capture_attention, consecutive_similarity, main
+from lavit.analysis import (
+    AnalysisConfig,
+    capture_attention,
+    consecutive_similarity,
+    main,
+    run_analysis,
+)
 
 
 def test_capture_lavit_attention_and_la_identity(tiny_model, tiny_input):
@@ -29,7 +34,12 @@ def test_capture_timm_vit_and_pvt():
     maps = capture_attention(deit, torch.randn(1, 3, 32, 32))
     assert [m.shape for _, m in maps] == [(1, 3, 17, 17)] * 3
     sims = consecutive_similarity(maps)
-    assert len(sims) == 2 and all(-1 <= s["cosine"] <= 1 for s in sims)
+    assert [(s["layer_a"], s["layer_b"]) for s in sims] == [
+        ("blocks.0.attn", "blocks.1.attn"),
+        ("blocks.1.attn", "blocks.2.attn"),
+    ]
+    # independent random layers: alike (probabilities are positive) but far from identical
+    assert all(0.2 < s["cosine"] < 0.999 for s in sims), sims
     pvt = timm.create_model("pvt_v2_b0")
     assert len(capture_attention(pvt, torch.randn(1, 3, 64, 64))) == 8
 
@@ -39,12 +49,58 @@ def test_capture_rejects_models_without_attention():
         capture_attention(torch.nn.Linear(3, 3), torch.randn(1, 3))
 
 
+def test_consecutive_similarity_hand_computed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(2, 3, 2, 2)  # (B, H, N_q, N_k)
+    b = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).expand(2, 3, 2, 2)  # orthogonal to a
+    c = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).expand(2, 3, 2, 2)
+    small = torch.ones(2, 3, 1, 1)
+    sims = consecutive_similarity([("a", a), ("a2", a), ("b", b), ("s", small), ("s2", small)])
+    assert [(s["layer"], s["layer_a"], s["layer_b"]) for s in sims] == [
+        (0, "a", "a2"),
+        (1, "a2", "b"),
+        (3, "s", "s2"),  # the pair across the change of shape is skipped
+    ]
+    assert [s["cosine"] for s in sims] == pytest.approx([1.0, 0.0, 1.0], abs=1e-6)
+    # <a, c> = 2, |a| = sqrt(2), |c| = sqrt(3)
+    expected = 2 / (2**0.5 * 3**0.5)
+    assert consecutive_similarity([("a", a), ("c", c)])[0]["cosine"] == pytest.approx(expected)
+
+
 def test_cli_writes_pngs_and_json(tmp_path):
-    assert lavit.__version__
     results = main(
         ["--models", "lavit_tiny", "pvt_v2_b0", "--img-size", "64", "--out", str(tmp_path)]
     )
     assert set(results) == {"lavit_tiny", "pvt_v2_b0"}
-    assert json.loads((tmp_path / "similarity.json").read_text()).keys() == results.keys()
+    assert json.loads((tmp_path / "similarity.json").read_text()) == results
+    # untrained lavit_tiny (LA blocks: 2 in stage 2, 1 in stage 3): each LA map equals the map
+    # before it (Theta = Psi = I); two VA blocks compute different maps
+    cosine = {r["layer_b"]: r["cosine"] for r in results["lavit_tiny"]}
+    for la in ("stages.2.blocks.1.attn", "stages.2.blocks.2.attn", "stages.3.blocks.1.attn"):
+        assert cosine[la] == pytest.approx(1.0, abs=1e-6), la
+    assert cosine["stages.0.blocks.1.attn"] < 1 - 1e-5
     for f in ("similarity.png", "attention_lavit_tiny.png", "attention_pvt_v2_b0.png"):
-        assert (tmp_path / f).stat().st_size > 1000
+        assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoints given for \['deit'\]"):
+        AnalysisConfig(models=("lavit_tiny",), checkpoints={"deit": "x.pth"})
+    with pytest.raises(ValueError, match="models is empty"):
+        AnalysisConfig(models=())
+    with pytest.raises(ValueError, match=r"unknown model 'lavit_huge'.*timm\.list_models"):
+        run_analysis(AnalysisConfig(models=("lavit_huge",), out=str(tmp_path)))
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_console_script_exit_status(tmp_path, run_modules):
+    ok, bad = run_modules(
+        ("lavit.analysis", "--models", "lavit_tiny", "--img-size", "32", "--out", tmp_path),
+        ("lavit.analysis", "--models", "lavit_huge", "--out", tmp_path / "bad"),
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]  # main returns a dict: still status 0
+    assert "lavit_tiny: 9 attention layers" in ok.stdout
+    assert (tmp_path / "similarity.json").is_file()
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: unknown model 'lavit_huge'" in lines[0], bad.stderr
+    assert "timm.list_models('lavit*')" in lines[0]

@@ -1,4 +1,6 @@
 import json
+import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -6,18 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
+from lab_common.cli import config_from_args
 from lab_common.testing import run_torchrun
-from lavit.train import main
+from lavit.train import TrainConfig, build_parser, train
 
-TINY_KWARGS = json.dumps(
-    dict(
-        depths=[1, 2, 1, 1],
-        la_depths=[0, 1, 0, 0],
-        embed_dims=[8, 16, 24, 32],
-        num_heads=[1, 2, 2, 4],
-        mlp_ratios=[2, 2, 2, 2],
-        sr_ratios=[2, 1, 1, 1],
-    )
+#: lists, as ``--model-kwargs`` JSON gives them
+TINY_KWARGS = dict(
+    depths=[1, 2, 1, 1],
+    la_depths=[0, 1, 0, 0],
+    embed_dims=[8, 16, 24, 32],
+    num_heads=[1, 2, 2, 4],
+    mlp_ratios=[2, 2, 2, 2],
+    sr_ratios=[2, 1, 1, 1],
 )
 
 
@@ -35,49 +37,81 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset", str(data), "--model", "lavit_tiny", "--model-kwargs", TINY_KWARGS,
-        "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0",
-        "--warmup-epochs", "1", "--lr", "1e-3", "--ema-decay", "0.9", "--dp-loss-weight", "0.5",
-        "--seed", "3", "--no-progress", "--output", str(out), *extra,
-    ]  # fmt: skip
+def _config(data: Path, out: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig(
+        dataset=str(data),
+        model="lavit_tiny",
+        model_kwargs=TINY_KWARGS,
+        img_size=32,
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        warmup_epochs=1,
+        lr=1e-3,
+        ema_decay=0.9,
+        dp_loss_weight=0.5,
+        seed=3,
+        progress=False,
+        out=str(out),
+    )
+    return replace(cfg, **changes)
+
+
+def _argv(data: Path, out: Path, *extra: str) -> list[str]:
+    """The ``lavit-train`` arguments of :func:`_config` (for the torchrun and console tests)."""
+    argv = ["--dataset", str(data), "--model", "lavit_tiny"]
+    argv += ["--model-kwargs", json.dumps(TINY_KWARGS), "--img-size", "32", "--epochs", "2"]
+    argv += ["--batch-size", "8", "--workers", "0", "--warmup-epochs", "1", "--lr", "1e-3"]
+    argv += ["--ema-decay", "0.9", "--dp-loss-weight", "0.5", "--seed", "3", "--no-progress"]
+    return [*argv, "--out", str(out), *extra]
 
 
 def test_resume_continues_exactly(image_folder, tmp_path):
-    main(_args(image_folder, tmp_path / "full"))
-    main(_args(image_folder, tmp_path / "cut", "--stop-after-epoch", "1"))
-    cut = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=False)
-    assert cut["epoch"] == 1 and cut["step"] == 2
-    main(
-        _args(image_folder, tmp_path / "cut", "--resume", str(tmp_path / "cut" / "checkpoint.pth"))
-    )
-    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=False)
+    full = _config(image_folder, tmp_path / "full")
+    train(full)
+    cut = _config(image_folder, tmp_path / "cut", stop_after_epoch=1)
+    train(cut)
+    first = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert first["epoch"] == 1 and first["step"] == 2
+    assert first["config"] == asdict(cut)  # the whole config, as a plain dict
+    train(replace(cut, stop_after_epoch=None), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 4
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    states_a, states_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert len(states_a) == len(states_b) > 0
+    for sa, sb in zip(states_a.values(), states_b.values(), strict=True):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     # the first epoch actually changed the weights, and the logs agree
-    assert not torch.equal(cut["model"]["head.weight"], a["model"]["head.weight"])
+    assert not torch.equal(first["model"]["head.weight"], a["model"]["head.weight"])
     full_log = [
         json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     ]
     cut_log = [json.loads(s) for s in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert len(full_log) == len(cut_log) == 2
     assert [r["train_loss"] for r in full_log] == [r["train_loss"] for r in cut_log]
     assert full_log[-1]["train_loss_dp"] > 0
     assert (tmp_path / "full" / "curves.png").stat().st_size > 0
     assert (tmp_path / "full" / "model.pth").exists()
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert saved["out"] == str(tmp_path / "full") and saved["model_kwargs"]["depths"] == [
+        1,
+        2,
+        1,
+        1,
+    ]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_identical(image_folder, tmp_path):
     out = tmp_path / "ddp"
     worker = Path(__file__).with_name("_ddp_worker.py")
     run_torchrun(
-        [worker, *_args(image_folder, out, "--epochs", "1", "--batch-size", "4")], timeout=240
+        [worker, *_argv(image_folder, out, "--epochs", "1", "--batch-size", "4")], timeout=240
     )
     r0 = torch.load(out / "rank0.pt")
     r1 = torch.load(out / "rank1.pt")
@@ -86,13 +120,81 @@ def test_torchrun_two_ranks_identical(image_folder, tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["step"] == 2  # 16 images / (2 ranks x 4)
+    assert record["step"] == 2  # --batch-size is per process: 16 images / (2 ranks x 4)
 
 
-def test_cli_errors(image_folder, tmp_path):
-    with pytest.raises(ValueError, match="--model-kwargs must be a JSON dict"):
-        main(_args(image_folder, tmp_path / "x", "--model-kwargs", "{depths"))
+def test_train_errors(image_folder, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'lavit_huge'.*timm\.list_models\('lavit\*'\)"
+    ):
+        train(_config(image_folder, tmp_path / "w", model="lavit_huge"))
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        main(_args(image_folder, tmp_path / "y", "--batch-size", "32"))
+        train(_config(image_folder, tmp_path / "y", batch_size=32))
     with pytest.raises(ValueError, match="checkpoint not found"):
-        main(_args(image_folder, tmp_path / "z", "--resume", str(tmp_path / "missing.pth")))
+        train(_config(image_folder, tmp_path / "z"), resume=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(epochs=0), "epochs must be >= 1, got 0"),
+        (dict(batch_size=-1), "batch_size must be >= 1"),
+        (dict(max_train_samples=0), "max_train_samples must be >= 1 or None"),
+        (dict(model_kwargs='{"depths": [1, 1, 1, 1]}'), "model_kwargs must be a dict"),
+        (dict(scale=(1.0, 0.5)), "scale must be"),
+        (dict(dp_loss_variant="paper"), "dp_loss_variant must be one of"),
+        (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"),
+    ],
+)
+def test_config_rejects_bad_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change)
+
+
+def _parse(argv: list[str]) -> tuple[TrainConfig, bool]:
+    args = build_parser().parse_args(argv)
+    return config_from_args(TrainConfig, args), args.resume
+
+
+def test_parser_builds_the_config(tmp_path):
+    cfg, resume = _parse(["--dataset", "cifar10"])
+    assert cfg == TrainConfig(dataset="cifar10") and resume is False  # same defaults
+    cfg, resume = _parse(_argv(Path("data"), tmp_path, "--scale", "0.5", "1", "--resume"))
+    assert cfg == _config(Path("data"), tmp_path, scale=(0.5, 1.0)) and resume is True
+    assert isinstance(cfg.scale, tuple) and cfg.model_kwargs["depths"] == [1, 2, 1, 1]
+    with pytest.warns(FutureWarning, match="--output is deprecated.*use --out"):
+        cfg, _ = _parse(["--dataset", "cifar10", "--output", "runs/old"])
+    assert cfg.out == "runs/old"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name does not warn
+        assert _parse(["--dataset", "cifar10", "--out", "runs/new"])[0].out == "runs/new"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+        (["--model-kwargs", "{depths"], "--model-kwargs: expected a JSON dict"),
+        (["--model-kwargs", "[1, 2]"], "--model-kwargs: expected a JSON dict"),
+        (["--lr", "-1"], "--lr: expected a number > 0"),
+    ],
+)
+def test_parser_refuses_bad_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--dataset", "cifar10", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_exit_status(image_folder, tmp_path, run_modules):
+    ok, bad = run_modules(
+        ("lavit.train", *_argv(image_folder, tmp_path / "ok", "--epochs", "1")),
+        ("lavit.train", *_argv(image_folder, tmp_path / "bad", "--model", "lavit_huge")),
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((tmp_path / "ok" / "metrics.jsonl").read_text())["epoch"] == 1
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: unknown model 'lavit_huge'" in lines[0], bad.stderr
+    assert "timm.list_models('lavit*')" in lines[0]

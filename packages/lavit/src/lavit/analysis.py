@@ -6,15 +6,23 @@ Works for LaViT and for timm ViTs whose attention modules follow timm's conventi
 the explicit path and hooks ``attn_drop``; nothing global is touched and everything is
 restored on exit.
 
-CLI (writes ``similarity.json``, ``similarity.png`` and ``attention_<model>.png``)::
+The plots use matplotlib's object API (:class:`matplotlib.figure.Figure`): this module never
+picks a backend, the caller does.
+
+CLI (writes ``similarity.json``, ``similarity.png`` and ``attention_<model>.png``; from Python,
+:func:`run_analysis` with an :class:`AnalysisConfig`)::
 
     python -m lavit.analysis --models lavit_small deit_small_patch16_224 pvt_v2_b2 \
         --checkpoint lavit_small=runs/s/model.pth --out runs/analysis
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -22,9 +30,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .lavit import LessAttention
+from lab_common.cli import positive_int, run_console
 
-__all__ = ["capture_attention", "consecutive_similarity", "main", "plot_attention_maps"]
+from .lavit import LessAttention
+from .train import check_model_name
+
+__all__ = [
+    "AnalysisConfig",
+    "build_parser",
+    "capture_attention",
+    "cli",
+    "consecutive_similarity",
+    "main",
+    "plot_attention_maps",
+    "run_analysis",
+]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What :func:`run_analysis` (``lavit-analysis``) compares and where it writes."""
+
+    #: timm model names, analysed in this order.
+    models: tuple[str, ...] = ("lavit_small", "deit_small_patch16_224", "pvt_v2_b2")
+    #: model name -> timm-loadable checkpoint (models without one keep their random init).
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
+    #: image file (``None``: a smooth random image, deterministic, no data needed).
+    image: str | None = None
+    img_size: int = 224
+    #: output folder: ``similarity.json``, ``similarity.png``, ``attention_<model>.png``.
+    out: str = "runs/analysis"
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models is empty; name at least one timm model (--models)")
+        if self.img_size < 1:
+            raise ValueError(f"img_size must be >= 1, got {self.img_size}")
+        extra = sorted(set(self.checkpoints) - set(self.models))
+        if extra:
+            raise ValueError(
+                f"checkpoints given for {extra}, which are not in models {list(self.models)}; "
+                "add them to --models or drop their --checkpoint"
+            )
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -93,15 +140,14 @@ def plot_attention_maps(
     maps: list[tuple[str, torch.Tensor]], path: str | Path, title: str = ""
 ) -> Path:
     """Save one panel per layer: the head-averaged attention of the first sample."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cols = min(6, len(maps))
     rows = math.ceil(len(maps) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    for ax, (name, a) in zip(axes.flat, maps):
+    fig = Figure(figsize=(2.6 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    # the grid has up to cols - 1 more panels than maps; the spare ones are switched off below
+    for ax, (name, a) in zip(axes.flat, maps, strict=False):
         ax.imshow(a[0].mean(0).cpu().numpy(), aspect="auto", cmap="viridis")
         ax.set_title(name.replace(".attn", ""), fontsize=7)
         ax.set_xticks([])
@@ -113,17 +159,14 @@ def plot_attention_maps(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def _plot_similarity(results: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for name, rows in results.items():
         ax.plot([r["layer"] for r in rows], [r["cosine"] for r in rows], marker="o", label=name)
     ax.set_xlabel("layer l (pair l, l+1)")
@@ -132,7 +175,6 @@ def _plot_similarity(results: dict[str, list[dict]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _load_image(path: str | None, size: int) -> torch.Tensor:
@@ -147,30 +189,21 @@ def _load_image(path: str | None, size: int) -> torch.Tensor:
     return tf(Image.open(path).convert("RGB"))[None]
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
-    p = argparse.ArgumentParser(prog="lavit-analysis", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--models", nargs="+", default=["lavit_small", "deit_small_patch16_224", "pvt_v2_b2"]
-    )
-    p.add_argument("--checkpoint", nargs="*", default=[], help="name=path.pth (timm-loadable)")
-    p.add_argument("--image", default=None, help="image file (default: a smooth random image)")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--out", default="runs/analysis")
-    args = p.parse_args(argv)
-    ckpts = {}
-    for item in args.checkpoint:
-        if "=" not in item:
-            raise ValueError(f"--checkpoint entries look like name=path.pth, got {item!r}")
-        k, v = item.split("=", 1)
-        ckpts[k] = v
-    x = _load_image(args.image, args.img_size)
-    out = Path(args.out)
+def run_analysis(cfg: AnalysisConfig) -> dict[str, list[dict]]:
+    """Compare the models' consecutive attention maps; write JSON and PNGs to ``cfg.out``.
+
+    Returns model name -> :func:`consecutive_similarity` rows.
+    """
+    for name in cfg.models:
+        check_model_name(name)
+    x = _load_image(cfg.image, cfg.img_size)
+    out = Path(cfg.out)
     results = {}
-    for name in args.models:
+    for name in cfg.models:
         # pvt_v2 is size-agnostic; ViTs and LaViT are built for one input size
-        kwargs = {} if name.startswith("pvt_v2") else {"img_size": args.img_size}
-        if name in ckpts:
-            kwargs["checkpoint_path"] = ckpts[name]
+        kwargs = {} if name.startswith("pvt_v2") else {"img_size": cfg.img_size}
+        if name in cfg.checkpoints:
+            kwargs["checkpoint_path"] = cfg.checkpoints[name]
         model = timm.create_model(name, **kwargs)
         maps = capture_attention(model, x)
         results[name] = consecutive_similarity(maps)
@@ -183,5 +216,48 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     return results
 
 
+def _checkpoint_entry(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected name=path.pth, got {text!r}")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lavit-analysis`` parser; :func:`main` turns it into an :class:`AnalysisConfig`."""
+    d = AnalysisConfig()
+    p = argparse.ArgumentParser(prog="lavit-analysis", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(d.models), help="timm model names")
+    p.add_argument(
+        "--checkpoint",
+        nargs="*",
+        type=_checkpoint_entry,
+        default=[],
+        help="name=path.pth (timm-loadable), one per model to load",
+    )
+    p.add_argument("--image", default=d.image, help="image file (default: a smooth random image)")
+    p.add_argument("--img-size", type=positive_int, default=d.img_size)
+    p.add_argument("--out", default=d.out, help="output folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """``lavit-analysis`` without the exit status; returns :func:`run_analysis`'s result."""
+    args = build_parser().parse_args(argv)
+    cfg = AnalysisConfig(
+        models=tuple(args.models),
+        checkpoints=dict(args.checkpoint),
+        image=args.image,
+        img_size=args.img_size,
+        out=args.out,
+    )
+    return run_analysis(cfg)
+
+
+def cli() -> int:
+    """Console script ``lavit-analysis``: 0 on success, 2 with one line on a user error."""
+    return run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

@@ -468,7 +468,7 @@ class LaViT(nn.Module):
                 raise ValueError(
                     f"{name} has {len(value)} entries but depths has {num_stages}: {tuple(value)}"
                 )
-        for i, (d, la) in enumerate(zip(depths, la_depths)):
+        for i, (d, la) in enumerate(zip(depths, la_depths, strict=True)):
             if not 0 <= la < d:
                 raise ValueError(
                     f"stage {i}: la_depths[{i}]={la} must be in [0, depths[{i}]={d}) — every "

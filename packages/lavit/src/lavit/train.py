@@ -3,20 +3,30 @@
 Single process or ``torchrun --nproc_per_node N`` (DistributedDataParallel; gloo on CPU, nccl
 on CUDA). AdamW, cosine schedule with warm-up, timm augmentation, mixup/cutmix, label
 smoothing, drop path, optional EMA, AMP, the diagonality-preserving loss
-(``total = CE + dp_loss_weight * loss_dp``), an atomic checkpoint after every epoch and exact
-``--resume`` (model, optimizer, scheduler, EMA, scaler, RNG states, epoch and step).
+(``total = CE + dp_loss_weight * loss_dp``), an atomic checkpoint ``<out>/last.pt`` after
+every epoch and exact ``--resume`` (model, optimizer, scheduler, EMA, scaler, RNG states,
+epoch and step).
+
+The library entry point is :func:`train`, which takes a :class:`TrainConfig`; the command
+line only builds that config (the run options are the project's trainer dialect,
+:mod:`lab_common.cli`). ``--batch-size`` is per process: under ``torchrun`` with ``P``
+processes a step sees ``P × batch_size`` images, and ``--lr`` is used as given (not scaled).
 
 Example (Fashion-MNIST subset, 2 epochs on CPU)::
 
     python -m lavit.train --dataset fashion-mnist --data-root ../shared/datasets \
         --model lavit_tiny --img-size 32 --model-kwargs '{"sr_ratios": [2, 1, 1, 1]}' \
-        --epochs 2 --max-train-samples 2000 --output runs/fm
+        --epochs 2 --max-train-samples 2000 --out runs/fm
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import random
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +58,103 @@ from lab_common import (
     save_checkpoint,
     seed_everything,
 )
+from lab_common.cli import (
+    add_run_arguments,
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_console,
+)
 
 from .losses import DP_LOSS_VARIANTS
 
-__all__ = ["build_parser", "main", "train"]
+__all__ = ["TrainConfig", "build_parser", "check_model_name", "cli", "main", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on (``asdict(cfg)`` is stored in every checkpoint).
+
+    Sizes are per process: ``batch_size`` images per step and rank, ``workers`` DataLoader
+    processes per rank. ``lr`` is the peak learning rate, used as given whatever the number of
+    processes.
+    """
+
+    #: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100`` or an ImageNet-style folder.
+    dataset: str = "fashion-mnist"
+    #: folder holding the named dataset (``None``: the shared datasets folder).
+    data_root: str | None = None
+    #: any timm model name (``lavit_*`` once ``lavit`` is imported).
+    model: str = "lavit_tiny"
+    #: extra keyword arguments for ``timm.create_model``, e.g. ``{"depths": (1, 1, 1, 1)}``.
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    img_size: int = 224
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 5
+    weight_decay: float = 0.05
+    #: max gradient norm (``None``: no clipping).
+    clip_grad: float | None = None
+    drop_path: float = 0.1
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    #: timm auto-augment policy, e.g. ``"rand-m9-mstd0.5-inc1"`` (``None``: off).
+    aa: str | None = None
+    #: random-resized-crop area range.
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    #: random-erasing probability.
+    reprob: float = 0.0
+    #: λ_DP, the weight of the diagonality-preserving loss (0 disables it).
+    dp_loss_weight: float = 0.1
+    dp_loss_variant: str = "intended"
+    #: EMA decay (0 disables EMA), e.g. 0.9998.
+    ema_decay: float = 0.0
+    amp: bool = False
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    #: train on a fixed random subset of this many images (``None``: all).
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    #: output folder: ``last.pt``, ``config.json``, ``metrics.jsonl``, ``curves.png``,
+    #: ``model.pth``.
+    out: str = "runs/lavit"
+    #: stop cleanly after this epoch (time-limited jobs; continue with ``resume=True``).
+    stop_after_epoch: int | None = None
+    #: progress bar on a terminal, a progress line every 30 s in a log.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_train_samples", "max_val_samples", "stop_after_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None (no limit), got {value}")
+        if not isinstance(self.model_kwargs, Mapping):
+            raise ValueError(
+                f"model_kwargs must be a dict of timm.create_model arguments, "
+                f"got {type(self.model_kwargs).__name__}: {self.model_kwargs!r}"
+            )
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        if self.dp_loss_variant not in DP_LOSS_VARIANTS:
+            raise ValueError(
+                f"dp_loss_variant must be one of {DP_LOSS_VARIANTS}, got {self.dp_loss_variant!r}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}")
 
 
 class ToRGB:
@@ -61,89 +164,117 @@ class ToRGB:
         return img.convert("RGB")
 
 
+def check_model_name(name: str) -> None:
+    """Raise a one-line ``ValueError`` if timm has no model called ``name``."""
+    if not timm.is_model(name):
+        raise ValueError(
+            f"unknown model {name!r}: timm has no model of that name; "
+            "timm.list_models('lavit*') lists the LaViT variants (after import lavit), "
+            "timm.list_models() all models"
+        )
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON dict such as '{{\"depths\": [1, 1, 1, 1]}}', got {text!r}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lavit-train`` parser; :func:`main` turns its namespace into a :class:`TrainConfig`."""
+    d = TrainConfig()
     p = argparse.ArgumentParser(prog="lavit-train", description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--dataset", required=True, help="fashion-mnist, mnist, cifar10, cifar100 or a folder path")
-    a("--data-root", default=None, help="folder holding the named dataset")
-    a("--model", default="lavit_tiny", help="any timm model name (lavit_* after import lavit)")
+    add_run_arguments(p, d, duration="epochs", deprecated={"--output": "--out"})
+    g = p.add_argument_group("data and model")
+    a = g.add_argument
+    a(
+        "--dataset",
+        required=True,
+        help="fashion-mnist, mnist, cifar10, cifar100 or an ImageNet-style folder (train/, val/)",
+    )
+    a("--model", default=d.model, help="any timm model name (lavit_* after import lavit)")
     a(
         "--model-kwargs",
-        default="{}",
-        help='JSON dict passed to timm.create_model, e.g. {"depths": [1,1,1,1]}',
+        type=_json_dict,
+        default=d.model_kwargs,
+        help="JSON dict passed to timm.create_model, e.g. '{\"depths\": [1,1,1,1]}'",
     )
-    a("--img-size", type=int, default=224)
-    a("--epochs", type=int, default=300)
-    a("--batch-size", type=int, default=128, help="per process")
-    a("--lr", type=float, default=1e-3, help="peak learning rate (for the global batch)")
-    a("--min-lr", type=float, default=1e-5)
-    a("--warmup-lr", type=float, default=1e-6)
-    a("--warmup-epochs", type=int, default=5)
-    a("--weight-decay", type=float, default=0.05)
-    a("--clip-grad", type=float, default=None, help="max grad norm (off by default)")
-    a("--drop-path", type=float, default=0.1)
-    a("--smoothing", type=float, default=0.1)
-    a("--mixup", type=float, default=0.8)
-    a("--cutmix", type=float, default=1.0)
-    a("--aa", default=None, help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
-    a("--scale", type=float, nargs=2, default=(0.08, 1.0), help="random-resized-crop scale")
-    a("--hflip", type=float, default=0.5)
-    a("--reprob", type=float, default=0.0, help="random erasing probability")
-    a("--dp-loss-weight", type=float, default=0.1, help="lambda_DP (0 disables the DP loss)")
-    a("--dp-loss-variant", default="intended", choices=DP_LOSS_VARIANTS)
-    a("--ema-decay", type=float, default=0.0, help="EMA decay (0 disables EMA), e.g. 0.9998")
-    a("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
-    a("--device", default="auto")
-    a("--workers", type=int, default=2)
-    a("--seed", type=int, default=0)
-    a("--max-train-samples", type=int, default=None, help="random subset for quick runs")
-    a("--max-val-samples", type=int, default=None)
-    a("--output", default="runs/lavit", help="checkpoint.pth, metrics.jsonl, curves.png go here")
-    a("--resume", default=None, help="checkpoint.pth to continue from exactly")
+    a("--img-size", type=positive_int, default=d.img_size)
+    a("--max-train-samples", type=positive_int, default=None, help="random subset for quick runs")
+    a("--max-val-samples", type=positive_int, default=None)
+    g = p.add_argument_group("optimisation")
+    a = g.add_argument
+    a("--lr", type=positive_float, default=d.lr, help="peak learning rate, used as given")
+    a("--min-lr", type=non_negative_float, default=d.min_lr)
+    a("--warmup-lr", type=non_negative_float, default=d.warmup_lr)
+    a("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
+    a("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    a("--clip-grad", type=positive_float, default=None, help="max grad norm (off by default)")
+    a("--drop-path", type=non_negative_float, default=d.drop_path)
+    a("--smoothing", type=non_negative_float, default=d.smoothing)
+    a("--ema-decay", type=non_negative_float, default=d.ema_decay, help="0 disables EMA")
+    a(
+        "--dp-loss-weight",
+        type=non_negative_float,
+        default=d.dp_loss_weight,
+        help="lambda_DP (0 disables the DP loss)",
+    )
+    a("--dp-loss-variant", default=d.dp_loss_variant, choices=DP_LOSS_VARIANTS)
     a(
         "--stop-after-epoch",
-        type=int,
+        type=positive_int,
         default=None,
-        help="exit after this epoch (time-limited jobs)",
+        help="exit after this epoch (time-limited jobs; continue with --resume)",
     )
-    a("--no-progress", action="store_true")
+    g = p.add_argument_group("augmentation (timm.data)")
+    a = g.add_argument
+    a("--mixup", type=non_negative_float, default=d.mixup)
+    a("--cutmix", type=non_negative_float, default=d.cutmix)
+    a("--aa", default=None, help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
+    a("--scale", type=positive_float, nargs=2, default=d.scale, help="random-resized-crop scale")
+    a("--hflip", type=non_negative_float, default=d.hflip)
+    a("--reprob", type=non_negative_float, default=d.reprob, help="random erasing probability")
     return p
 
 
 def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     if n is None or n >= len(ds):
         return ds
-    if n <= 0:
-        raise ValueError(f"subset size must be positive, got {n}")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     return Subset(ds, idx.tolist())
 
 
-def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, int]:
+def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
     common = dict(
-        input_size=args.img_size,
+        input_size=cfg.img_size,
         interpolation="bicubic",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
     )
     train_tf = create_transform(
         is_training=True,
-        scale=tuple(args.scale),
-        hflip=args.hflip,
-        auto_augment=args.aa,
-        re_prob=args.reprob,
+        scale=cfg.scale,
+        hflip=cfg.hflip,
+        auto_augment=cfg.aa,
+        re_prob=cfg.reprob,
         **common,
     )
     val_tf = create_transform(is_training=False, crop_pct=1.0, **common)
     train_ds = build_image_dataset(
-        args.dataset, args.data_root, True, transforms.Compose([ToRGB(), train_tf])
+        cfg.dataset, cfg.data_root, True, transforms.Compose([ToRGB(), train_tf])
     )
     val_ds = build_image_dataset(
-        args.dataset, args.data_root, False, transforms.Compose([ToRGB(), val_tf])
+        cfg.dataset, cfg.data_root, False, transforms.Compose([ToRGB(), val_tf])
     )
     num_classes = dataset_num_classes(train_ds)
-    train_ds = _subset(train_ds, args.max_train_samples, args.seed)
-    val_ds = _subset(val_ds, args.max_val_samples, args.seed + 1)
+    train_ds = _subset(train_ds, cfg.max_train_samples, cfg.seed)
+    val_ds = _subset(val_ds, cfg.max_val_samples, cfg.seed + 1)
     return train_ds, val_ds, num_classes
 
 
@@ -184,121 +315,127 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n}
 
 
-def train(args: argparse.Namespace) -> nn.Module:
-    """Run training as configured by ``args`` (see :func:`build_parser`); returns the model."""
-    ctx = init_distributed(device=args.device)
+def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
+    """Train as configured by ``cfg``; returns the trained model (not the EMA copy).
+
+    Every epoch writes ``<out>/last.pt`` atomically; ``resume=True`` continues exactly from it
+    (an interrupted run resumed ends bit-identical to an uninterrupted one). At the end
+    ``<out>/model.pth`` holds the EMA weights if EMA is on, else the model's, loadable by timm.
+
+    Raises:
+        ValueError: an unknown model name, a dataset smaller than one global batch, or a
+            ``last.pt`` that is missing or corrupt when resuming.
+    """
+    check_model_name(cfg.model)
+    ctx = init_distributed(device=cfg.device)
     device = ctx.device
-    seed_everything(args.seed + ctx.rank)
-    out = Path(args.output)
+    seed_everything(cfg.seed + ctx.rank)
+    out = Path(cfg.out)
+    last = out / "last.pt"
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model-kwargs must be a JSON dict, got {args.model_kwargs!r}") from err
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    model_kwargs = dict(cfg.model_kwargs)
 
-    train_ds, val_ds, num_classes = _datasets(args)
-    if len(train_ds) < args.batch_size * ctx.world_size:
+    train_ds, val_ds, num_classes = _datasets(cfg)
+    if len(train_ds) < cfg.batch_size * ctx.world_size:
         raise ValueError(
             f"{len(train_ds)} training samples are fewer than one global batch "
-            f"({args.batch_size} x {ctx.world_size}); lower --batch-size"
+            f"({cfg.batch_size} per process x {ctx.world_size}); lower batch_size (--batch-size)"
         )
     sampler = DistributedSampler(
         train_ds,
         num_replicas=ctx.world_size,
         rank=ctx.rank,
         shuffle=True,
-        seed=args.seed,
+        seed=cfg.seed,
         drop_last=True,
     )
     train_loader = DataLoader(
-        train_ds, args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True
+        train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True
     )
     val_shard = Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size)))
-    val_loader = DataLoader(val_shard, args.batch_size, num_workers=args.workers)
+    val_loader = DataLoader(val_shard, cfg.batch_size, num_workers=cfg.workers)
 
-    is_lavit = args.model.startswith("lavit")
+    is_lavit = cfg.model.startswith("lavit")
     if is_lavit:  # LaViT is built for one input size and knows the DP loss variant
         model_kwargs = dict(
-            img_size=args.img_size, dp_loss_variant=args.dp_loss_variant, **model_kwargs
+            img_size=cfg.img_size, dp_loss_variant=cfg.dp_loss_variant, **model_kwargs
         )
     model = timm.create_model(
-        args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **model_kwargs
+        cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, **model_kwargs
     ).to(device)
-    use_dp = is_lavit and args.dp_loss_weight > 0
-    ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema_decay > 0 else None
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=args.lr, weight_decay=args.weight_decay)
+    use_dp = is_lavit and cfg.dp_loss_weight > 0
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched="cosine",
-        num_epochs=args.epochs,
-        min_lr=args.min_lr,
-        warmup_lr=args.warmup_lr,
-        warmup_epochs=args.warmup_epochs,
+        num_epochs=cfg.epochs,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr,
+        warmup_epochs=cfg.warmup_epochs,
         step_on_epochs=False,
         updates_per_epoch=len(train_loader),
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     mixup = None
-    if args.mixup > 0 or args.cutmix > 0:
+    if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(
-            mixup_alpha=args.mixup,
-            cutmix_alpha=args.cutmix,
-            label_smoothing=args.smoothing,
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.smoothing,
             num_classes=num_classes,
         )
         criterion: nn.Module = SoftTargetCrossEntropy()
-    elif args.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(args.smoothing)
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
     else:
         criterion = nn.CrossEntropyLoss()
 
     start_epoch, step = 0, 0
-    if args.resume:
-        state = load_checkpoint(args.resume, map_location="cpu")
+    if resume:
+        state = load_checkpoint(last, map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"{args.resume} holds no EMA state but --ema-decay > 0")
+                raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
         start_epoch, step = state["epoch"], state["step"]
         _set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
 
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
-        bar = progress(
-            train_loader, enabled=ctx.is_main and not args.no_progress, desc=f"epoch {epoch}"
-        )
+        bar = progress(train_loader, enabled=ctx.is_main and cfg.progress, desc=f"epoch {epoch}")
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             if mixup is not None:
                 x, y = mixup(x, y)
-            with autocast(device, enabled=args.amp):
+            with autocast(device, enabled=cfg.amp):
                 if use_dp:
                     logits, aux = ddp(x, return_aux=True)
                     loss_dp = aux["loss_dp"]
                 else:
                     logits, loss_dp = ddp(x), torch.zeros((), device=device)
                 loss_ce = criterion(logits.float(), y)
-                loss = loss_ce + args.dp_loss_weight * loss_dp
+                loss = loss_ce + cfg.dp_loss_weight * loss_dp
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss {loss.item()} at epoch {epoch} step {step}"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if args.clip_grad is not None:
+            if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -306,10 +443,9 @@ def train(args: argparse.Namespace) -> nn.Module:
             if ema is not None:
                 ema.update(model, step=step)
             sums += torch.tensor([loss_ce.item(), float(loss_dp.item()), 1.0], dtype=torch.float64)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    loss=f"{loss_ce.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
-                )
+            bar.set_postfix(
+                loss=f"{loss_ce.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
+            )
         scheduler.step(epoch + 1)
         sums = all_reduce_mean(sums.to(device)).cpu()
         record = dict(
@@ -321,10 +457,10 @@ def train(args: argparse.Namespace) -> nn.Module:
             epoch_time_s=time.perf_counter() - t0,
         )
         record.update(
-            {f"val_{k}": v for k, v in evaluate(model, val_loader, device, args.amp).items()}
+            {f"val_{k}": v for k, v in evaluate(model, val_loader, device, cfg.amp).items()}
         )
         if ema is not None:
-            ema_metrics = evaluate(ema.module, val_loader, device, args.amp)
+            ema_metrics = evaluate(ema.module, val_loader, device, cfg.amp)
             record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
         rng = [_rng_state()]
         if ctx.distributed:
@@ -342,12 +478,12 @@ def train(args: argparse.Namespace) -> nn.Module:
                     "epoch": epoch + 1,
                     "step": step,
                     "rng": rng,
-                    "args": vars(args),
+                    "config": asdict(cfg),
                 },
-                out / "checkpoint.pth",
+                last,
             )
         barrier()
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
+        if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
             break
     if ctx.is_main and (out / "metrics.jsonl").exists():
         final = ema.module if ema is not None else model
@@ -357,9 +493,16 @@ def train(args: argparse.Namespace) -> nn.Module:
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    train(build_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> nn.Module:
+    """``lavit-train`` without the exit status: parse ``argv``, build the config, train."""
+    args = build_parser().parse_args(argv)
+    return train(config_from_args(TrainConfig, args), resume=args.resume)
+
+
+def cli() -> int:
+    """Console script ``lavit-train``: 0 on success, 2 with one line on a user error."""
+    return run_console(main)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
