@@ -1,4 +1,5 @@
 import json
+import os
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -130,8 +131,34 @@ def test_train_errors(image_folder, tmp_path):
         train(_config(image_folder, tmp_path / "w", model="lavit_huge"))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         train(_config(image_folder, tmp_path / "y", batch_size=32))
-    with pytest.raises(ValueError, match="checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="no last.pt in .*without --resume"):
         train(_config(image_folder, tmp_path / "z"), resume=True)
+
+
+def test_run_folder_rules_and_checkpoint_fallback(image_folder, tmp_path):
+    out = tmp_path / "run"
+    cut = _config(image_folder, out, stop_after_epoch=1, epochs=3)
+    train(cut)
+    with pytest.raises(FileExistsError, match="not empty; pass --resume"):
+        train(cut)  # a fresh run never overwrites a previous one silently
+    with pytest.raises(ValueError, match="lr: 0.001 -> 0.5.*--allow-changed lr"):
+        train(replace(cut, lr=0.5, stop_after_epoch=2), resume=True)
+    train(replace(cut, stop_after_epoch=2), resume=True)
+    assert torch.load(out / "last.prev.pt", weights_only=False)["epoch"] == 1
+    os.truncate(out / "last.pt", 20000)  # the newest generation corrupted at rest
+    with (out / "metrics.jsonl").open("a") as f:  # and a record written after it by a killed run
+        f.write(json.dumps({"epoch": 3, "train_loss": 9.9}) + "\n")
+    with pytest.warns(UserWarning, match="previous generation"):
+        train(replace(cut, stop_after_epoch=None), resume=True)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]  # epoch 2 redone from last.prev.pt, once
+    assert log[-1]["train_loss"] != 9.9
+    train(replace(cut, stop_after_epoch=None), overwrite=True)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ from lab_common.cli import (
     positive_int,
     run_console,
 )
+from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .losses import DP_LOSS_VARIANTS
 
@@ -162,6 +163,10 @@ class ToRGB:
 
     def __call__(self, img: Any) -> Any:
         return img.convert("RGB")
+
+
+#: Settings a resumed run may change freely: where and how it runs, not what it computes.
+_RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch")
 
 
 def check_model_name(name: str) -> None:
@@ -315,16 +320,28 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n}
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed: Sequence[str] = (),
+) -> nn.Module:
     """Train as configured by ``cfg``; returns the trained model (not the EMA copy).
 
-    Every epoch writes ``<out>/last.pt`` atomically; ``resume=True`` continues exactly from it
-    (an interrupted run resumed ends bit-identical to an uninterrupted one). At the end
-    ``<out>/model.pth`` holds the EMA weights if EMA is on, else the model's, loadable by timm.
+    Every epoch writes ``<out>/last.pt`` atomically (the epoch before stays as
+    ``last.prev.pt``); ``resume=True`` continues exactly from it (an interrupted run resumed
+    ends bit-identical to an uninterrupted one), falling back to ``last.prev.pt`` with a warning
+    when ``last.pt`` is unreadable. At the end ``<out>/model.pth`` holds the EMA weights if EMA
+    is on, else the model's, loadable by timm. The output-folder and resume rules are
+    :mod:`lab_common.run`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``; a
+    resume refuses settings that differ from the checkpoint's unless ``allow_changed`` names
+    them.
 
     Raises:
-        ValueError: an unknown model name, a dataset smaller than one global batch, or a
-            ``last.pt`` that is missing or corrupt when resuming.
+        ValueError: an unknown model name, a dataset smaller than one global batch, a
+            ``last.pt`` that is corrupt when resuming, or changed settings.
+        FileExistsError / FileNotFoundError: the output-folder rules above.
     """
     check_model_name(cfg.model)
     ctx = init_distributed(device=cfg.device)
@@ -333,8 +350,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        if not resume:
+            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    barrier()
     model_kwargs = dict(cfg.model_kwargs)
 
     train_ds, val_ds, num_classes = _datasets(cfg)
@@ -395,7 +414,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
 
     start_epoch, step = 0, 0
     if resume:
-        state = load_checkpoint(last, map_location="cpu")
+        state = load_checkpoint(last, map_location="cpu", fallback=True)
+        check_resume_settings(
+            state["config"], asdict(cfg), allow_changed=allow_changed, always_allowed=_RUN_ONLY
+        )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -406,6 +428,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
             ema.load_state_dict(state["ema"])
         start_epoch, step = state["epoch"], state["step"]
         _set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
+        if ctx.is_main:  # records a killed run wrote after its last checkpoint
+            truncate_metrics(out / "metrics.jsonl", "epoch", start_epoch)
 
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
@@ -481,6 +505,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
                     "config": asdict(cfg),
                 },
                 last,
+                keep_previous=True,
             )
         barrier()
         if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
@@ -496,7 +521,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> nn.Module:
 def main(argv: Sequence[str] | None = None) -> nn.Module:
     """``lavit-train`` without the exit status: parse ``argv``, build the config, train."""
     args = build_parser().parse_args(argv)
-    return train(config_from_args(TrainConfig, args), resume=args.resume)
+    return train(
+        config_from_args(TrainConfig, args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_changed=args.allow_changed,
+    )
 
 
 def cli() -> int:
