@@ -129,9 +129,11 @@ def interleaved_ms(
 
 
 def peak_mib(fn: Callable[[], object], device: torch.device) -> float | None:
-    """MiB a call adds at its peak: ``torch.cuda.max_memory_allocated`` during it minus the
-    memory allocated before it (activations and workspace; weights and inputs excluded).
-    None off CUDA."""
+    """MiB one call adds at its peak; None off CUDA.
+
+    ``torch.cuda.max_memory_allocated`` during the call minus the memory allocated before it:
+    activations and workspace, without the weights and inputs already there.
+    """
     if device.type != "cuda":
         return None
     synchronize(device)
