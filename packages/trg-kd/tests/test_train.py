@@ -141,6 +141,7 @@ DDP_SCRIPT = """
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {test_dir!r})
 from test_train import config, synthetic
+from trg_kd import TRGLoss
 from trg_kd.train import train
 
 out = {out!r}
