@@ -27,17 +27,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-import lab_common.zoo  # noqa: F401  (registers the cifar_* teachers and students)
 import lavit  # noqa: F401  (registers lavit_* with timm)
 from lab_common import (
     load_checkpoint,
-    load_fashion_mnist_tensors,
     machine_description,
     markdown_table,
     measure,
     seed_everything,
     shared_datasets_root,
 )
+from lab_common.data import load_fashion_mnist_tensors
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -273,32 +272,40 @@ def _eval_images(data: dict, n: int) -> torch.Tensor:
 
 
 def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tuple[str, list[str]]:
-    from clkd.train import run as clkd_run
-    from trg_kd.train import main as trg_run
+    from clkd.train import TrainConfig as CLKDConfig
+    from clkd.train import train as clkd_train
+    from trg_kd.train import TrainConfig as TRGConfig
+    from trg_kd.train import train as trg_train
 
     dataset, root, label = data["images"]
     teacher_ckpt = out / "distill" / "teacher.pt"
-    common = [
-        "--dataset", dataset, "--teacher", args.teacher, "--student", args.student,
-        "--teacher-checkpoint", str(teacher_ckpt), "--teacher-epochs", str(args.teacher_epochs),
-        "--epochs", str(args.student_epochs), "--batch-size", "64",
-        "--train-subset", str(args.train_images), "--test-subset", str(args.test_images),
-        "--workers", "0", "--seed", "0",
-    ]  # fmt: skip
-    if root:
-        common += ["--data-root", root]
+    common = {
+        "dataset": dataset,
+        "data_root": root,
+        "teacher": args.teacher,
+        "student": args.student,
+        "teacher_checkpoint": teacher_ckpt,
+        "teacher_epochs": args.teacher_epochs,
+        "epochs": args.student_epochs,
+        "batch_size": 64,
+        "train_subset": args.train_images,
+        "test_subset": args.test_images,
+        "workers": 0,
+        "seed": 0,
+        "resume": True,
+    }
     runs = {
-        "CE only": (clkd_run, ["--method", "ce"]),
-        "KD": (clkd_run, ["--method", "kd"]),
-        "CLKD": (clkd_run, ["--method", "clkd"]),
-        "TRG": (trg_run, ["--method", "trg"]),
+        "CE only": (clkd_train, CLKDConfig, "ce"),
+        "KD": (clkd_train, CLKDConfig, "kd"),
+        "CLKD": (clkd_train, CLKDConfig, "clkd"),
+        "TRG": (trg_train, TRGConfig, "trg"),
     }
     rows = []
-    for name, (fn, extra) in runs.items():
+    for name, (train, config_cls, method) in runs.items():
         run_dir = out / "distill" / name.lower().replace(" ", "-")
         log(f"distillation: {name} ({args.teacher} -> {args.student} on {label})")
         start = time.time()
-        result = fn([*common, *extra, "--out-dir", str(run_dir), "--resume"])
+        result = train(config_cls(**common, method=method, out=run_dir))
         rows.append(
             {
                 "method": name,
@@ -306,10 +313,9 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
                 "time (s)": time.time() - start,
             }
         )
-    bar_plot(
-        [r["method"] for r in rows], [r["student test top-1 (%)"] for r in rows], None,
-        "student test top-1 (%)", out / "distillation.png",
-    )  # fmt: skip
+    names = [r["method"] for r in rows]
+    accuracies = [r["student test top-1 (%)"] for r in rows]
+    bar_plot(names, accuracies, None, "student test top-1 (%)", out / "distillation.png")
     teacher_acc = load_checkpoint(teacher_ckpt)["test_acc"]
     header = (
         f"Teacher {args.teacher} (test top-1 {teacher_acc:.2f}%), student {args.student}, "

@@ -7,8 +7,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import lab_common.zoo  # noqa: F401  (registers cifar_* with timm)
-from lab_common import Distiller, seed_everything
+from lab_common import seed_everything
+from lab_common.distill import Distiller  # importing lab_common.distill registers cifar_*
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ Default (quick, CPU): Fashion-MNIST from ``../shared/datasets/fashion-mnist`` as
 tensors (random-crop + flip augmentation), a training subset, a ``cifar_resnet20`` teacher
 (``in_chans=1``, trained once with cross-entropy and cached in ``--work-dir``) and a
 ``cifar_resnet8`` student, the protocol schedule scaled to ``--epochs``. Every run goes
-through ``clkd.train`` / ``lab_common.distill_training`` with ``--resume``, so an interrupted
-benchmark continues where it stopped.
+through ``clkd.train.train`` (the ``lab_common.distill`` engine) with ``resume=True``, so an
+interrupted benchmark continues where it stopped.
 
     nice -n 10 python packages/clkd/benchmarks/bench_fashion_mnist.py
 
@@ -23,31 +23,39 @@ from pathlib import Path
 
 import torch
 
-from clkd.train import build_arg_parser, make_loss
-from lab_common import cache_dir, load_checkpoint, load_fashion_mnist_tensors, write_benchmark
-from lab_common.distill_training import TensorImageDataset, run_distillation
+from clkd.train import TrainConfig, train
+from lab_common import cache_dir, load_checkpoint, write_benchmark
+from lab_common.data import load_fashion_mnist_tensors
+from lab_common.distill import TensorImageDataset
 
 RESULTS = Path(__file__).parent / "results"
+#: benchmark row -> the TrainConfig fields of its method
 METHODS = {
-    "ce": ["--method", "ce"],
-    "kd": ["--method", "kd"],
-    "kd-ce1": ["--method", "kd", "--ce-weight", "1.0"],  # ablation: λ_ce 1 for KD as well
-    "dkd": ["--method", "dkd"],
+    "ce": {"method": "ce"},
+    "kd": {"method": "kd"},
+    "kd-ce1": {"method": "kd", "ce_weight": 1.0},  # ablation: λ_ce 1 for KD as well
+    "dkd": {"method": "dkd"},
     # CLKD defaults (mse variant, Pearson class correlation)
-    "clkd-pearson": ["--method", "clkd", "--clkd-variant", "mse"],
-    "clkd-softmax-pearson": ["--method", "clkd", "--clkd-variant", "softmax"],
+    "clkd-pearson": {"method": "clkd", "clkd_variant": "mse"},
+    "clkd-softmax-pearson": {"method": "clkd", "clkd_variant": "softmax"},
     # the literal reconstruction: covariance of raw logits (quartic in the logit scale)
-    "clkd-covariance": ["--method", "clkd", "--clkd-correlation", "covariance"],
-    "clkd-softmax-covariance": ["--method", "clkd", "--clkd-variant", "softmax",
-                                "--clkd-correlation", "covariance"],
+    "clkd-covariance": {"method": "clkd", "clkd_correlation": "covariance"},
+    "clkd-softmax-covariance": {
+        "method": "clkd",
+        "clkd_variant": "softmax",
+        "clkd_correlation": "covariance",
+    },
     # ablation: a 10× larger label weight (λ_ce 1, as DKD uses)
-    "clkd-pearson-ce1": ["--method", "clkd", "--ce-weight", "1.0"],
+    "clkd-pearson-ce1": {"method": "clkd", "ce_weight": 1.0},
     # ablation: λ_ce 1 and μ 5 (the MSE terms summed over classes instead of averaged, C = 10)
-    "clkd-pearson-ce1-mu5": ["--method", "clkd", "--ce-weight", "1.0", "--logit-weight", "5.0"],
+    "clkd-pearson-ce1-mu5": {"method": "clkd", "ce_weight": 1.0, "logit_weight": 5.0},
     # ablation of the covariance form: a 10× smaller ν
-    "clkd-covariance-nu0.04": ["--method", "clkd", "--clkd-correlation", "covariance",
-                               "--correlation-weight", "0.04"],
-}  # fmt: skip
+    "clkd-covariance-nu0.04": {
+        "method": "clkd",
+        "clkd_correlation": "covariance",
+        "correlation_weight": 0.04,
+    },
+}
 # CIFAR-100 top-1 published in the DKD paper (teacher / student / KD / DKD), for --full.
 PAIRS = {
     ("cifar_resnet32x4", "cifar_resnet8x4"): (79.42, 72.50, 73.33, 76.32),
@@ -68,11 +76,19 @@ def fashion_datasets(root: str | None, n_train: int | None, n_test: int | None):
     """``(train, test, 10, 1)`` in-memory Fashion-MNIST subsets (fixed draw, seed 0 / 1)."""
     (xtr, ytr), (xte, yte) = (load_fashion_mnist_tensors(root, train=t) for t in (True, False))
     itr, ite = _subset(len(ytr), n_train, 0), _subset(len(yte), n_test, 1)
-    train = TensorImageDataset(xtr[itr].unsqueeze(1), ytr[itr], FASHION_MEAN, FASHION_STD,
-                               augment=True, padding=2, num_classes=10)  # fmt: skip
-    test = TensorImageDataset(xte[ite].unsqueeze(1), yte[ite], FASHION_MEAN, FASHION_STD,
-                              num_classes=10)  # fmt: skip
-    return train, test, 10, 1
+    train_ds = TensorImageDataset(
+        xtr[itr].unsqueeze(1),
+        ytr[itr],
+        FASHION_MEAN,
+        FASHION_STD,
+        augment=True,
+        padding=2,
+        num_classes=10,
+    )
+    test_ds = TensorImageDataset(
+        xte[ite].unsqueeze(1), yte[ite], FASHION_MEAN, FASHION_STD, num_classes=10
+    )
+    return train_ds, test_ds, 10, 1
 
 
 def _mean_std(values: list[float]) -> str:
@@ -89,40 +105,60 @@ def run_quick(a: argparse.Namespace) -> None:
     data = fashion_datasets(a.data_root, a.train_subset, a.test_subset)
     work = Path(a.work_dir)
     teacher_ckpt = work / "teacher.pt"
-    shared = ["--teacher", a.teacher, "--student", a.student, "--epochs", str(a.epochs),
-              "--teacher-epochs", str(a.teacher_epochs), "--batch-size", str(a.batch_size),
-              "--workers", "0", "--no-progress", "--device", a.device, "--resume",
-              "--teacher-checkpoint", str(teacher_ckpt), "--dkd-warmup", str(a.dkd_warmup)]  # fmt: skip
+    shared = {
+        "teacher": a.teacher,
+        "student": a.student,
+        "epochs": a.epochs,
+        "teacher_epochs": a.teacher_epochs,
+        "batch_size": a.batch_size,
+        "workers": 0,
+        "progress": False,
+        "device": a.device,
+        "resume": True,
+        "teacher_checkpoint": teacher_ckpt,
+        "dkd_warmup": a.dkd_warmup,
+    }
     accs: dict[str, list[float]] = {}
     tic = time.perf_counter()
     for name in a.methods:
         for seed in a.seeds:
-            argv = [*shared, *METHODS[name], "--seed", str(seed),
-                    "--out-dir", str(work / name / f"seed{seed}")]  # fmt: skip
+            cfg = TrainConfig(**shared, **METHODS[name], seed=seed, out=work / name / f"seed{seed}")
             try:
-                args = build_arg_parser().parse_args(argv)
-                acc = run_distillation(args, make_loss, datasets=data).metrics["test_acc"]
+                acc = train(cfg, datasets=data).metrics["test_acc"]
             except (ValueError, FloatingPointError) as err:  # non-finite logits / loss
                 if "non-finite" not in str(err):
                     raise
                 acc = float("nan")
                 print(f"{name} seed {seed} diverged: {err}", flush=True)
             accs.setdefault(name, []).append(acc)
-            print(f"{name} seed {seed}: {acc:.2f}% ({time.perf_counter() - tic:.0f}s so far)",
-                  flush=True)  # fmt: skip
+            so_far = time.perf_counter() - tic
+            print(f"{name} seed {seed}: {acc:.2f}% ({so_far:.0f}s so far)", flush=True)
     wall = time.perf_counter() - tic
     teacher_acc = load_checkpoint(teacher_ckpt)["test_acc"] if teacher_ckpt.is_file() else None
     kd_ok = [v for v in accs.get("kd", []) if v == v]
     kd_mean = statistics.fmean(kd_ok) if kd_ok else None
     rows = []
     if teacher_acc is not None:
-        rows.append({"method": f"teacher {a.teacher} (CE)", "test acc (%)": f"{teacher_acc:.2f}",
-                     "per seed": "trained once", "vs KD": ""})  # fmt: skip
+        rows.append(
+            {
+                "method": f"teacher {a.teacher} (CE)",
+                "test acc (%)": f"{teacher_acc:.2f}",
+                "per seed": "trained once",
+                "vs KD": "",
+            }
+        )
     for name, values in accs.items():
         ok = [v for v in values if v == v]
         delta = "" if kd_mean is None or not ok else f"{statistics.fmean(ok) - kd_mean:+.2f}"
-        rows.append({"method": f"{name} ({a.student})", "test acc (%)": _mean_std(values),
-                     "per seed": ", ".join("NaN" if v != v else f"{v:.2f}" for v in values), "vs KD": delta})  # fmt: skip
+        per_seed = ", ".join("NaN" if v != v else f"{v:.2f}" for v in values)
+        rows.append(
+            {
+                "method": f"{name} ({a.student})",
+                "test acc (%)": _mean_std(values),
+                "per seed": per_seed,
+                "vs KD": delta,
+            }
+        )
     title = (
         f"Fashion-MNIST, {len(data[0])} train / {len(data[1])} test images, {a.epochs} student "
         f"epochs ({a.teacher_epochs} teacher epochs), batch {a.batch_size}, seeds {a.seeds}, "
@@ -138,18 +174,28 @@ def run_full(a: argparse.Namespace) -> None:
         for name in a.methods:
             accs = []
             for seed in a.seeds:
-                argv = ["--dataset", "cifar100", "--teacher", teacher, "--student", student,
-                        "--device", a.device, "--seed", str(seed), "--resume", "--amp",
-                        "--teacher-checkpoint", str(work / "teachers" / f"{teacher}.pt"),
-                        "--out-dir", str(work / f"{teacher}-{student}" / name / f"seed{seed}"),
-                        *METHODS[name]]  # fmt: skip
-                if a.data_root:
-                    argv += ["--data-root", a.data_root]
-                args = build_arg_parser().parse_args(argv)
-                accs.append(run_distillation(args, make_loss).metrics["test_acc"])
-            rows.append({"pair": f"{teacher} -> {student}", "method": name,
-                         "top-1 (%)": _mean_std(accs),
-                         "published T / S / KD / DKD": " / ".join(map(str, published))})  # fmt: skip
+                cfg = TrainConfig(
+                    dataset="cifar100",
+                    data_root=a.data_root,
+                    teacher=teacher,
+                    student=student,
+                    device=a.device,
+                    seed=seed,
+                    resume=True,
+                    amp=True,
+                    teacher_checkpoint=work / "teachers" / f"{teacher}.pt",
+                    out=work / f"{teacher}-{student}" / name / f"seed{seed}",
+                    **METHODS[name],
+                )
+                accs.append(train(cfg).metrics["test_acc"])
+            rows.append(
+                {
+                    "pair": f"{teacher} -> {student}",
+                    "method": name,
+                    "top-1 (%)": _mean_std(accs),
+                    "published T / S / KD / DKD": " / ".join(map(str, published)),
+                }
+            )
     print(write_benchmark(rows, a.out_dir, "cifar100_full", title="CIFAR-100, 240-epoch protocol"))
 
 

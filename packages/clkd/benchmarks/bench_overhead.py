@@ -20,15 +20,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import lab_common.zoo  # noqa: F401  (registers cifar_* models)
-from clkd import CLKDLoss, DKDLoss, KDLoss
+from clkd import CLKDLoss, DKDLoss
+from clkd.train import KD_DEFAULTS
 from lab_common import measure, resolve_device, seed_everything, write_benchmark
-from lab_common.distiller import Distiller
+from lab_common.distill import Distiller, KDLoss  # importing lab_common.distill registers cifar_*
 
 RESULTS = Path(__file__).parent / "results"
 LOSSES = {
     "ce": None,
-    "kd": KDLoss,
+    "kd": lambda: KDLoss(**KD_DEFAULTS),
     "dkd": DKDLoss,
     "clkd-mse": lambda: CLKDLoss(variant="mse"),
     "clkd-softmax": lambda: CLKDLoss(variant="softmax"),
@@ -93,8 +93,10 @@ def main() -> None:
                 medians[kind].setdefault(name, []).append(m.median_s)
                 minima[kind].setdefault(name, []).append(m.min_s)
 
-    setup = (f"{args.teacher} -> {args.student}, batch {args.batch_size}, "
-             f"{args.num_classes} classes, {args.image_size}px, {device.type}")  # fmt: skip
+    setup = (
+        f"{args.teacher} -> {args.student}, batch {args.batch_size}, "
+        f"{args.num_classes} classes, {args.image_size}px, {device.type}"
+    )
     low = {kind: {k: min(v) for k, v in minima[kind].items()} for kind in minima}
     for kind, label in (("step", "training step"), ("loss", "loss forward+backward")):
         rows = [
@@ -115,10 +117,13 @@ def main() -> None:
         k: 1e3 * (low["loss"][k] - low["loss"]["kd"]) for k in ("dkd", "clkd-mse", "clkd-softmax")
     }
     rows = [
-        {"method": k, "loss time − KD loss time (ms)": d,
-         "step ratio vs KD implied by the fastest KD step": 1 + d / (1e3 * low["step"]["kd"])}
+        {
+            "method": k,
+            "loss time − KD loss time (ms)": d,
+            "step ratio vs KD implied by the fastest KD step": 1 + d / (1e3 * low["step"]["kd"]),
+        }
         for k, d in extra.items()
-    ]  # fmt: skip
+    ]
     print(write_benchmark(rows, args.out_dir, "overhead_implied", title=f"implied: {setup}"))
 
 

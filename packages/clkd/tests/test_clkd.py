@@ -213,17 +213,42 @@ def test_module_config_and_overrides():
 @pytest.mark.parametrize(
     ("s", "t", "y", "match"),
     [
-        (torch.randn(1, 5), torch.randn(1, 5), torch.tensor([0]), r"at least 2, got logits of shape \(1, 5\)"),
-        (torch.randn(4, 5), torch.randn(4, 6), torch.zeros(4).long(), r"\(4, 5\) and teacher logits \(4, 6\)"),
-        (torch.randn(4, 5), torch.randn(3, 5), torch.zeros(4).long(), r"\(4, 5\) and teacher logits \(3, 5\)"),
+        (
+            torch.randn(1, 5),
+            torch.randn(1, 5),
+            torch.tensor([0]),
+            r"at least 2, got logits of shape \(1, 5\)",
+        ),
+        (
+            torch.randn(4, 5),
+            torch.randn(4, 6),
+            torch.zeros(4).long(),
+            r"\(4, 5\) and teacher logits \(4, 6\)",
+        ),
+        (
+            torch.randn(4, 5),
+            torch.randn(3, 5),
+            torch.zeros(4).long(),
+            r"\(4, 5\) and teacher logits \(3, 5\)",
+        ),
         (torch.randn(4, 1), torch.randn(4, 1), torch.zeros(4).long(), "at least 2 classes"),
         (torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.zeros(4).long(), r"\(B, C\)"),
         (torch.randn(4, 5), torch.randn(4, 5), torch.zeros(3).long(), r"shape \(4,\)"),
         (torch.randn(4, 5), torch.randn(4, 5), torch.zeros(4), "integer class indices"),
-        (torch.tensor([[0.0, float("nan")], [1, 2]]), torch.randn(2, 2), torch.zeros(2).long(), r"student_logits has 1 non-finite values \(e.g. \[nan\]\)"),
-        (torch.randn(2, 2), torch.tensor([[0.0, float("inf")], [1, 2]]), torch.zeros(2).long(), r"teacher_logits has 1 non-finite values \(e.g. \[inf\]\)"),
+        (
+            torch.tensor([[0.0, float("nan")], [1, 2]]),
+            torch.randn(2, 2),
+            torch.zeros(2).long(),
+            r"student_logits has 1 non-finite values \(e.g. \[nan\]\)",
+        ),
+        (
+            torch.randn(2, 2),
+            torch.tensor([[0.0, float("inf")], [1, 2]]),
+            torch.zeros(2).long(),
+            r"teacher_logits has 1 non-finite values \(e.g. \[inf\]\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_inputs_raise_value_error_naming_shapes(s, t, y, match):
     with pytest.raises(ValueError, match=match):
         clkd_loss(s, t, y)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from clkd import DKDConfig, DKDLoss, dkd_loss, kd_loss
+from clkd import DKDConfig, DKDLoss, dkd_loss
+from lab_common.distill import kd_loss
 
 
 def test_closed_form_three_classes():
@@ -30,7 +31,7 @@ def test_kd_equals_tckd_plus_weighted_nckd():
         y = torch.randint(0, 6, (1,), generator=g)
         temp = 2.0
         d = dkd_loss(s, t, y, alpha=1.0, beta=1.0, temperature=temp)
-        kd = kd_loss(s, t, y, kd_weight=1.0, temperature=temp)["loss_kd"]
+        kd = kd_loss(s, t, y, ce_weight=1.0, kd_weight=1.0, temperature=temp)["loss_kd"]
         p_target = torch.softmax(t / temp, 1)[0, y].item()
         assert kd.item() == pytest.approx(
             d["loss_tckd"].item() + (1 - p_target) * d["loss_nckd"].item(), rel=1e-5

@@ -1,4 +1,4 @@
-"""clkd.train end to end on a Fashion-MNIST subset: Distiller, resume, torchrun DDP, CLI."""
+"""clkd.train end to end: Distiller, typed config and options, resume, torchrun DDP, console script."""
 
 import json
 import subprocess
@@ -9,16 +9,36 @@ import pytest
 import timm
 import torch
 
-import lab_common.zoo  # noqa: F401
 from clkd import CLKDLoss, DKDLoss
-from clkd.train import build_arg_parser, main, make_loss, run
+from clkd.train import KD_DEFAULTS, TrainConfig, main, make_loss, parse_config, train
 from lab_common.checkpoint import load_checkpoint
-from lab_common.distiller import Distiller
+from lab_common.cli import run_console
+from lab_common.distill import DistillConfig, Distiller, KDLoss, TensorImageDataset
 from lab_common.testing import run_torchrun
 
-BASE = ["--dataset", "fashion-mnist", "--train-subset", "48", "--test-subset", "16",
-        "--teacher", "cifar_resnet8", "--student", "cifar_wrn_16_1", "--batch-size", "16",
-        "--workers", "0", "--no-progress", "--device", "cpu", "--lr", "0.05"]  # fmt: skip
+BASE = {
+    "teacher": "cifar_resnet8",
+    "student": "cifar_wrn_16_1",
+    "batch_size": 16,
+    "workers": 0,
+    "progress": False,
+    "device": "cpu",
+    "lr": 0.05,
+}
+REAL = (
+    "--dataset fashion-mnist --train-subset 48 --test-subset 16 --teacher cifar_resnet8 "
+    "--student cifar_wrn_16_1 --batch-size 16 --workers 0 --no-progress --device cpu --lr 0.05"
+).split()
+
+
+def synthetic(n_train=48, n_test=16, size=12, classes=4):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, classes, (n_train + n_test,), generator=g)
+    x = torch.randint(0, 256, (n_train + n_test, 1, size, size), generator=g, dtype=torch.uint8)
+    x[:, :, : size // 2] = (y * 60).to(torch.uint8).view(-1, 1, 1, 1)  # a learnable cue
+    train_ds = TensorImageDataset(x[:n_train], y[:n_train], (0.5,), (0.3,), augment=True, padding=2)
+    test_ds = TensorImageDataset(x[n_train:], y[n_train:], (0.5,), (0.3,))
+    return train_ds, test_ds, classes, 1
 
 
 def _same(a, b):
@@ -46,58 +66,110 @@ def test_distiller_with_clkd_keeps_teacher_frozen_and_in_eval():
     _same(frozen, teacher.state_dict())  # weights and BN statistics untouched
 
 
-def test_make_loss_maps_options_to_configs():
-    args = build_arg_parser().parse_args(
-        ["--method", "dkd", "--dkd-beta", "2", "--temperature", "3"]
-    )
-    loss = make_loss(args, 10)
+def test_options_map_to_configs_and_method_defaults():
+    cfg = parse_config(["--method", "dkd", "--dkd-beta", "2", "--temperature", "3"])
+    assert isinstance(cfg, TrainConfig) and (cfg.method, cfg.dkd_beta) == ("dkd", 2)
+    loss = make_loss(cfg, 10)
     assert isinstance(loss, DKDLoss) and loss.config.beta == 2 and loss.config.temperature == 3
     assert loss.config.alpha == 1.0 and loss.config.ce_weight == 1.0  # method defaults kept
-    args = build_arg_parser().parse_args(["--clkd-variant", "softmax", "--class-weight", "2"])
-    clkd = make_loss(args, 10)
+    clkd = make_loss(parse_config(["--clkd-variant", "softmax", "--class-weight", "2"]), 10)
     assert clkd.config.variant == "softmax" and clkd.config.class_weight == 2
-    assert make_loss(build_arg_parser().parse_args(["--method", "ce"]), 10) is None
+    assert make_loss(parse_config(["--method", "ce"]), 10) is None
+    # --method kd is the shared KD baseline with clkd's weights: CE 0.1, KD 0.9, T 4
+    kd = make_loss(TrainConfig(method="kd"), 10)
+    assert isinstance(kd, KDLoss)
+    assert (
+        (kd.ce_weight, kd.kd_weight, kd.temperature)
+        == (0.1, 0.9, 4.0)
+        == tuple(KD_DEFAULTS.values())
+    )
+    kd = make_loss(TrainConfig(method="kd", ce_weight=1.0, kd_weight=2.0, temperature=3.0), 10)
+    assert (kd.ce_weight, kd.kd_weight, kd.temperature) == (1.0, 2.0, 3.0)
+
+
+def test_shared_option_names_and_errors(capsys):
+    cfg = parse_config(["--out", "r", "--epochs", "3", "--no-progress", "--workers", "0"])
+    assert (cfg.out, cfg.epochs, cfg.progress, cfg.workers) == ("r", 3, False, 0)
+    with pytest.warns(FutureWarning, match="--out-dir is deprecated"):
+        assert parse_config(["--out-dir", "old"]).out == "old"
+    for bad in (["--epochs", "0"], ["--epochs", "-1"], ["--method", "fitnet"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config(bad)
+        assert exit_info.value.code == 2
+    assert "--epochs: expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown method 'fitnet'"):
+        TrainConfig(method="fitnet")
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train(DistillConfig())
 
 
 def test_resume_continues_exactly(tmp_path):
+    data = synthetic()
     a, b = tmp_path / "a", tmp_path / "b"
-    full = run([*BASE, "--epochs", "2", "--teacher-epochs", "1", "--out-dir", str(a)])
+    full = train(TrainConfig(**BASE, epochs=2, teacher_epochs=1, out=a), datasets=data)
     assert full.metrics["completed"]
-    teacher = ["--teacher-checkpoint", str(a / "teacher.pt")]
-    common = [*BASE, "--epochs", "2", *teacher, "--out-dir", str(b)]
-    part = run([*common, "--stop-after", "1"])
+    common = {**BASE, "epochs": 2, "teacher_checkpoint": a / "teacher.pt", "out": b}
+    part = train(TrainConfig(**common, stop_after=1), datasets=data)
     assert not part.metrics["completed"] and part.metrics["epoch"] == 0
-    run([*common, "--resume"])
+    train(TrainConfig(**common, resume=True), datasets=data)
     _same(load_checkpoint(a / "student.pt")["model"], load_checkpoint(b / "student.pt")["model"])
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
     assert ra["loss_cc"] == rb["loss_cc"] and ra["test_acc"] == rb["test_acc"]
+    saved = load_checkpoint(b / "student_last.pt")["config"]
+    assert saved["method"] == "clkd" and saved["resume"] is True and saved["out"] == str(b)
+
+
+def test_console_entry_reports_a_user_error_in_one_line(tmp_path, capsys):
+    argv = ["--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert run_console(main, argv) == 2  # what cli() returns as the process's exit status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: unknown dataset" in err
+
+
+@pytest.mark.slow
+def test_console_script_trains_on_real_data_and_exits_zero(tmp_path):
+    argv = [
+        *REAL,
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+        "--method",
+        "kd",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "clkd.train", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "result.json").read_text())["completed"] is True
+    help_text = subprocess.run(
+        [sys.executable, "-m", "clkd.train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--clkd-variant" in help_text and "--out OUT" in help_text
+    assert "--out-dir" not in help_text  # the deprecated alias is hidden
 
 
 DDP_SCRIPT = """
 import os, sys, torch
-from clkd.train import run
-result = run(sys.argv[1:])
+from clkd.train import main
+result = main(sys.argv[1:])
 torch.save(result.student.state_dict(), os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo_ranks_identical(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=str(tmp_path))))
-    run_torchrun([script, *BASE, "--epochs", "2", "--teacher-epochs", "1",
-                  "--out-dir", tmp_path / "run"])  # fmt: skip
+    # 48 images over 2 processes, --batch-size 16 per process: one step per epoch
+    run_torchrun(
+        [script, *REAL, "--epochs", "2", "--teacher-epochs", "1", "--out", tmp_path / "run"]
+    )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     _same(r0, r1)
     _same(load_checkpoint(tmp_path / "run/student.pt")["model"], r0)
     records = (tmp_path / "run/student_metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]
     assert (tmp_path / "run/student_curves.png").is_file()
-
-
-def test_cli_help_and_bad_method():
-    proc = subprocess.run(
-        [sys.executable, "-m", "clkd.train", "--help"], capture_output=True, text=True
-    )
-    assert proc.returncode == 0 and "--clkd-variant" in proc.stdout
-    with pytest.raises(SystemExit):
-        main(["--method", "fitnet"])

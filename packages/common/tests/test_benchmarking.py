@@ -19,7 +19,7 @@ def test_measure_sees_memory_growth():
     def allocate():
         buf = bytearray(64 * 2**20)
         buf[::4096] = b"x" * len(buf[::4096])  # touch every page so it is resident
-        time.sleep(0.05)  # hold it while the sampler thread gets the GIL
+        time.sleep(0.5)  # hold it long enough for the sampler thread on a loaded machine
         return buf
 
     m = measure(allocate, warmup=0, repeats=1)

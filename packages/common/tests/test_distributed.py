@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from lab_common import all_reduce_mean, barrier, init_distributed, is_main_process
@@ -29,6 +30,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_gloo_mean(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -6,6 +6,8 @@ from lab_common.testing import CUDA_SKIP_REASON, DEVICES
 def test_devices_param_list():
     ids = [p.id for p in DEVICES]
     assert ids == ["cpu", "cuda"]
-    cuda_marks = DEVICES[1].marks
-    assert cuda_marks[0].kwargs["reason"] == CUDA_SKIP_REASON
-    assert cuda_marks[0].args[0] == (not torch.cuda.is_available())
+    assert DEVICES[0].marks == ()
+    cuda_marks = {m.name: m for m in DEVICES[1].marks}
+    assert set(cuda_marks) == {"cuda", "skipif"}
+    assert cuda_marks["skipif"].kwargs["reason"] == CUDA_SKIP_REASON
+    assert cuda_marks["skipif"].args[0] == (not torch.cuda.is_available())

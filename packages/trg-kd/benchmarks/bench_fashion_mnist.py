@@ -3,7 +3,7 @@
 A CNN teacher is distilled into a smaller CNN and into a small ViT, on a balanced subset of
 Fashion-MNIST and on a long-tailed subset (ρ = 100, Cao et al. profile), test accuracy on a
 balanced test subset (mean ± std over seeds; many/medium/few-shot accuracy for the long-tailed
-runs). Everything stays in memory (``lab_common.load_fashion_mnist_tensors``) and the models are
+runs). Everything stays in memory (``lab_common.data.load_fashion_mnist_tensors``) and the models are
 small so that the whole benchmark fits a few CPU minutes; it is a sanity check of the method at
 toy scale, not a reproduction of the paper's CIFAR-100/ImageNet numbers.
 
@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lab_common import load_fashion_mnist_tensors, seed_everything, write_benchmark
-from lab_common.distiller import Distiller
-from trg_kd import KDLoss, TokenExtractor, TRGConfig, TRGLoss
+from lab_common import seed_everything, write_benchmark
+from lab_common.data import load_fashion_mnist_tensors
+from lab_common.distill import Distiller, KDLoss
+from trg_kd import TokenExtractor, TRGConfig, TRGLoss
 from trg_kd.longtail import longtail_indices, shot_splits, split_accuracy
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,9 +68,17 @@ def make_model(name: str) -> nn.Module:
         return SmallCNN((16, 32, 32))
     if name == "student_vit":  # 7x7 patch grid of 4x4 patches, width 64, 2 blocks, ~0.1 M
         return timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=28, patch_size=4, in_chans=1,
-            embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10,
-        )  # fmt: skip
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=28,
+            patch_size=4,
+            in_chans=1,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            num_classes=10,
+        )
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -96,8 +105,16 @@ def load_data(n_train_per_class: int, n_test_per_class: int, longtail: bool, n_m
     return norm(xtr[tr]), ytr[tr], norm(xte[te]), yte[te]
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int,
-          adamw: bool = False, batch_size: int = 64) -> nn.Module:  # fmt: skip
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    adamw: bool = False,
+    batch_size: int = 64,
+) -> nn.Module:
     """Train ``model`` (a classifier, or a Distiller ``(x, y) -> (logits, losses)``).
 
     SGD (lr 0.05, momentum 0.9, wd 5e-4) or, for the ViT, AdamW (lr 2e-3, wd 0.05); one-cycle
@@ -139,8 +156,16 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
 
 
-def distill(method: str, cfg: TRGConfig, teacher: nn.Module, student_name: str, data, *,
-            epochs: int, seed: int) -> dict[str, float]:  # fmt: skip
+def distill(
+    method: str,
+    cfg: TRGConfig,
+    teacher: nn.Module,
+    student_name: str,
+    data,
+    *,
+    epochs: int,
+    seed: int,
+) -> dict[str, float]:
     """Train one student with ``method`` ("ce", "kd", or "trg" with ``cfg``); accuracies in %."""
     xtr, ytr, xte, yte = data
     seed_everything(seed)
@@ -150,7 +175,9 @@ def distill(method: str, cfg: TRGConfig, teacher: nn.Module, student_name: str, 
         model: nn.Module = student
     else:
         if method == "kd":
-            loss: nn.Module = KDLoss(1.0, cfg.kd_weight, cfg.kd_temperature)
+            loss: nn.Module = KDLoss(
+                ce_weight=1.0, kd_weight=cfg.kd_weight, temperature=cfg.kd_temperature
+            )
         else:
             dims = [ext.token_shape(m, (1, 28, 28))[1] for m in (student, teacher)]
             loss = TRGLoss(*dims, replace(cfg, seed=seed))
@@ -196,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(100)
         t_epochs = args.lt_teacher_epochs if longtail else args.teacher_epochs
         teacher = train(make_model("teacher_cnn"), data[0], data[1], epochs=t_epochs, seed=100)
-        t_acc = split_accuracy(predict(teacher, data[2]), data[3],
-                               shot_splits(torch.bincount(data[1], minlength=10)))  # fmt: skip
+        t_acc = split_accuracy(
+            predict(teacher, data[2]), data[3], shot_splits(torch.bincount(data[1], minlength=10))
+        )
         setting = "Fashion-MNIST-LT ρ=100" if longtail else "Fashion-MNIST"
         print(f"{setting}: {len(data[1])} train images, teacher {t_acc['all']:.2f}%", flush=True)
         for student_name in ("student_cnn", "student_vit"):
@@ -215,11 +243,15 @@ def main(argv: list[str] | None = None) -> None:
                         data,
                         epochs=epochs,
                         seed=s,
-                    )  # fmt: skip
+                    )
                     for s in args.seeds
                 ]
-                row = {"setting": setting, "teacher → student": f"CNN ({t_acc['all']:.1f}%) → "
-                       + student_name.split("_")[1].upper(), "method": label}  # fmt: skip
+                row = {
+                    "setting": setting,
+                    "teacher → student": f"CNN ({t_acc['all']:.1f}%) → "
+                    + student_name.split("_")[1].upper(),
+                    "method": label,
+                }
                 keys = ("all", "many", "medium", "few") if longtail else ("all",)
                 for k in keys:
                     vals = [a[k] for a in accs]

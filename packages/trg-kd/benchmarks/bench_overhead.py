@@ -24,10 +24,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import lab_common.zoo  # noqa: F401  (registers cifar_* with timm)
 from lab_common import measure, write_benchmark
-from lab_common.distiller import Distiller
-from trg_kd import KDLoss, TokenExtractor, TRGConfig, TRGLoss, knn_graph
+from lab_common.distill import Distiller, KDLoss  # importing lab_common.distill registers cifar_*
+from trg_kd import TokenExtractor, TRGConfig, TRGLoss, knn_graph
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,7 +43,7 @@ def step_fn(method: str, batch: int, cfg: TRGConfig, teacher_name: str, student_
         params = list(student.parameters())
     else:
         if method == "KD":
-            loss = KDLoss(1.0, cfg.kd_weight, cfg.kd_temperature)
+            loss = KDLoss(ce_weight=1.0, kd_weight=cfg.kd_weight, temperature=cfg.kd_temperature)
         else:
             dims = [ext.token_shape(m, (3, 32, 32))[1] for m in (student, teacher)]
             loss = TRGLoss(*dims, cfg)
@@ -109,48 +108,69 @@ def main(argv: list[str] | None = None) -> None:
                 if r >= 2:  # two warm-up rounds
                     times[k].append(time.perf_counter() - t0)
         return {
-            k: {"ms": statistics.median(times[k]) * 1e3,
-                "mib": saved_mib(made[k][1])}
-            for k in fns
-        }  # fmt: skip
+            k: {"ms": statistics.median(times[k]) * 1e3, "mib": saved_mib(made[k][1])} for k in fns
+        }
 
     rows = []
     for batch in args.batch_sizes:
         m = run({k: (k, batch, cfg) for k in ("CE", "KD", "TRG")})
-        rows.append({
-            "sweep": "batch", "batch": batch, "tokens/image": cfg.tokens_per_image,
-            "graph nodes": batch * cfg.tokens_per_image,
-            "CE ms": m["CE"]["ms"], "KD ms": m["KD"]["ms"], "TRG ms": m["TRG"]["ms"],
-            "TRG / KD": m["TRG"]["ms"] / m["KD"]["ms"], "KD / CE": m["KD"]["ms"] / m["CE"]["ms"],
-            "CE saved MiB": m["CE"]["mib"], "KD saved MiB": m["KD"]["mib"],
-            "TRG saved MiB": m["TRG"]["mib"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "sweep": "batch",
+                "batch": batch,
+                "tokens/image": cfg.tokens_per_image,
+                "graph nodes": batch * cfg.tokens_per_image,
+                "CE ms": m["CE"]["ms"],
+                "KD ms": m["KD"]["ms"],
+                "TRG ms": m["TRG"]["ms"],
+                "TRG / KD": m["TRG"]["ms"] / m["KD"]["ms"],
+                "KD / CE": m["KD"]["ms"] / m["CE"]["ms"],
+                "CE saved MiB": m["CE"]["mib"],
+                "KD saved MiB": m["KD"]["mib"],
+                "TRG saved MiB": m["TRG"]["mib"],
+            }
+        )
         print(rows[-1], f"[{time.perf_counter() - tic:.0f}s]", flush=True)
-    m = run({"KD": ("KD", 64, cfg)} | {
-        f"TRG{t}": ("TRG", 64, replace(cfg, tokens_per_image=t)) for t in args.tokens
-    })  # fmt: skip
+    m = run(
+        {"KD": ("KD", 64, cfg)}
+        | {f"TRG{t}": ("TRG", 64, replace(cfg, tokens_per_image=t)) for t in args.tokens}
+    )
     for tokens in args.tokens:
         trg = m[f"TRG{tokens}"]
-        rows.append({
-            "sweep": "tokens", "batch": 64, "tokens/image": tokens, "graph nodes": 64 * tokens,
-            "KD ms": m["KD"]["ms"], "TRG ms": trg["ms"], "TRG / KD": trg["ms"] / m["KD"]["ms"],
-            "KD saved MiB": m["KD"]["mib"], "TRG saved MiB": trg["mib"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "sweep": "tokens",
+                "batch": 64,
+                "tokens/image": tokens,
+                "graph nodes": 64 * tokens,
+                "KD ms": m["KD"]["ms"],
+                "TRG ms": trg["ms"],
+                "TRG / KD": trg["ms"] / m["KD"]["ms"],
+                "KD saved MiB": m["KD"]["mib"],
+                "TRG saved MiB": trg["mib"],
+            }
+        )
         print(rows[-1], f"[{time.perf_counter() - tic:.0f}s]", flush=True)
     graph_rows = []
     for nodes in args.graph_nodes:
         x = torch.randn(nodes, 64)
         for chunk in (nodes, cfg.chunk_size):
             g = measure(lambda x=x, c=chunk: knn_graph(x, cfg.k, chunk_size=c), warmup=0, repeats=1)
-            graph_rows.append({
-                "graph nodes": nodes, "chunk_size": chunk, "k": cfg.k, "time ms": g.median_s * 1e3,
-                "peak RSS growth MiB": g.peak_memory_mb,
-                "distance block MiB (theory)": chunk * nodes * 4 / 2**20,
-            })  # fmt: skip
+            graph_rows.append(
+                {
+                    "graph nodes": nodes,
+                    "chunk_size": chunk,
+                    "k": cfg.k,
+                    "time ms": g.median_s * 1e3,
+                    "peak RSS growth MiB": g.peak_memory_mb,
+                    "distance block MiB (theory)": chunk * nodes * 4 / 2**20,
+                }
+            )
             print(graph_rows[-1], flush=True)
     md = write_benchmark(rows, RESULTS, "overhead", title=f"Training-step overhead, {pair}")
-    md_graph = write_benchmark(graph_rows, RESULTS, "overhead_graph",
-                               title="k-NN graph alone: chunked vs one block")  # fmt: skip
+    md_graph = write_benchmark(
+        graph_rows, RESULTS, "overhead_graph", title="k-NN graph alone: chunked vs one block"
+    )
     note = (
         f"\nDefaults: {cfg.tokens_per_image} tokens/image, k={cfg.k}, chunk_size={cfg.chunk_size};"
         f" CIFAR-100-sized random batch (3×32×32, 100 classes); median of {args.repeats} steps "

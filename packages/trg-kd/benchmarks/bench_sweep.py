@@ -26,16 +26,26 @@ from bench_fashion_mnist import RESULTS, distill, load_data, make_model, predict
 from lab_common import seed_everything, write_benchmark  # noqa: E402
 from trg_kd import TRGConfig  # noqa: E402
 
-BASE = {"inner_weight": 50.0, "local_weight": 50.0, "global_weight": 0.1, "k": 8,
-        "tokens_per_image": 16}  # fmt: skip
+BASE = {
+    "inner_weight": 50.0,
+    "local_weight": 50.0,
+    "global_weight": 0.1,
+    "k": 8,
+    "tokens_per_image": 16,
+}
 VARIANTS = [
     {},
-    {"inner_weight": 5.0}, {"inner_weight": 500.0},
-    {"local_weight": 5.0}, {"local_weight": 500.0},
-    {"global_weight": 0.01}, {"global_weight": 1.0},
-    {"k": 4}, {"k": 16},
-    {"tokens_per_image": 4}, {"tokens_per_image": 49},
-]  # fmt: skip
+    {"inner_weight": 5.0},
+    {"inner_weight": 500.0},
+    {"local_weight": 5.0},
+    {"local_weight": 500.0},
+    {"global_weight": 0.01},
+    {"global_weight": 1.0},
+    {"k": 4},
+    {"k": 16},
+    {"tokens_per_image": 4},
+    {"tokens_per_image": 49},
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,17 +66,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     t_acc = (predict(teacher, data[2]) == data[3]).float().mean().item() * 100
     rows = []
-    kd = [distill("kd", TRGConfig(), teacher, "student_cnn", data, epochs=args.epochs, seed=s)["all"]
-          for s in args.seeds]  # fmt: skip
-    rows.append({"config": "KD (reference)", "top-1": f"{statistics.mean(kd):.2f}",
-                 "seeds": " ".join(f"{a:.2f}" for a in kd)})  # fmt: skip
+    kd = [
+        distill("kd", TRGConfig(), teacher, "student_cnn", data, epochs=args.epochs, seed=s)["all"]
+        for s in args.seeds
+    ]
+    rows.append(
+        {
+            "config": "KD (reference)",
+            "top-1": f"{statistics.mean(kd):.2f}",
+            "seeds": " ".join(f"{a:.2f}" for a in kd),
+        }
+    )
     for change in VARIANTS:
         cfg = replace(TRGConfig(), **{**BASE, **change})
-        accs = [distill("trg", cfg, teacher, "student_cnn", data, epochs=args.epochs, seed=s)["all"]
-                for s in args.seeds]  # fmt: skip
+        accs = [
+            distill("trg", cfg, teacher, "student_cnn", data, epochs=args.epochs, seed=s)["all"]
+            for s in args.seeds
+        ]
         label = ", ".join(f"{k}={v:g}" for k, v in change.items()) or "base"
-        rows.append({"config": label, "top-1": f"{statistics.mean(accs):.2f}",
-                     "seeds": " ".join(f"{a:.2f}" for a in accs)})  # fmt: skip
+        rows.append(
+            {
+                "config": label,
+                "top-1": f"{statistics.mean(accs):.2f}",
+                "seeds": " ".join(f"{a:.2f}" for a in accs),
+            }
+        )
         print(rows[-1], f"[{time.perf_counter() - tic:.0f}s]", flush=True)
     base = ", ".join(f"{k}={v:g}" for k, v in BASE.items())
     md = write_benchmark(rows, RESULTS, "sweep", title=f"TRG sweep around {base}")

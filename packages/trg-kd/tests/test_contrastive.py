@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -62,7 +63,7 @@ def test_schedule_endpoints_and_monotone(kind):
     assert sched(0.0) == pytest.approx(1.0)
     assert sched(1.0) == pytest.approx(0.1)
     values = [sched(p / 10) for p in range(11)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_schedule_midpoints():

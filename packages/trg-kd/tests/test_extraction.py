@@ -5,8 +5,7 @@ import timm
 import torch
 import torchvision
 
-import lab_common.zoo  # noqa: F401  (registers cifar_* models with timm)
-from lab_common.distiller import Distiller
+from lab_common.distill import Distiller  # importing lab_common.distill registers cifar_*
 from trg_kd import TRGLoss
 from trg_kd.extraction import TokenExtractor
 

@@ -21,7 +21,7 @@ def test_hand_example():
     for i, nb in enumerate(nbrs):
         p = _softmax([math.exp(-((tpos[i] - tpos[j]) ** 2) / 2) for j in nb])
         q = _softmax([math.exp(-((spos[i] - spos[j]) ** 2) / 2) for j in nb])
-        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
     got = local_preserving_loss(s, t, k=2, sigma=1.0)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     mean = local_preserving_loss(s, t, k=2, sigma=1.0, reduction="mean")

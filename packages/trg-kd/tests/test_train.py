@@ -1,16 +1,17 @@
-"""trg_kd.train on the shared engine: exact resume, long-tail metrics, t-SNE, torchrun DDP."""
+"""trg_kd.train on the shared engine: typed config, exact resume, long-tail metrics, t-SNE, DDP."""
 
 import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from lab_common.checkpoint import load_checkpoint
-from lab_common.distill_training import TensorImageDataset
+from lab_common.distill import KDLoss, TensorImageDataset
 from lab_common.testing import run_torchrun
-from trg_kd.train import build_train_parser, main, trg_config_from_args
+from trg_kd.train import TrainConfig, parse_config, train
 
 
 def synthetic(n_train=96, n_test=40, size=16, classes=4):
@@ -19,59 +20,99 @@ def synthetic(n_train=96, n_test=40, size=16, classes=4):
     x = torch.randint(0, 256, (n_train + n_test, 1, size, size), generator=g, dtype=torch.uint8)
     x[:, :, : size // 2] = (y * 60).to(torch.uint8).view(-1, 1, 1, 1)  # a learnable cue
     mean, std = (0.5,), (0.3,)
-    train = TensorImageDataset(x[:n_train], y[:n_train], mean, std, augment=True, padding=2)
-    test = TensorImageDataset(x[n_train:], y[n_train:], mean, std)
-    return train, test, classes, 1
+    train_ds = TensorImageDataset(x[:n_train], y[:n_train], mean, std, augment=True, padding=2)
+    test_ds = TensorImageDataset(x[n_train:], y[n_train:], mean, std)
+    return train_ds, test_ds, classes, 1
 
 
-def argv(out_dir, *extra):
-    return ["--teacher", "cifar_resnet8", "--student", "cifar_wrn_16_1", "--epochs", "2",
-            "--teacher-epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress",
-            "--device", "cpu", "--lr", "0.05", "--tokens-per-image", "4", "--k", "4",
-            "--out-dir", str(out_dir), *extra]  # fmt: skip
+def config(out, **overrides) -> TrainConfig:
+    base = {
+        "teacher": "cifar_resnet8",
+        "student": "cifar_wrn_16_1",
+        "epochs": 2,
+        "teacher_epochs": 1,
+        "batch_size": 16,
+        "workers": 0,
+        "progress": False,
+        "device": "cpu",
+        "lr": 0.05,
+        "tokens_per_image": 4,
+        "k": 4,
+        "out": out,
+    }
+    return TrainConfig(**{**base, **overrides})
 
 
-def test_parser_maps_to_config():
-    args = build_train_parser().parse_args(
-        ["--inner-weight", "0.5", "--k", "3", "--tau-schedule", "linear", "--graph", "per-rank"]
-    )
-    cfg = trg_config_from_args(args)
-    assert cfg.inner_weight == 0.5 and cfg.k == 3 and cfg.temperature.kind == "linear"
-    assert not cfg.gather_distributed
+def test_options_build_the_config_and_its_trg_config():
+    argv = "--inner-weight 0.5 --k 3 --tau-schedule linear --graph per-rank --out r --seed 3"
+    cfg = parse_config(argv.split())
+    assert isinstance(cfg, TrainConfig) and cfg.out == "r"
+    trg = cfg.trg_config()
+    assert trg.inner_weight == 0.5 and trg.k == 3 and trg.temperature.kind == "linear"
+    assert not trg.gather_distributed and trg.seed == 3
+    with pytest.warns(FutureWarning, match="--out-dir is deprecated"):
+        assert parse_config(["--out-dir", "old"]).out == "old"
+    for bad in (["--epochs", "0"], ["--k", "0"], ["--method", "crd"]):
+        with pytest.raises(SystemExit):
+            parse_config(bad)
+    with pytest.raises(ValueError, match="graph must be one of"):
+        TrainConfig(graph="ring")
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        TrainConfig(sigma=0.0)
 
 
 @pytest.fixture(scope="module")
 def kd_run(tmp_path_factory):
     """A KD run (teacher trained here, then 1 student epoch) whose teacher.pt other tests reuse."""
     out = tmp_path_factory.mktemp("kd")
-    result = main(
-        argv(out, "--method", "kd", "--epochs", "1", "--tsne", "30"), datasets=synthetic()
-    )
+    result = train(config(out, method="kd", epochs=1, tsne=30), datasets=synthetic())
     return out, result
 
 
-def test_kd_method_trains_teacher_and_plots_tsne(kd_run):
+def test_kd_method_is_the_shared_baseline_with_ce_one_and_plots_tsne(kd_run):
     out, result = kd_run
     assert result.teacher is not None and (out / "teacher.pt").is_file()
     assert set(json.loads((out / "result.json").read_text())) >= {"loss_kd", "tsne_png"}
     assert (out / "tsne.png").stat().st_size > 0
+    state = load_checkpoint(out / "student_last.pt")
+    assert state["config"]["method"] == "kd" and state["config"]["tsne"] == 30
+
+
+def test_kd_method_passes_ce_one_and_lambda(monkeypatch, tmp_path, kd_run):
+    built = []
+    real_init = KDLoss.__init__
+
+    def spy(self, **weights):
+        built.append(weights)
+        real_init(self, **weights)
+
+    monkeypatch.setattr(KDLoss, "__init__", spy)
+    teacher = kd_run[0] / "teacher.pt"
+    cfg = config(tmp_path, method="kd", kd_weight=2.5, kd_temperature=3.0, epochs=1)
+    train(replace(cfg, teacher_checkpoint=teacher), datasets=synthetic())
+    assert built == [{"ce_weight": 1.0, "kd_weight": 2.5, "temperature": 3.0}]
 
 
 def test_ce_method_has_no_teacher(tmp_path):
-    ce = main(argv(tmp_path, "--method", "ce", "--epochs", "1"), datasets=synthetic())
+    ce = train(config(tmp_path, method="ce", epochs=1), datasets=synthetic())
     assert ce.teacher is None and not (tmp_path / "teacher.pt").exists()
 
 
 def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
     data = synthetic()
-    lt = ["--imbalance-ratio", "4", "--lt-n-max", "16", "--many-shot", "10", "--few-shot", "5",
-          "--teacher-checkpoint", str(kd_run[0] / "teacher.pt")]  # fmt: skip
-    full = main(argv(tmp_path / "a", *lt), datasets=data)
-    assert full.metrics["completed"]
+    lt = {
+        "imbalance_ratio": 4,
+        "lt_n_max": 16,
+        "many_shot": 10,
+        "few_shot": 5,
+        "teacher_checkpoint": kd_run[0] / "teacher.pt",
+    }
+    full = train(config(tmp_path / "a", **lt), datasets=data)
+    assert full.metrics["completed"] and isinstance(full.student, torch.nn.Module)
     # interrupted after one of the two student epochs
-    part = main(argv(tmp_path / "b", *lt, "--stop-after", "1"), datasets=data)
+    part = train(config(tmp_path / "b", **lt, stop_after=1), datasets=data)
     assert not part.metrics["completed"]
-    part = main(argv(tmp_path / "b", *lt, "--resume"), datasets=data)
+    part = train(config(tmp_path / "b", **lt, resume=True), datasets=data)
     assert part.metrics["completed"]
     a, b = (load_checkpoint(tmp_path / d / "student_last.pt")["model"] for d in "ab")
     assert a.keys() == b.keys() and "loss.projector.proj.weight" in a
@@ -91,12 +132,17 @@ def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
     assert {"test_acc_many", "test_acc_medium", "test_acc_few"} <= set(res)
 
 
+def test_train_needs_its_config():
+    with pytest.raises(TypeError, match="trg_kd.train.TrainConfig"):
+        train({"method": "trg"})
+
+
 DDP_SCRIPT = """
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {test_dir!r})
-from test_train import argv, synthetic
+from test_train import config, synthetic
 from trg_kd import TRGLoss
-from trg_kd.train import main
+from trg_kd.train import train
 
 out = {out!r}
 # 1) the gathered graph: mean of per-rank losses and DDP-averaged gradients equal one process
@@ -121,12 +167,13 @@ for k in terms:
 dist.all_reduce(w); w /= world
 torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
 torch.testing.assert_close(f / world, ref_f[sl], rtol=1e-5, atol=1e-6)
-# 2) a short DDP distillation keeps the ranks identical
-result = main(argv(out, "--teacher-checkpoint", out + "/t.pt"), datasets=synthetic())
+# 2) a short DDP distillation keeps the ranks identical (--batch-size 16 per process)
+result = train(config(out, teacher_checkpoint=out + "/t.pt"), datasets=synthetic())
 torch.save(result.student.state_dict(), f"{{out}}/rank{{os.environ['RANK']}}.pt")
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gathered_graph_and_identical_ranks(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(

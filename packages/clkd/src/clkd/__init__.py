@@ -1,8 +1,9 @@
-"""CLKD: Class-aware Logit Knowledge Distillation — loss, baselines (KD, DKD) and trainer.
+"""CLKD: Class-aware Logit Knowledge Distillation — loss, DKD baseline and trainer.
 
 Losses follow one contract: ``loss(student_logits (B, C), teacher_logits (B, C), target (B,))``
 returns a dict of already weighted ``loss_*`` terms whose sum is the training loss; use them
-with ``lab_common.distiller.Distiller`` or in any training loop.
+with ``lab_common.distill.Distiller`` or in any training loop. The Hinton-KD baseline is
+``lab_common.distill.KDLoss`` (``clkd-train --method kd`` passes CE 0.1, KD 0.9, T 4).
 """
 
 from .clkd import (
@@ -15,7 +16,6 @@ from .clkd import (
     instance_loss,
 )
 from .dkd import DKDConfig, DKDLoss, dkd_loss
-from .kd import KDConfig, KDLoss, kd_loss
 
 __version__ = "0.2.0"
 
@@ -24,13 +24,10 @@ __all__ = [
     "CLKDLoss",
     "DKDConfig",
     "DKDLoss",
-    "KDConfig",
-    "KDLoss",
     "class_correlation_loss",
     "class_correlation_matrix",
     "class_loss",
     "clkd_loss",
     "dkd_loss",
     "instance_loss",
-    "kd_loss",
 ]

@@ -45,11 +45,14 @@ def prepare_logits(
     if classes < 2:
         raise ValueError(f"{method} needs at least 2 classes, got logits of shape {s_shape}")
     if batch < min_batch:
+        why = (
+            "; the class-level and correlation terms are undefined for one sample (use "
+            "drop_last=True in the DataLoader)"
+        )
         raise ValueError(
             f"{method} needs a batch of at least {min_batch}, got logits of shape {s_shape}"
-            + ("; the class-level and correlation terms are undefined for one sample (use "
-               "drop_last=True in the DataLoader)" if min_batch > 1 else "")
-        )  # fmt: skip
+            + (why if min_batch > 1 else "")
+        )
     if target is not None:
         if target.shape != (batch,) or target.is_floating_point() or target.is_complex():
             raise ValueError(

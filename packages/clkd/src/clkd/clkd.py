@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab_common import softened_kl_div
+from lab_common.distill import softened_kl_div
 
 from ._validation import prepare_logits
 
@@ -80,8 +80,8 @@ class CLKDConfig:
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        weights = {k: getattr(self, k) for k in ("ce_weight", "logit_weight", "class_weight",
-                                                  "correlation_weight")}  # fmt: skip
+        names = ("ce_weight", "logit_weight", "class_weight", "correlation_weight")
+        weights = {k: getattr(self, k) for k in names}
         negative = {k: v for k, v in weights.items() if v < 0}
         if negative:
             raise ValueError(f"CLKD weights must be >= 0, got {negative}")

@@ -95,7 +95,7 @@ class DKDLoss(nn.Module):
     """:func:`dkd_loss` as a module with the epoch warm-up.
 
     Call :meth:`set_epoch` at the start of every epoch (``Distiller.set_epoch`` and the
-    ``lab_common.distill_training`` engine do); the distillation terms are scaled by
+    ``lab_common.distill`` engine do); the distillation terms are scaled by
     ``min((epoch + 1) / warmup_epochs, 1)``. Before the first call the factor is 1.
     """
 

@@ -1,38 +1,158 @@
-"""``python -m clkd.train`` / ``clkd-train``: train (or load) a teacher, then distil a student.
+"""``clkd-train`` / ``python -m clkd.train``: train (or load) a teacher, then distil a student.
+
+The library entry point is :func:`train`, which takes a frozen :class:`TrainConfig` (the
+shared :class:`lab_common.distill.DistillConfig` plus ``method`` and the loss weights); the
+command line only builds that config::
+
+    from clkd.train import TrainConfig, train
+    result = train(TrainConfig(dataset="cifar100", method="dkd", out="runs/dkd", epochs=240))
 
 Examples::
 
     # the CIFAR-100 protocol (240 epochs), resnet32x4 -> resnet8x4 with CLKD
     clkd-train --dataset cifar100 --data-root ~/data --teacher cifar_resnet32x4 \\
-        --student cifar_resnet8x4 --method clkd --out-dir runs/r32x4_r8x4_clkd
-    # two processes on one machine
+        --student cifar_resnet8x4 --method clkd --out runs/r32x4_r8x4_clkd
+    # two processes on one machine: --batch-size is per process (2 × 64 images a step)
     torchrun --nproc-per-node 2 -m clkd.train --method dkd ...
 
 Shared options (data, models, schedule, AMP, resume, DDP) come from
-``lab_common.distill_training``; this module adds ``--method`` and the loss hyperparameters.
+:func:`lab_common.distill.add_distill_arguments`; this module adds ``--method`` and the loss
+hyperparameters. Unset weights (None) take each method's defaults: CLKD and DKD from
+:class:`~clkd.CLKDConfig` / :class:`~clkd.DKDConfig`, KD from :data:`KD_DEFAULTS`.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
-from lab_common.distill_training import DistillResult, build_parser, run_distillation
+from lab_common.cli import (
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    run_console,
+)
+from lab_common.distill import (
+    DistillConfig,
+    DistillDatasets,
+    DistillResult,
+    KDLoss,
+    add_distill_arguments,
+    run_distillation,
+)
 
 from .clkd import CLKDConfig, CLKDLoss
 from .dkd import DKDConfig, DKDLoss
-from .kd import KDConfig, KDLoss
 
-__all__ = ["METHODS", "build_arg_parser", "main", "make_loss", "run"]
+__all__ = [
+    "KD_DEFAULTS",
+    "METHODS",
+    "TrainConfig",
+    "build_parser",
+    "cli",
+    "main",
+    "make_loss",
+    "parse_config",
+    "train",
+]
 
 METHODS = ("ce", "kd", "dkd", "clkd")
+Method = Literal["ce", "kd", "dkd", "clkd"]
+
+#: ``--method kd`` weights when unset: mdistiller's CIFAR KD (CE 0.1, KD 0.9, T 4).
+KD_DEFAULTS = {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class TrainConfig(DistillConfig):
+    """A ``clkd-train`` run: :class:`~lab_common.distill.DistillConfig` plus the method.
+
+    Attributes:
+        method: ``ce`` (student alone), ``kd`` (Hinton KD), ``dkd`` (decoupled KD) or ``clkd``.
+        ce_weight, temperature: shared by the methods (None: the method's default).
+        clkd_variant, clkd_correlation, logit_weight, class_weight, correlation_weight:
+            CLKD's ``variant``, ``correlation``, μ, β and ν.
+        kd_weight: KD's weight of the softened KL (None: 0.9).
+        dkd_alpha, dkd_beta, dkd_warmup: DKD's α, β and warm-up epochs.
+    """
+
+    method: Method = "clkd"
+    ce_weight: float | None = None
+    temperature: float | None = None
+    clkd_variant: Literal["mse", "softmax"] = "mse"
+    clkd_correlation: Literal["pearson", "covariance"] = "pearson"
+    logit_weight: float | None = None
+    class_weight: float | None = None
+    correlation_weight: float | None = None
+    kd_weight: float | None = None
+    dkd_alpha: float | None = None
+    dkd_beta: float | None = None
+    dkd_warmup: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {METHODS}")
+
+
+# config field of each loss config -> TrainConfig field
+_SHARED = {"ce_weight": "ce_weight", "temperature": "temperature"}
+_OPTIONS = {
+    "kd": {"kd_weight": "kd_weight"},
+    "dkd": {"alpha": "dkd_alpha", "beta": "dkd_beta", "warmup_epochs": "dkd_warmup"},
+    "clkd": {
+        "variant": "clkd_variant",
+        "correlation": "clkd_correlation",
+        "logit_weight": "logit_weight",
+        "class_weight": "class_weight",
+        "correlation_weight": "correlation_weight",
+    },
+}
+
+
+def make_loss(config: TrainConfig, num_classes: int) -> nn.Module | None:
+    """The loss module for ``config.method`` (None for ``ce``: the student trains alone).
+
+    Weights left unset (None) take the method's own defaults.
+    """
+    if config.method == "ce":
+        return None
+    chosen = {
+        field: getattr(config, name)
+        for field, name in {**_SHARED, **_OPTIONS[config.method]}.items()
+        if getattr(config, name) is not None
+    }
+    if config.method == "kd":
+        return KDLoss(**{**KD_DEFAULTS, **chosen})
+    if config.method == "dkd":
+        return DKDLoss(DKDConfig(**chosen))
+    return CLKDLoss(CLKDConfig(**chosen))
+
+
+def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> DistillResult:
+    """Train (or load) the teacher, then distil the student with ``config.method``.
+
+    ``datasets = (train, test, num_classes, in_chans)`` replaces loading ``config.dataset``.
+    Outputs go to ``config.out`` (see :func:`lab_common.distill.run_distillation`).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a clkd.train.TrainConfig, got {type(config).__name__}")
+    return run_distillation(config, lambda k: make_loss(config, k), datasets=datasets)
+
+
+def build_parser() -> argparse.ArgumentParser:
     """The shared distillation options plus ``--method`` and the CLKD / KD / DKD weights."""
-    p = build_parser("Class-aware logit knowledge distillation (CLKD) and KD/DKD baselines.")
+    p = argparse.ArgumentParser(
+        prog="clkd-train",
+        description="Class-aware logit knowledge distillation (CLKD) and KD/DKD baselines.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_distill_arguments(p, TrainConfig())
     g = p.add_argument_group("method (unset weights take each method's defaults)")
     g.add_argument(
         "--method",
@@ -42,12 +162,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--ce-weight",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="CE weight (if unset: clkd 0.1, kd 0.1, dkd 1.0)",
     )
     g.add_argument(
-        "--temperature", type=float, default=None, help="softmax temperature (if unset: 4)"
+        "--temperature", type=positive_float, default=None, help="softmax temperature (if unset: 4)"
     )
     g.add_argument("--clkd-variant", choices=("mse", "softmax"), default="mse")
     g.add_argument(
@@ -56,58 +176,39 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default="pearson",
         help="CLKD class-correlation matrix (covariance = literal reconstruction, unstable)",
     )
-    g.add_argument("--logit-weight", type=float, default=None, help="CLKD μ (if unset: 0.5)")
-    g.add_argument("--class-weight", type=float, default=None, help="CLKD β (if unset: 1)")
-    g.add_argument("--correlation-weight", type=float, default=None, help="CLKD ν (if unset: 0.4)")
-    g.add_argument("--kd-weight", type=float, default=None, help="KD weight (if unset: 0.9)")
-    g.add_argument("--dkd-alpha", type=float, default=None, help="DKD α (if unset: 1)")
-    g.add_argument("--dkd-beta", type=float, default=None, help="DKD β (if unset: 8)")
-    g.add_argument("--dkd-warmup", type=int, default=None, help="DKD warm-up epochs (if unset: 20)")
-    return p  # fmt: skip
-
-
-# method -> (loss class, config class, {config field: command-line option})
-_LOSSES = {
-    "kd": (KDLoss, KDConfig, {"kd_weight": "kd_weight"}),
-    "dkd": (DKDLoss, DKDConfig, {"alpha": "dkd_alpha", "beta": "dkd_beta", "warmup_epochs": "dkd_warmup"}),
-    "clkd": (
-        CLKDLoss,
-        CLKDConfig,
-        {"variant": "clkd_variant", "logit_weight": "logit_weight", "class_weight": "class_weight",
-         "correlation_weight": "correlation_weight", "correlation": "clkd_correlation"},
-    ),
-}  # fmt: skip
-_SHARED = {"ce_weight": "ce_weight", "temperature": "temperature"}
-
-
-def make_loss(args: argparse.Namespace, num_classes: int) -> nn.Module | None:
-    """The loss module for ``args.method`` (None for ``ce``: the student trains alone).
-
-    Options left unset (None) take the method's own defaults (its config dataclass).
-    """
-    if args.method == "ce":
-        return None
-    if args.method not in _LOSSES:
-        raise ValueError(f"unknown --method {args.method!r}; use one of {METHODS}")
-    loss_cls, config_cls, options = _LOSSES[args.method]
-    chosen = {
-        field: getattr(args, dest)
-        for field, dest in {**_SHARED, **options}.items()
-        if getattr(args, dest) is not None
+    weights = {
+        "--logit-weight": "CLKD μ (if unset: 0.5)",
+        "--class-weight": "CLKD β (if unset: 1)",
+        "--correlation-weight": "CLKD ν (if unset: 0.4)",
+        "--kd-weight": "KD weight (if unset: 0.9)",
+        "--dkd-alpha": "DKD α (if unset: 1)",
+        "--dkd-beta": "DKD β (if unset: 8)",
     }
-    return loss_cls(config_cls(**chosen))
+    for option, help_text in weights.items():
+        g.add_argument(option, type=non_negative_float, default=None, help=help_text)
+    g.add_argument(
+        "--dkd-warmup",
+        type=non_negative_int,
+        default=None,
+        help="DKD warm-up epochs (if unset: 20)",
+    )
+    return p
 
 
-def run(argv: Sequence[str] | None = None) -> DistillResult:
-    """Parse ``argv`` (default ``sys.argv[1:]``), train, and return the result."""
-    return run_distillation(build_arg_parser().parse_args(argv), make_loss)
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` that the command line ``argv`` (default ``sys.argv[1:]``) describes."""
+    return config_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point (``clkd-train``): :func:`run`, exit status 0."""
-    run(argv)
-    return 0
+def main(argv: Sequence[str] | None = None) -> DistillResult:
+    """Parse ``argv`` and :func:`train`; returns the engine's result."""
+    return train(parse_config(argv))
+
+
+def cli() -> int:
+    """Console-script entry point (``clkd-train``): exit status 0 on success."""
+    return run_console(main)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -1,24 +1,23 @@
 """Small shared utilities for the lavit, clkd, trg-kd and gp-maml packages.
 
-Only what at least two of those packages need: seeding, device/autocast selection,
-accuracy and confidence intervals, benchmark timing and tables, metrics logging,
-atomic checkpoints, torch.distributed helpers, dataset location, the softened KL of
-distillation, the teacher-student ``Distiller`` and (``lab_common.zoo``) the CIFAR
-distillation model zoo.
+The core (this package; torch, numpy and scipy only): seeding, device/autocast selection,
+accuracy and confidence intervals, benchmark timing and tables, metrics logging and progress,
+atomic checkpoints, torch.distributed helpers, dataset and cache locations, the trainer
+command line (:mod:`lab_common.cli`) and pytest conventions (:mod:`lab_common.testing`).
+Two optional layers build on it: :mod:`lab_common.data` (image-dataset readers; extra
+``vision``) and :mod:`lab_common.distill` (the distillation engine, ``Distiller``, the KD
+baseline and the CIFAR zoo; extra ``distill``).
 """
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
 
 from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .datasets import (
-    DATASET_NAMES,
-    build_image_dataset,
-    cache_dir,
-    dataset_num_classes,
-    load_fashion_mnist_tensors,
-    shared_datasets_root,
-)
 from .device import autocast, resolve_device
-from .distiller import Distiller, features_and_logits
 from .distributed import (
     DistContext,
     all_reduce_mean,
@@ -28,31 +27,25 @@ from .distributed import (
     is_main_process,
 )
 from .logging import MetricsLogger, plot_metrics, progress, read_metrics
-from .losses import softened_kl_div
 from .metrics import mean_confidence_interval, topk_accuracy
+from .paths import cache_dir, shared_datasets_root
 from .seeding import seed_everything
 
 __version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",
-    "DATASET_NAMES",
-    "Distiller",
     "DistContext",
     "Measurement",
     "MetricsLogger",
     "all_reduce_mean",
     "autocast",
     "barrier",
-    "build_image_dataset",
     "cache_dir",
     "cleanup_distributed",
-    "dataset_num_classes",
-    "features_and_logits",
     "init_distributed",
     "is_main_process",
     "load_checkpoint",
-    "load_fashion_mnist_tensors",
     "machine_description",
     "markdown_table",
     "mean_confidence_interval",
@@ -64,7 +57,30 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "shared_datasets_root",
-    "softened_kl_div",
     "topk_accuracy",
     "write_benchmark",
 ]
+
+#: Names that moved to a layer in 0.2; importing them from here warns until 0.3.
+_MOVED = {
+    "DATASET_NAMES": "lab_common.data",
+    "build_image_dataset": "lab_common.data",
+    "dataset_num_classes": "lab_common.data",
+    "load_fashion_mnist_tensors": "lab_common.data",
+    "Distiller": "lab_common.distill",
+    "features_and_logits": "lab_common.distill",
+    "softened_kl_div": "lab_common.distill",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module 'lab_common' has no attribute {name!r}")
+    module = _MOVED[name]
+    warnings.warn(
+        f"lab_common.{name} moved to {module}.{name} in 0.2 (import it from there; this alias "
+        "goes away in 0.3)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), name)

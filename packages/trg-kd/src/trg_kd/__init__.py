@@ -1,10 +1,13 @@
-"""TRG: Knowledge Distillation via Token-level Relationship Graph — losses, token extraction and trainer."""
+"""TRG: Knowledge Distillation via Token-level Relationship Graph — losses, token extraction and trainer.
+
+The Hinton-KD baseline is ``lab_common.distill.KDLoss`` (``trg-kd-train --method kd`` passes
+CE 1, KD λ = ``kd_weight``, T = ``kd_temperature``).
+"""
 
 from trg_kd.contextual import contextual_loss, token_self_similarity
 from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
 from trg_kd.extraction import TokenExtractor
 from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
-from trg_kd.kd import KDLoss, kd_loss
 from trg_kd.local import local_preserving_loss
 from trg_kd.longtail import (
     longtail_counts,
@@ -26,7 +29,6 @@ from trg_kd.visualize import plot_tsne
 __version__ = "0.2.0"
 
 __all__ = [
-    "KDLoss",
     "TRGConfig",
     "TRGLoss",
     "TemperatureSchedule",
@@ -38,7 +40,6 @@ __all__ = [
     "drop_prefix_tokens",
     "gaussian_kernel",
     "global_relation_loss",
-    "kd_loss",
     "knn_graph",
     "local_preserving_loss",
     "longtail_counts",

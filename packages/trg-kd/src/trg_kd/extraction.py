@@ -7,7 +7,7 @@ of width ``C`` and ViT class/distillation/register tokens are dropped.
 
 Sources:
 
-- ``"timm"`` (and ``lab_common.zoo``): ``forward_features`` + ``forward_head``; the prefix tokens
+- ``"timm"`` (and ``lab_common.distill.zoo``): ``forward_features`` + ``forward_head``; the prefix tokens
   counted by ``model.num_prefix_tokens`` are dropped. With ``index=i`` the tokens come from block
   or stage ``i`` via ``forward_intermediates`` (logits still from the final features).
 - ``"torchvision"``: ``torchvision.models.feature_extraction.create_feature_extractor`` with the

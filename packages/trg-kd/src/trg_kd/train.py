@@ -1,20 +1,28 @@
-"""``python -m trg_kd.train`` / ``trg-kd-train``: teacher training or loading, then TRG distillation.
+"""``trg-kd-train`` / ``python -m trg_kd.train``: teacher training or loading, then TRG distillation.
 
-Built on the shared engine :mod:`lab_common.distill_training` (data, teacher cache, SGD protocol,
-AMP, atomic checkpoints + ``--resume``, ``torchrun`` DDP, tqdm, JSON lines, PNG curves) with the
-TRG loss and options on top: ``--imbalance-ratio`` for a long-tailed training set (with
-many/medium/few-shot test accuracy in ``result.json``), ``--method kd|ce`` baselines, and
-``--tsne N`` for a t-SNE plot of the student's features on N test images.
+The library entry point is :func:`train`, which takes a frozen :class:`TrainConfig` (the
+shared :class:`lab_common.distill.DistillConfig` plus the TRG, long-tail and t-SNE fields);
+the command line only builds that config::
+
+    from trg_kd.train import TrainConfig, train
+    result = train(TrainConfig(dataset="fashion-mnist", imbalance_ratio=100, out="runs/lt"))
+
+Built on the shared engine :mod:`lab_common.distill` (data, teacher cache, SGD protocol, AMP,
+atomic checkpoints + ``--resume``, ``torchrun`` DDP, progress, JSON lines, PNG curves) with
+the TRG loss and options on top: ``--imbalance-ratio`` for a long-tailed training set (with
+many/medium/few-shot test accuracy in ``result.json``), ``--method kd|ce`` baselines (``kd``
+is :class:`lab_common.distill.KDLoss` with CE 1 and KD λ = ``--kd-weight``), and ``--tsne N``
+for a t-SNE plot of the student's features on N test images.
 
 Under ``torchrun`` the token graph is gathered across ranks by default (``--graph gathered``):
-student nodes through ``torch.distributed.nn.functional.all_gather`` (autograd), so the loss and
-its gradient equal those of one process holding the global batch; ``--graph per-rank`` builds one
-graph per rank from its own images only (no communication, smaller graph).
+student nodes through an autograd all-gather, so the loss and its gradient equal those of one
+process holding the global batch; ``--graph per-rank`` builds one graph per rank from its own
+images only (no communication, smaller graph). ``--batch-size`` is per process.
 
 Example (Fashion-MNIST, long-tailed ρ = 100, few epochs on CPU)::
 
     trg-kd-train --dataset fashion-mnist --teacher cifar_resnet20 --student cifar_resnet8 \\
-        --epochs 5 --imbalance-ratio 100 --out-dir runs/fmnist_lt --tsne 500
+        --epochs 5 --imbalance-ratio 100 --out runs/fmnist_lt --tsne 500
 """
 
 from __future__ import annotations
@@ -23,114 +31,190 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from lab_common.distill_training import (
+from lab_common.cli import (
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_console,
+)
+from lab_common.distill import (
+    DistillConfig,
+    DistillDatasets,
     DistillResult,
+    KDLoss,
+    add_distill_arguments,
     build_datasets,
-    build_parser,
     run_distillation,
 )
 from trg_kd.contrastive import TemperatureSchedule
 from trg_kd.extraction import TokenExtractor
-from trg_kd.kd import KDLoss
 from trg_kd.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from trg_kd.trg import TRGConfig, TRGLoss
 
-__all__ = ["build_train_parser", "trg_config_from_args", "main", "cli"]
+__all__ = ["TrainConfig", "build_parser", "cli", "main", "parse_config", "train"]
 
 _DEFAULTS = TRGConfig()
 
 
-def build_train_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class TrainConfig(DistillConfig):
+    """A ``trg-kd-train`` run: :class:`~lab_common.distill.DistillConfig` plus TRG's fields.
+
+    Attributes:
+        method: ``trg``; ``kd`` (CE + λ·KD only); ``ce`` (the student without a teacher).
+        kd_weight ... chunk_size: the :class:`~trg_kd.TRGConfig` fields (``tau_*`` its
+            temperature schedule); ``kd_weight`` and ``kd_temperature`` also set ``kd``.
+        graph: under torchrun, one graph over all ranks' tokens (``gathered``) or one per rank.
+        imbalance_ratio: ρ = n_max / n_min of a long-tailed training set (None: balanced);
+            ``lt_n_max`` images of the largest class (None: the smallest class size);
+            ``many_shot`` / ``few_shot`` the split thresholds of the evaluation.
+        tsne: t-SNE plot of the student's features on N test images (0: none).
+    """
+
+    method: Literal["trg", "kd", "ce"] = "trg"
+    kd_weight: float = _DEFAULTS.kd_weight
+    kd_temperature: float = _DEFAULTS.kd_temperature
+    inner_weight: float = _DEFAULTS.inner_weight
+    local_weight: float = _DEFAULTS.local_weight
+    global_weight: float = _DEFAULTS.global_weight
+    k: int = _DEFAULTS.k
+    sigma: float = _DEFAULTS.sigma
+    tokens_per_image: int = _DEFAULTS.tokens_per_image
+    tau_start: float = _DEFAULTS.temperature.start
+    tau_end: float = _DEFAULTS.temperature.end
+    tau_schedule: Literal["cosine", "linear", "exp", "constant"] = _DEFAULTS.temperature.kind
+    chunk_size: int = _DEFAULTS.chunk_size
+    graph: Literal["gathered", "per-rank"] = "gathered"
+    imbalance_ratio: float | None = None
+    lt_n_max: int | None = None
+    many_shot: int = 100
+    few_shot: int = 20
+    tsne: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choices = {"method": ("trg", "kd", "ce"), "graph": ("gathered", "per-rank")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.tsne < 0:
+            raise ValueError(f"tsne must be >= 0 test images, got {self.tsne}")
+        self.trg_config()  # the loss fields are validated by TRGConfig
+
+    def trg_config(self) -> TRGConfig:
+        """The :class:`~trg_kd.TRGConfig` these fields describe."""
+        return TRGConfig(
+            kd_weight=self.kd_weight,
+            kd_temperature=self.kd_temperature,
+            inner_weight=self.inner_weight,
+            local_weight=self.local_weight,
+            global_weight=self.global_weight,
+            k=self.k,
+            sigma=self.sigma,
+            tokens_per_image=self.tokens_per_image,
+            temperature=TemperatureSchedule(self.tau_start, self.tau_end, self.tau_schedule),
+            chunk_size=self.chunk_size,
+            gather_distributed=self.graph == "gathered",
+            seed=self.seed,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
     """The shared distillation command line plus TRG, long-tail and t-SNE options."""
-    p = build_parser("TRG: knowledge distillation via a token-level relationship graph")
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="trg-kd-train",
+        description="TRG: knowledge distillation via a token-level relationship graph",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_distill_arguments(p, d)
     g = p.add_argument_group("TRG loss (defaults from the Fashion-MNIST sweep, see README)")
     g.add_argument(
         "--method",
         choices=("trg", "kd", "ce"),
-        default="trg",
+        default=d.method,
         help="trg; kd = CE + λ·KD only; ce = student without a teacher",
     )
-    g.add_argument("--kd-weight", type=float, default=_DEFAULTS.kd_weight, help="λ")
-    g.add_argument("--kd-temperature", type=float, default=_DEFAULTS.kd_temperature)
+    g.add_argument("--kd-weight", type=non_negative_float, default=d.kd_weight, help="λ")
+    g.add_argument("--kd-temperature", type=positive_float, default=d.kd_temperature)
     g.add_argument(
-        "--inner-weight", type=float, default=_DEFAULTS.inner_weight, help="α, contextual loss"
+        "--inner-weight", type=non_negative_float, default=d.inner_weight, help="α, contextual"
     )
     g.add_argument(
         "--local-weight",
-        type=float,
-        default=_DEFAULTS.local_weight,
-        help="β, local-preserving loss",
+        type=non_negative_float,
+        default=d.local_weight,
+        help="β, local-preserving",
     )
     g.add_argument(
         "--global-weight",
-        type=float,
-        default=_DEFAULTS.global_weight,
-        help="γ, global InfoNCE loss",
+        type=non_negative_float,
+        default=d.global_weight,
+        help="γ, global InfoNCE",
     )
-    g.add_argument("--k", type=int, default=_DEFAULTS.k, help="graph neighbours per node")
-    g.add_argument("--sigma", type=float, default=_DEFAULTS.sigma, help="Gaussian kernel width")
-    g.add_argument("--tokens-per-image", type=int, default=_DEFAULTS.tokens_per_image)
-    g.add_argument("--tau-start", type=float, default=_DEFAULTS.temperature.start)
-    g.add_argument("--tau-end", type=float, default=_DEFAULTS.temperature.end)
+    g.add_argument("--k", type=positive_int, default=d.k, help="graph neighbours per node")
+    g.add_argument("--sigma", type=positive_float, default=d.sigma, help="Gaussian kernel width")
+    g.add_argument("--tokens-per-image", type=positive_int, default=d.tokens_per_image)
+    g.add_argument("--tau-start", type=positive_float, default=d.tau_start)
+    g.add_argument("--tau-end", type=positive_float, default=d.tau_end)
     g.add_argument(
-        "--tau-schedule",
-        default=_DEFAULTS.temperature.kind,
-        choices=("cosine", "linear", "exp", "constant"),
+        "--tau-schedule", default=d.tau_schedule, choices=("cosine", "linear", "exp", "constant")
     )
     g.add_argument(
-        "--chunk-size", type=int, default=_DEFAULTS.chunk_size, help="k-NN rows per block"
+        "--chunk-size", type=positive_int, default=d.chunk_size, help="k-NN rows per block"
     )
     g.add_argument(
         "--graph",
         choices=("gathered", "per-rank"),
-        default="gathered",
+        default=d.graph,
         help="under torchrun: one graph over all ranks' tokens, or one per rank",
     )
     lt = p.add_argument_group("long-tailed training set (Cao et al. 2019 profile)")
     lt.add_argument(
-        "--imbalance-ratio", type=float, default=None, help="ρ = n_max / n_min; off when not given"
+        "--imbalance-ratio",
+        type=positive_float,
+        default=None,
+        help="ρ = n_max / n_min; off when not given",
     )
     lt.add_argument(
         "--lt-n-max",
-        type=int,
+        type=positive_int,
         default=None,
         help="images of the largest class (default: smallest class size)",
     )
-    lt.add_argument("--many-shot", type=int, default=100, help="many-shot: > this many images")
-    lt.add_argument("--few-shot", type=int, default=20, help="few-shot: < this many images")
+    lt.add_argument(
+        "--many-shot",
+        type=non_negative_int,
+        default=d.many_shot,
+        help="many-shot: > this many images",
+    )
+    lt.add_argument(
+        "--few-shot", type=non_negative_int, default=d.few_shot, help="few-shot: < this many images"
+    )
     p.add_argument(
         "--tsne",
-        type=int,
-        default=0,
+        type=non_negative_int,
+        default=d.tsne,
         metavar="N",
         help="t-SNE plot of student features on N test images (needs trg-kd[tsne])",
     )
-    return p  # fmt: skip
+    return p
 
 
-def trg_config_from_args(args: argparse.Namespace) -> TRGConfig:
-    """The :class:`TRGConfig` described by the command-line options."""
-    return TRGConfig(
-        kd_weight=args.kd_weight,
-        kd_temperature=args.kd_temperature,
-        inner_weight=args.inner_weight,
-        local_weight=args.local_weight,
-        global_weight=args.global_weight,
-        k=args.k,
-        sigma=args.sigma,
-        tokens_per_image=args.tokens_per_image,
-        temperature=TemperatureSchedule(args.tau_start, args.tau_end, args.tau_schedule),
-        chunk_size=args.chunk_size,
-        gather_distributed=args.graph == "gathered",
-        seed=args.seed,
-    )
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` that the command line ``argv`` (default ``sys.argv[1:]``) describes."""
+    return config_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
 def _token_width(name: str, num_classes: int, input_shape: Sequence[int]) -> int:
@@ -156,71 +240,83 @@ def _predict(model: nn.Module, dataset, *, pooled: bool = False, limit: int | No
     return (out[:limit], lab[:limit]) if limit is not None else (out, lab)
 
 
-def main(
-    argv: Sequence[str] | None = None,
-    *,
-    datasets: tuple[Dataset, Dataset, int, int] | None = None,
-) -> DistillResult:
-    """Run the command line; returns the engine's :class:`DistillResult`.
+def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> DistillResult:
+    """Train (or load) the teacher, then distil the student with ``config.method``.
 
-    ``datasets = (train, test, num_classes, in_chans)`` replaces the ``--dataset`` loading (the
-    long-tailed subset is still applied to ``train``).
+    ``datasets = (train, test, num_classes, in_chans)`` replaces loading ``config.dataset`` (the
+    long-tailed subset is still applied to ``train``). Besides the engine's outputs in
+    ``config.out``, a long-tailed run adds ``train_counts``, ``shot_splits`` and
+    ``test_acc_{many,medium,few}`` to ``result.json``; ``tsne > 0`` writes ``tsne.png``.
     """
-    args = build_train_parser().parse_args(argv)
-    train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(args)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a trg_kd.train.TrainConfig, got {type(config).__name__}")
+    train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
     train_counts = None
-    if args.imbalance_ratio is not None:
+    if config.imbalance_ratio is not None:
         targets = dataset_targets(train_ds)
         keep = longtail_indices(
-            targets, args.imbalance_ratio, n_max=args.lt_n_max, num_classes=num_classes,
-            seed=args.subset_seed,
-        )  # fmt: skip
+            targets,
+            config.imbalance_ratio,
+            n_max=config.lt_n_max,
+            num_classes=num_classes,
+            seed=config.subset_seed,
+        )
         train_ds = Subset(train_ds, keep.tolist())
         train_counts = torch.bincount(targets[keep], minlength=num_classes)
     input_shape = tuple(test_ds[0][0].shape)
 
-    def make_loss(args: argparse.Namespace, num_classes: int) -> nn.Module | None:
-        if args.method == "ce":
+    def make_loss(num_classes: int) -> nn.Module | None:
+        if config.method == "ce":
             return None
-        if args.method == "kd":
-            return KDLoss(1.0, args.kd_weight, args.kd_temperature)
+        if config.method == "kd":
+            return KDLoss(
+                ce_weight=1.0, kd_weight=config.kd_weight, temperature=config.kd_temperature
+            )
         return TRGLoss(
-            _token_width(args.student, num_classes, input_shape),
-            _token_width(args.teacher, num_classes, input_shape),
-            trg_config_from_args(args),
+            _token_width(config.student, num_classes, input_shape),
+            _token_width(config.teacher, num_classes, input_shape),
+            config.trg_config(),
         )
 
     ext = TokenExtractor()
     result = run_distillation(
-        args, make_loss, datasets=(train_ds, test_ds, num_classes, in_chans),
-        student_features=ext, teacher_features=ext,
-    )  # fmt: skip
+        config,
+        make_loss,
+        datasets=(train_ds, test_ds, num_classes, in_chans),
+        student_features=ext,
+        teacher_features=ext,
+    )
     if int(os.environ.get("RANK", "0")) != 0 or result.student is None:
         return result
-    out_dir = Path(args.out_dir)
+    out_dir = Path(config.out)
     extra: dict[str, object] = {}
     if train_counts is not None:
-        splits = shot_splits(train_counts, many=args.many_shot, few=args.few_shot)
+        splits = shot_splits(train_counts, many=config.many_shot, few=config.few_shot)
         preds, labels = _predict(result.student, test_ds)
         extra["train_counts"] = train_counts.tolist()
         extra["shot_splits"] = splits
         accs = split_accuracy(preds, labels, splits)  # nan (no classes in a split) -> null
         extra.update({f"test_acc_{k}": None if v != v else v for k, v in accs.items()})
-    if args.tsne:
+    if config.tsne:
         from trg_kd.visualize import plot_tsne
 
-        feats, labels = _predict(result.student, test_ds, pooled=True, limit=args.tsne)
-        extra["tsne_png"] = str(plot_tsne(feats, labels, out_dir / "tsne.png", seed=args.seed))
+        feats, labels = _predict(result.student, test_ds, pooled=True, limit=config.tsne)
+        extra["tsne_png"] = str(plot_tsne(feats, labels, out_dir / "tsne.png", seed=config.seed))
     if extra and result.metrics.get("completed"):
         result.metrics.update(extra)
         (out_dir / "result.json").write_text(json.dumps(result.metrics, indent=2))
     return result
 
 
-def cli() -> None:
-    """Console-script entry point (``trg-kd-train``)."""
-    main()
+def main(argv: Sequence[str] | None = None) -> DistillResult:
+    """Parse ``argv`` and :func:`train`; returns the engine's result."""
+    return train(parse_config(argv))
+
+
+def cli() -> int:
+    """Console-script entry point (``trg-kd-train``): exit status 0 on success."""
+    return run_console(main)
 
 
 if __name__ == "__main__":
-    cli()
+    raise SystemExit(cli())

@@ -26,9 +26,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lab_common.distill import softened_kl_div
 from trg_kd.contextual import contextual_loss
 from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
-from trg_kd.kd import kd_loss
 from trg_kd.local import local_preserving_loss
 from trg_kd.tokens import TokenProjector, align_token_grids, sample_token_index
 
@@ -255,7 +255,7 @@ class TRGLoss(nn.Module):
         zero = s_logits.new_zeros(())
         out = {
             "loss_ce": cfg.ce_weight * F.cross_entropy(s_logits, target) if cfg.ce_weight else zero,
-            "loss_kd": cfg.kd_weight * kd_loss(s_logits, t_logits, cfg.kd_temperature)
+            "loss_kd": cfg.kd_weight * softened_kl_div(s_logits, t_logits, cfg.kd_temperature)
             if cfg.kd_weight
             else zero,
         }

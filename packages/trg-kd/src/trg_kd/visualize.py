@@ -25,10 +25,7 @@ def plot_tsne(
         from sklearn.manifold import TSNE
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plot_tsne needs scikit-learn: pip install 'trg-kd[tsne]'") from err
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays untouched
 
     if features.ndim != 2 or labels.shape != (features.shape[0],):
         raise ValueError(
@@ -41,7 +38,8 @@ def plot_tsne(
     emb = TSNE(
         n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed
     ).fit_transform(features.detach().double().cpu().numpy())
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     scatter = ax.scatter(emb[:, 0], emb[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6)
     ax.legend(*scatter.legend_elements(), fontsize=6, loc="best", title="class")
     ax.set_title(title)
@@ -50,5 +48,4 @@ def plot_tsne(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Distiller", "FeatureFn", "features_and_logits"]
+__all__ = ["Distiller", "FeatureFn", "SupervisedModel", "features_and_logits"]
 
 #: ``fn(model, x) -> (features, logits)``; features in whatever layout the loss expects.
 FeatureFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -42,7 +43,7 @@ FeatureFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Default feature function: timm's ``forward_features`` then ``forward_head``.
 
-    Works for every timm model and the ``lab_common.zoo`` models: features are the unpooled
+    Works for every timm model and the ``lab_common.distill.zoo`` models: features are the unpooled
     last-stage output (``(B, C, H, W)`` for CNNs, ``(B, N, D)`` tokens for ViTs).
     """
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
@@ -135,3 +136,27 @@ class Distiller(nn.Module):
                 f"{list(losses) if isinstance(losses, dict) else type(losses).__name__}"
             )
         return s_logits, losses
+
+
+class SupervisedModel(nn.Module):
+    """Cross-entropy training with the Distiller's call signature (teacher training, CE baseline).
+
+    ``forward(x (B, ...), target (B,)) -> (logits (B, K), {"loss_ce": scalar})``.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        """No schedules here; present for parity with :class:`Distiller`."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The student's parameters that require gradients."""
+        return (p for p in self.student.parameters() if p.requires_grad)
+
+    def forward(
+        self, x: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.student(x)
+        return logits, {"loss_ce": F.cross_entropy(logits.float(), target)}

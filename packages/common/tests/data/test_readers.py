@@ -1,3 +1,5 @@
+"""lab_common.data: the torchvision readers on the shared data, IDX layouts, errors, folders."""
+
 import gzip
 import struct
 from pathlib import Path
@@ -7,12 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lab_common import (
-    build_image_dataset,
-    dataset_num_classes,
-    load_fashion_mnist_tensors,
-    shared_datasets_root,
-)
+from lab_common import shared_datasets_root
+from lab_common.data import build_image_dataset, dataset_num_classes, load_fashion_mnist_tensors
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +37,6 @@ def _fake_mnist(folder: Path, gz: bool) -> tuple[np.ndarray, np.ndarray]:
     _write_idx(folder, "train", images, labels, gz)
     _write_idx(folder, "t10k", images[:2], labels[:2], gz)
     return images, labels
-
-
-def test_shared_root_found_and_env_override(tmp_path, monkeypatch):
-    root = shared_datasets_root()
-    assert (root / "fashion-mnist").is_dir()
-    monkeypatch.setenv("LAB_DATASETS", str(tmp_path))
-    assert shared_datasets_root() == tmp_path
-    monkeypatch.setenv("LAB_DATASETS", str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="missing"):
-        shared_datasets_root()
 
 
 def test_real_fashion_mnist_from_shared_gz():

@@ -1,4 +1,4 @@
-"""Locating the shared real datasets and building torchvision datasets from a root folder."""
+"""Image-dataset readers: Fashion-MNIST, MNIST, CIFAR-10/100 and image folders, never downloading."""
 
 from __future__ import annotations
 
@@ -15,17 +15,15 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
+from ..paths import cache_dir, shared_datasets_root
+
 __all__ = [
     "DATASET_NAMES",
-    "shared_datasets_root",
-    "cache_dir",
     "build_image_dataset",
     "dataset_num_classes",
     "load_fashion_mnist_tensors",
 ]
 
-DATASETS_ENV = "LAB_DATASETS"
-CACHE_ENV = "LAB_CACHE"
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100")
 
 _MNIST_FILES = (
@@ -34,39 +32,6 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def shared_datasets_root() -> Path:
-    """The folder of the project's shared real datasets.
-
-    ``$LAB_DATASETS`` when set; otherwise the first ``<dir>/../shared/datasets`` that exists
-    for ``dir`` in the current directory, its ancestors and this file's ancestors.
-    """
-    env = os.environ.get(DATASETS_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"${DATASETS_ENV}={env} is not a directory")
-        return path
-    tried: list[Path] = []
-    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
-    for start in starts:
-        for base in (start, *start.parents):
-            candidate = base.parent / "shared" / "datasets"
-            if candidate.is_dir():
-                return candidate
-            tried.append(candidate)
-    raise FileNotFoundError(
-        "shared datasets folder not found; set $LAB_DATASETS or place it at ../shared/datasets "
-        f"beside the repository (tried {', '.join(map(str, dict.fromkeys(tried)))})"
-    )
-
-
-def cache_dir() -> Path:
-    """Writable cache folder (``$LAB_CACHE``, else ``~/.cache/lab-common``)."""
-    path = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lab-common")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _find_mnist_raw(root: Path, folder: str, aliases: tuple[str, ...]) -> Path | None:

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lab_common.zoo  # noqa: F401  (registers the cifar_* models)
-from lab_common.distiller import Distiller, features_and_logits
+from lab_common.distill import Distiller, features_and_logits
 
 
 class KLLoss(nn.Module):

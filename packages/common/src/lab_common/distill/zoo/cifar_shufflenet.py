@@ -72,7 +72,7 @@ class CifarShuffleNetV1(CifarClassifier):
         self.stem = ConvNormAct(in_chans, _STEM_CHS, 3)
         blocks: list[nn.Module] = []
         in_chs = _STEM_CHS
-        for out_chs, depth in zip(widths, depths):
+        for out_chs, depth in zip(widths, depths, strict=True):
             for j in range(depth):
                 blocks.append(ShuffleV1Block(in_chs, out_chs, 2 if j == 0 else 1, groups))
                 in_chs = out_chs
@@ -142,7 +142,7 @@ class CifarShuffleNetV2(CifarClassifier):
         self.stem = ConvNormAct(in_chans, _STEM_CHS, 3)
         blocks: list[nn.Module] = []
         in_chs = _STEM_CHS
-        for out_chs, depth in zip(widths, depths):
+        for out_chs, depth in zip(widths, depths, strict=True):
             blocks.append(ShuffleV2Down(in_chs, out_chs))
             blocks.extend(ShuffleV2Block(out_chs) for _ in range(depth))
             in_chs = out_chs

@@ -5,7 +5,7 @@ Importing this package registers ``cifar_resnet{8,20,32,44,56,110,8x4,32x4}``,
 ``cifar_mobilenetv2`` (×0.5, the benchmark student), ``cifar_mobilenetv2_1_0``,
 ``cifar_shufflenetv1`` and ``cifar_shufflenetv2`` with timm::
 
-    import lab_common.zoo  # noqa: F401  (registers the models)
+    import lab_common.distill  # noqa: F401  (registers the models)
     model = timm.create_model("cifar_resnet8x4", num_classes=10, in_chans=1)
 
 Every model takes ``num_classes`` and ``in_chans``; ``forward_features`` returns the last

@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from lab_common import zoo
+from lab_common.distill import zoo
 
 MODELS = zoo.list_zoo_models()
 # Widely quoted CIFAR-100 parameter counts (CRD / mdistiller tables), in millions.
@@ -28,11 +28,20 @@ def _reduction(name: str) -> int:
 
 def test_every_family_is_registered():
     expected = {
-        "cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet110",
-        "cifar_resnet8x4", "cifar_resnet32x4", "cifar_wrn_16_2", "cifar_wrn_40_2",
-        "cifar_vgg8", "cifar_vgg13", "cifar_mobilenetv2", "cifar_shufflenetv1",
+        "cifar_resnet20",
+        "cifar_resnet32",
+        "cifar_resnet56",
+        "cifar_resnet110",
+        "cifar_resnet8x4",
+        "cifar_resnet32x4",
+        "cifar_wrn_16_2",
+        "cifar_wrn_40_2",
+        "cifar_vgg8",
+        "cifar_vgg13",
+        "cifar_mobilenetv2",
+        "cifar_shufflenetv1",
         "cifar_shufflenetv2",
-    }  # fmt: skip
+    }
     assert expected <= set(MODELS)
 
 

@@ -1,0 +1,21 @@
+"""Image-dataset readers (``pip install 'lab-common[vision]'``: torchvision and pillow).
+
+``build_image_dataset`` reads Fashion-MNIST, MNIST, CIFAR-10/100 (torchvision's readers, from
+disk only; gzipped IDX files are unpacked once into :func:`lab_common.cache_dir`) or an
+ImageNet-style folder. The dataset *location* helpers, :func:`lab_common.shared_datasets_root`
+and :func:`lab_common.cache_dir`, are in the core: they need no torchvision.
+"""
+
+from .readers import (
+    DATASET_NAMES,
+    build_image_dataset,
+    dataset_num_classes,
+    load_fashion_mnist_tensors,
+)
+
+__all__ = [
+    "DATASET_NAMES",
+    "build_image_dataset",
+    "dataset_num_classes",
+    "load_fashion_mnist_tensors",
+]

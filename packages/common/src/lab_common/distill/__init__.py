@@ -1,0 +1,50 @@
+"""The distillation layer (``pip install 'lab-common[distill]'``: timm, torchvision).
+
+What ``clkd`` and ``trg-kd`` share, one job per module:
+
+- :mod:`~lab_common.distill.config`: :class:`DistillConfig` (a frozen dataclass: data,
+  models, optimisation and run fields) and :func:`add_distill_arguments` (its options);
+- :mod:`~lab_common.distill.data`: :func:`build_datasets`, :class:`TensorImageDataset`;
+- :mod:`~lab_common.distill.models`: :func:`create_model` (zoo or timm), :func:`default_lr`;
+- :mod:`~lab_common.distill.distiller`: :class:`Distiller` (student + frozen teacher + loss),
+  :class:`SupervisedModel` (cross-entropy with the same call signature);
+- :mod:`~lab_common.distill.evaluate`: :func:`evaluate`;
+- :mod:`~lab_common.distill.engine`: :func:`run_distillation` (teacher caching, the training
+  loop, DDP, exact resume) and :class:`DistillResult`;
+- :mod:`~lab_common.distill.kd`: the one Hinton-KD baseline :class:`KDLoss` / :func:`kd_loss`
+  and :func:`softened_kl_div`;
+- :mod:`~lab_common.distill.zoo`: the CIFAR model zoo, registered with timm as ``cifar_*``
+  when this package is imported.
+"""
+
+from . import zoo
+from .config import DistillConfig, add_distill_arguments, default_milestones
+from .data import DistillDatasets, TensorImageDataset, build_datasets
+from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
+from .engine import DistillResult, LossFactory, run_distillation
+from .evaluate import evaluate
+from .kd import KDLoss, kd_loss, softened_kl_div
+from .models import create_model, default_lr
+
+__all__ = [
+    "DistillConfig",
+    "DistillDatasets",
+    "DistillResult",
+    "Distiller",
+    "FeatureFn",
+    "KDLoss",
+    "LossFactory",
+    "SupervisedModel",
+    "TensorImageDataset",
+    "add_distill_arguments",
+    "build_datasets",
+    "create_model",
+    "default_lr",
+    "default_milestones",
+    "evaluate",
+    "features_and_logits",
+    "kd_loss",
+    "run_distillation",
+    "softened_kl_div",
+    "zoo",
+]

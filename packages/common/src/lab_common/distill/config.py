@@ -1,0 +1,197 @@
+"""The settings of a distillation run: one frozen dataclass, and the options that build it.
+
+:class:`DistillConfig` holds the data, model, optimisation and run fields the engine
+(:func:`lab_common.distill.run_distillation`) reads; a method package subclasses it with its
+loss fields (``clkd.train.TrainConfig``, ``trg_kd.train.TrainConfig``). ``asdict(config)`` is
+saved in every checkpoint. :func:`add_distill_arguments` adds the matching command-line
+options (the shared trainer dialect of :mod:`lab_common.cli` plus the distillation ones), so a
+console script only does ``config_from_args(TrainConfig, parser.parse_args(argv))``.
+
+Defaults are the mdistiller/CRD CIFAR protocol: SGD lr 0.05 (0.01 for MobileNet/ShuffleNet
+students), momentum 0.9, weight decay 5e-4, batch 64 per process, 240 epochs with the lr
+×0.1 at epochs 150/180/210 (scaled to ``epochs`` when ``milestones`` is None).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from ..cli import (
+    add_run_arguments,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+__all__ = [
+    "PROTOCOL_EPOCHS",
+    "PROTOCOL_MILESTONES",
+    "DistillConfig",
+    "add_distill_arguments",
+    "default_milestones",
+]
+
+PROTOCOL_EPOCHS = 240
+PROTOCOL_MILESTONES = (150, 180, 210)
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """The protocol's 150/180/210-of-240 learning-rate drops scaled to ``epochs``."""
+    return sorted({max(1, round(m * epochs / PROTOCOL_EPOCHS)) for m in PROTOCOL_MILESTONES})
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A teacher→student distillation run (paths may be given as ``os.PathLike``; kept as str).
+
+    Data:
+        dataset: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100`` or the path of an
+            image folder with ``train/`` and ``val/`` class sub-folders.
+        data_root: folder holding the named dataset (None: the shared datasets folder).
+        image_size: input size for image folders (the named datasets keep their own).
+        train_subset / test_subset: use N images (a fixed draw from ``subset_seed``).
+        workers: DataLoader worker processes per training process.
+    Models:
+        teacher / student: zoo (``cifar_*``) or any timm model name.
+        teacher_checkpoint: load the teacher from this file if it exists, else train it and
+            save it here (None: ``<out>/teacher.pt``).
+        teacher_epochs / teacher_lr: the teacher's cross-entropy training (epochs None:
+            ``epochs``).
+    Optimisation:
+        epochs, batch_size (per process: a ``torchrun`` job of P processes takes
+        ``P × batch_size`` images a step), lr (None: 0.05, or 0.01 for MobileNet/ShuffleNet
+        students), momentum, weight_decay, milestones (epochs where lr ×= ``lr_decay``; None:
+        the protocol's, scaled to ``epochs``), amp (autocast: bf16 on CPU, fp16 on CUDA).
+    Run:
+        out: output folder; resume: continue exactly from its checkpoints; stop_after: run at
+        most N epochs of each phase in this call (e.g. a job time limit; continue with
+        ``resume``); seed; deterministic (deterministic torch kernels); device; progress.
+    """
+
+    dataset: str = "cifar100"
+    data_root: str | None = None
+    image_size: int = 32
+    train_subset: int | None = None
+    test_subset: int | None = None
+    subset_seed: int = 0
+    workers: int = 2
+    teacher: str = "cifar_resnet32x4"
+    student: str = "cifar_resnet8x4"
+    teacher_checkpoint: str | None = None
+    teacher_epochs: int | None = None
+    teacher_lr: float = 0.05
+    epochs: int = PROTOCOL_EPOCHS
+    batch_size: int = 64
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] | None = None
+    lr_decay: float = 0.1
+    amp: bool = False
+    out: str = "runs/distill"
+    resume: bool = False
+    stop_after: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("data_root", "teacher_checkpoint", "out"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, os.fspath(value))
+        if self.milestones is not None:
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+            if any(not isinstance(m, int) or m < 1 for m in self.milestones):
+                raise ValueError(f"milestones must be epochs >= 1, got {self.milestones}")
+        at_least_one = ("image_size", "epochs", "batch_size")
+        at_least_one += ("train_subset", "test_subset", "teacher_epochs", "stop_after")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("workers", "seed", "subset_seed", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "teacher_lr", "lr_decay"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def add_distill_arguments(
+    parser: argparse.ArgumentParser, defaults: DistillConfig
+) -> argparse.ArgumentParser:
+    """Add the options of every :class:`DistillConfig` field to ``parser``, defaults from ``defaults``.
+
+    The shared run options come from :func:`lab_common.cli.add_run_arguments` (``--out``,
+    ``--resume``, ``--epochs``, ``--batch-size``, ``--seed``, ``--device``, ``--amp``,
+    ``--workers``, ``--no-progress``, ``--data-root``); ``--out-dir`` stays accepted for one
+    release with a ``FutureWarning``. Returns ``parser``.
+    """
+    if not isinstance(defaults, DistillConfig):
+        raise TypeError(f"defaults must be a DistillConfig, got {type(defaults).__name__}")
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--dataset",
+        default=defaults.dataset,
+        help="fashion-mnist, mnist, cifar10, cifar100, or an image folder with train/ and val/",
+    )
+    d.add_argument(
+        "--image-size", type=positive_int, default=defaults.image_size, help="for image folders"
+    )
+    d.add_argument(
+        "--train-subset", type=positive_int, default=defaults.train_subset, help="N training images"
+    )
+    d.add_argument(
+        "--test-subset", type=positive_int, default=defaults.test_subset, help="N test images"
+    )
+    d.add_argument("--subset-seed", type=non_negative_int, default=defaults.subset_seed)
+    m = parser.add_argument_group("models")
+    m.add_argument("--teacher", default=defaults.teacher, help="zoo (cifar_*) or any timm model")
+    m.add_argument("--student", default=defaults.student, help="zoo (cifar_*) or any timm model")
+    m.add_argument(
+        "--teacher-checkpoint",
+        default=defaults.teacher_checkpoint,
+        help="load the teacher from here if the file exists, else train it and save it "
+        "here (default: <out>/teacher.pt)",
+    )
+    m.add_argument(
+        "--teacher-epochs",
+        type=positive_int,
+        default=defaults.teacher_epochs,
+        help="default: --epochs",
+    )
+    m.add_argument("--teacher-lr", type=positive_float, default=defaults.teacher_lr)
+    o = parser.add_argument_group("optimisation (mdistiller/CRD CIFAR protocol by default)")
+    o.add_argument(
+        "--lr",
+        type=positive_float,
+        default=defaults.lr,
+        help="default 0.05, or 0.01 for MobileNet/ShuffleNet students",
+    )
+    o.add_argument("--momentum", type=non_negative_float, default=defaults.momentum)
+    o.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    o.add_argument(
+        "--milestones",
+        type=positive_int,
+        nargs="*",
+        default=defaults.milestones,
+        help="epochs where lr ×= --lr-decay (default 150/180/210 of 240, scaled to --epochs)",
+    )
+    o.add_argument("--lr-decay", type=positive_float, default=defaults.lr_decay)
+    add_run_arguments(parser, defaults, deprecated={"--out-dir": "--out"})
+    r = parser.add_argument_group("run (distillation)")
+    r.add_argument(
+        "--stop-after",
+        type=positive_int,
+        default=defaults.stop_after,
+        help="run at most N epochs of each phase in this invocation, e.g. to fit a job "
+        "time limit (continue later with --resume)",
+    )
+    r.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
+    return parser

@@ -1,0 +1,343 @@
+"""The distillation training loop shared by ``clkd.train`` and ``trg_kd.train``.
+
+A method package calls :func:`run_distillation` with its :class:`~lab_common.distill.DistillConfig`
+(or a subclass) and a *loss factory* ``make_loss(num_classes) -> nn.Module | None`` (``None``
+trains the student with cross-entropy only, no teacher). The engine then:
+
+1. loads the data (:func:`~lab_common.distill.build_datasets`, or the ``datasets`` given);
+2. loads the teacher from ``teacher_checkpoint`` or trains it with cross-entropy and caches it
+   there (default ``<out>/teacher.pt``);
+3. distils the student through :class:`~lab_common.distill.Distiller`: SGD with the
+   protocol schedule of the config, optional AMP, ``torchrun`` DDP (``batch_size`` per
+   process), progress, JSON-lines metrics and PNG curves, an atomic checkpoint after every
+   epoch (holding ``asdict(config)``) and exact ``resume``.
+
+Exact resume: every epoch reseeds all RNGs from ``(seed, epoch, rank)`` before building its
+data iterator, so an epoch's shuffling, augmentation and dropout do not depend on what ran
+before it (also with DataLoader workers); the checkpoint holds the trainable weights,
+optimiser, scheduler, grad scaler and epoch counter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import autocast
+from ..distributed import (
+    DistContext,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from ..logging import MetricsLogger, plot_metrics, progress, read_metrics
+from ..seeding import seed_everything
+from .config import DistillConfig, default_milestones
+from .data import DistillDatasets, build_datasets
+from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
+from .evaluate import evaluate
+from .models import create_model, default_lr
+
+__all__ = ["DistillResult", "LossFactory", "run_distillation"]
+
+#: ``make_loss(num_classes) -> loss module``, or ``None`` for a cross-entropy-only student.
+LossFactory = Callable[[int], "nn.Module | None"]
+
+
+@dataclass
+class DistillResult:
+    """What :func:`run_distillation` produced.
+
+    ``student`` is in eval mode, unwrapped from DDP; it and ``teacher`` are None when
+    ``stop_after`` ended the run during teacher training. ``metrics`` is the last epoch's
+    record plus ``completed`` (False when ``stop_after`` stopped early).
+    """
+
+    student: nn.Module | None
+    teacher: nn.Module | None
+    metrics: dict[str, Any]
+    out_dir: Path
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**31
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+
+
+def _fit(
+    model: Distiller | SupervisedModel,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    cfg: DistillConfig,
+    ctx: DistContext,
+    *,
+    phase: str,
+    epochs: int,
+    lr: float,
+) -> dict[str, Any]:
+    """Train ``model`` for ``epochs`` with checkpoints ``<out>/<phase>_last.pt``; final metrics."""
+    out_dir = Path(cfg.out)
+    ckpt_path = out_dir / f"{phase}_last.pt"
+    metrics_path = out_dir / f"{phase}_metrics.jsonl"
+    per_process = len(train_ds) // ctx.world_size
+    if per_process < cfg.batch_size:
+        raise ValueError(
+            f"{len(train_ds)} training images over {ctx.world_size} process(es) give {per_process} "
+            f"per process < --batch-size {cfg.batch_size} (per process); lower --batch-size"
+        )
+    milestones = list(cfg.milestones) if cfg.milestones is not None else default_milestones(epochs)
+    params = list(model.trainable_parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and ctx.device.type == "cuda")
+    start = 0
+    if ckpt_path.is_file():
+        if not cfg.resume:
+            raise ValueError(
+                f"{ckpt_path} exists; pass --resume to continue it or choose another --out"
+            )
+        state = load_checkpoint(ckpt_path, map_location=ctx.device)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or any(not k.startswith("teacher.") for k in missing):
+            raise ValueError(f"{ckpt_path} does not match the model: {missing=} {unexpected=}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start = state["epoch"]
+    if ctx.is_main:  # keep the records of finished epochs only (a crash may leave one more)
+        old = read_metrics(metrics_path) if start and metrics_path.is_file() else []
+        kept = [r for r in old if r["epoch"] < start]
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
+    if ctx.distributed:
+        device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+        ddp: nn.Module = DistributedDataParallel(model, device_ids=device_ids)
+    else:
+        ddp = model
+    sampler = DistributedSampler(
+        train_ds,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+    )
+    stop = epochs if cfg.stop_after is None else min(epochs, start + cfg.stop_after)
+    record: dict[str, Any] = {}
+    for epoch in range(start, stop):
+        seed_everything(_epoch_seed(cfg.seed, epoch, ctx.rank))
+        sampler.set_epoch(epoch)
+        model.set_epoch(epoch, epochs)
+        loader = DataLoader(
+            train_ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.workers,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        ddp.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=ctx.device)
+        tic = time.perf_counter()
+        bar = progress(
+            loader,
+            enabled=ctx.is_main and cfg.progress,
+            desc=f"{phase} {epoch + 1}/{epochs}",
+            leave=False,
+        )
+        for x, y in bar:
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with autocast(ctx.device, enabled=cfg.amp):
+                logits, losses = ddp(x, y)
+            loss = sum(v.float() for v in losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{phase} epoch {epoch}: non-finite loss "
+                    f"{ {k: v.item() for k, v in losses.items()} }; lower --lr or disable --amp"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            correct += (logits.detach().argmax(1) == y).sum()
+        if ctx.distributed:  # BN statistics drift apart per rank; average them
+            for name, buf in model.named_buffers():
+                if buf.is_floating_point() and not name.startswith("teacher."):
+                    buf.copy_(all_reduce_mean(buf))
+        steps = len(loader)
+        train_stats = {k: all_reduce_mean(v / steps).item() for k, v in sums.items()}
+        train_acc = all_reduce_mean(correct / (steps * cfg.batch_size)).item() * 100
+        record = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            **train_stats,
+            "train_acc": train_acc,
+            **evaluate(model.student, test_ds, ctx, amp=cfg.amp),
+            "epoch_time": time.perf_counter() - tic,
+        }
+        scheduler.step()
+        if ctx.is_main:
+            logger.log(**record)
+            state = {
+                "model": _trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "config": asdict(cfg),
+            }
+            save_checkpoint(state, ckpt_path)
+            if cfg.progress:
+                numbers = " ".join(
+                    f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)
+                )
+                print(f"[{phase}] epoch {epoch + 1}/{epochs} {numbers}", flush=True)
+        barrier()
+    if ctx.is_main and metrics_path.is_file() and metrics_path.stat().st_size:
+        plot_metrics(metrics_path, out_dir / f"{phase}_curves.png")
+    if not record and start:  # nothing left to run: report the checkpointed state
+        record = {"epoch": start - 1, **evaluate(model.student, test_ds, ctx, amp=cfg.amp)}
+    record["completed"] = stop == epochs
+    return record
+
+
+def _teacher(
+    cfg: DistillConfig,
+    ctx: DistContext,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    num_classes: int,
+    in_chans: int,
+) -> nn.Module | None:
+    """Load the teacher from ``teacher_checkpoint``, or train it there with cross-entropy.
+
+    Returns None when ``stop_after`` ended this invocation during teacher training.
+    """
+    path = Path(cfg.teacher_checkpoint or Path(cfg.out) / "teacher.pt")
+    seed_everything(cfg.seed)
+    teacher = create_model(cfg.teacher, num_classes, in_chans).to(ctx.device)
+    if not path.is_file():
+        epochs = cfg.teacher_epochs or cfg.epochs
+        result = _fit(
+            SupervisedModel(teacher),
+            train_ds,
+            test_ds,
+            cfg,
+            ctx,
+            phase="teacher",
+            epochs=epochs,
+            lr=cfg.teacher_lr,
+        )
+        if not result["completed"]:
+            return None
+        if ctx.is_main:
+            state = {
+                "model": teacher.state_dict(),
+                "model_name": cfg.teacher,
+                "num_classes": num_classes,
+                "in_chans": in_chans,
+                "test_acc": result["test_acc"],
+                "config": asdict(cfg),
+            }
+            save_checkpoint(state, path)
+        barrier()
+    state = load_checkpoint(path, map_location=ctx.device)
+    if state.get("model_name", cfg.teacher) != cfg.teacher:
+        raise ValueError(
+            f"{path} holds a {state['model_name']!r} teacher but --teacher is {cfg.teacher!r}"
+        )
+    try:
+        teacher.load_state_dict(state.get("model", state))
+    except RuntimeError as err:
+        raise ValueError(
+            f"teacher checkpoint {path} does not fit {cfg.teacher} with {num_classes} classes and "
+            f"{in_chans} input channels: {err}"
+        ) from err
+    return teacher.eval()
+
+
+def run_distillation(
+    config: DistillConfig,
+    make_loss: LossFactory,
+    *,
+    datasets: DistillDatasets | None = None,
+    student_features: FeatureFn = features_and_logits,
+    teacher_features: FeatureFn = features_and_logits,
+) -> DistillResult:
+    """Train (or load) the teacher, then train the student with ``make_loss(num_classes)``.
+
+    Args:
+        config: the run (a :class:`DistillConfig` or a method's subclass of it).
+        make_loss: the method's loss factory; returning ``None`` trains the student with
+            cross-entropy only (no teacher is built or trained).
+        datasets: ``(train, test, num_classes, in_chans)`` to use instead of
+            :func:`~lab_common.distill.build_datasets` (e.g. a long-tailed subset); items
+            ``(x (C, H, W), label)``.
+        student_features / teacher_features: feature functions for losses that need features.
+
+    Writes to ``config.out``: ``teacher.pt`` (unless ``teacher_checkpoint`` names an existing
+    file), ``{teacher,student}_last.pt`` (resume state), ``*_metrics.jsonl``,
+    ``*_curves.png``, ``student.pt`` and ``result.json``.
+    """
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+    ctx = init_distributed(device=config.device)
+    try:
+        seed_everything(config.seed, deterministic=config.deterministic)
+        train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
+        loss = make_loss(num_classes)
+        teacher = None
+        out_dir = Path(config.out)
+        if loss is not None:
+            teacher = _teacher(config, ctx, train_ds, test_ds, num_classes, in_chans)
+            if teacher is None:  # stop_after ended the run inside teacher training
+                return DistillResult(None, None, {"phase": "teacher", "completed": False}, out_dir)
+        seed_everything(config.seed)
+        student = create_model(config.student, num_classes, in_chans)
+        if loss is None:
+            model: Distiller | SupervisedModel = SupervisedModel(student)
+        else:
+            model = Distiller(
+                student,
+                teacher,
+                loss,
+                student_features=student_features,
+                teacher_features=teacher_features,
+            )
+        model.to(ctx.device)
+        lr = config.lr if config.lr is not None else default_lr(config.student)
+        metrics = _fit(
+            model, train_ds, test_ds, config, ctx, phase="student", epochs=config.epochs, lr=lr
+        )
+        if ctx.is_main and metrics["completed"]:
+            state = {
+                "model": student.state_dict(),
+                "model_name": config.student,
+                "num_classes": num_classes,
+                "in_chans": in_chans,
+                "metrics": metrics,
+                "config": asdict(config),
+            }
+            save_checkpoint(state, out_dir / "student.pt")
+            (out_dir / "result.json").write_text(json.dumps(metrics, indent=2))
+        return DistillResult(student.eval(), teacher, metrics, out_dir)
+    finally:
+        cleanup_distributed()
