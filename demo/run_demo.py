@@ -96,7 +96,7 @@ def digits_omniglot_layout(root: Path) -> tuple[Path, Path]:
     if test.is_dir():
         return train, test
     images, labels = _digits()
-    for i, (img, label) in enumerate(zip(images, labels)):
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         split = train if label < 5 else test
         _write_png(255 - img, split / "digits" / f"digit{label}" / f"{i}.png", 28)
     return train, test
@@ -235,7 +235,7 @@ def section_lavit(args: argparse.Namespace, data: dict, out: Path) -> tuple[str,
             }
         )
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    for (name, sims), marker in zip(similarity.items(), "os"):
+    for (name, sims), marker in zip(similarity.items(), "os", strict=True):
         ax.plot([s["cosine"] for s in sims], marker=marker, label=name)
     ax.set_xlabel("consecutive attention-layer pair (within a stage)")
     ax.set_ylabel("cosine similarity of attention maps")

@@ -1193,7 +1193,7 @@ def _clkd_step(
     """One training step as clkd's ``bench_overhead.py`` times it (SGD at lr 0, same batch)."""
     import timm
 
-    from lab_common.distiller import Distiller
+    from lab_common.distill import Distiller
 
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 100, (batch,), device=device)
@@ -1219,7 +1219,7 @@ def kd_section(ctx: Context) -> None:
     """Training-step time of CLKD and TRG vs KD, resnet32x4 -> resnet8x4, 32x32, 100 classes."""
     import timm
 
-    import lab_common.zoo  # noqa: F401  (registers cifar_* with timm)
+    import lab_common.distill  # noqa: F401  (registers cifar_* with timm)
     from trg_kd import TRGConfig
 
     clkd_bench, _ = load_benchmark("clkd", "bench_overhead")

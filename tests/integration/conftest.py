@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab_common import load_fashion_mnist_tensors, shared_datasets_root
+from lab_common import shared_datasets_root
+from lab_common.data import load_fashion_mnist_tensors
 
 #: ``tools/`` (the package list, the wheel and changelog checks) is importable in these tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from timm.models import PyramidVisionTransformerV2, VisionTransformer
 from timm.scheduler import CosineLRScheduler
 
-from lab_common import load_fashion_mnist_tensors, seed_everything, write_benchmark
+from lab_common import seed_everything, write_benchmark
+from lab_common.data import load_fashion_mnist_tensors
 from lavit import LaViT
 
 MEAN, STD = 0.286, 0.353

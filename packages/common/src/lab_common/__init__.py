@@ -11,10 +11,6 @@ baseline and the CIFAR zoo; extra ``distill``).
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
-
 from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .device import autocast, resolve_device
@@ -60,27 +56,3 @@ __all__ = [
     "topk_accuracy",
     "write_benchmark",
 ]
-
-#: Names that moved to a layer in 0.2; importing them from here warns until 0.3.
-_MOVED = {
-    "DATASET_NAMES": "lab_common.data",
-    "build_image_dataset": "lab_common.data",
-    "dataset_num_classes": "lab_common.data",
-    "load_fashion_mnist_tensors": "lab_common.data",
-    "Distiller": "lab_common.distill",
-    "features_and_logits": "lab_common.distill",
-    "softened_kl_div": "lab_common.distill",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module 'lab_common' has no attribute {name!r}")
-    module = _MOVED[name]
-    warnings.warn(
-        f"lab_common.{name} moved to {module}.{name} in 0.2 (import it from there; this alias "
-        "goes away in 0.3)",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(module), name)

@@ -48,9 +48,7 @@ from lab_common import (
     all_reduce_mean,
     autocast,
     barrier,
-    build_image_dataset,
     cleanup_distributed,
-    dataset_num_classes,
     init_distributed,
     load_checkpoint,
     plot_metrics,
@@ -67,6 +65,7 @@ from lab_common.cli import (
     positive_int,
     run_console,
 )
+from lab_common.data import build_image_dataset, dataset_num_classes
 from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .losses import DP_LOSS_VARIANTS
