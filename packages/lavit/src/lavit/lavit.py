@@ -262,13 +262,16 @@ class Attention(nn.Module):
             mask = attn_bias if mask is None else attn_bias + mask
         handed = None
         if self.fused_attn and hand_on is None:
+            # 4-D (B * n_windows, heads, N, d): 5-D inputs miss the fused CPU kernels
+            if mask is not None:
+                mask = mask.to(q.dtype).expand(b, w, *mask.shape[-3:]).flatten(0, 1)
             x = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=None if mask is None else mask.to(q.dtype),
+                q.flatten(0, 1),
+                k.flatten(0, 1),
+                v.flatten(0, 1),
+                attn_mask=mask,
                 dropout_p=self.attn_drop.p if self.training else 0.0,
-            )
+            ).reshape(q.shape)
         else:
             s = (q * self.scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
@@ -932,8 +935,7 @@ class LaViT(nn.Module):
             ]
             raise ValueError(
                 f"input size {size} does not work: height and width must be multiples of the "
-                f"total stride {step}; nearest sizes that do: "
-                + ", ".join(str(s) for s in near)
+                f"total stride {step}; nearest sizes that do: " + ", ".join(str(s) for s in near)
             )
 
     def _forward_stages(
@@ -1021,22 +1023,28 @@ class LaViT(nn.Module):
 
 
 def resample_token_matrix(
-    weight: torch.Tensor, old_grid: Grid, new_grid: Grid, scale: float = 1.0
+    weight: torch.Tensor,
+    old_grid: Grid,
+    new_grid: Grid,
+    old_scale: float = 1.0,
+    new_scale: float | None = None,
 ) -> torch.Tensor:
     """Resample a token-mixing matrix (Theta or Psi of a global stage) to a new token grid.
 
-    ``weight`` ``(N_old, N_old)`` -> ``(N_new, N_new)``: the deviation from ``scale * I`` is
-    interpolated bicubically over both the output and the input grid, multiplied by
+    ``weight`` ``(N_old, N_old)`` -> ``(N_new, N_new)``: the deviation from ``old_scale * I``
+    is interpolated bicubically over both the output and the input grid, multiplied by
     ``N_old / N_new`` (each output token now sums over that many more inputs), and
-    ``scale * I`` is added back, so a scaled identity stays exactly a scaled identity.
+    ``new_scale * I`` (default ``old_scale * I``) is added, so a scaled identity stays exactly a
+    scaled identity. (A softmax-input Psi starts as ``N_k * I``: pass both key counts.)
     """
     n_old, n_new = _tokens(old_grid), _tokens(new_grid)
     if weight.shape != (n_old, n_old):
         raise ValueError(
             f"token matrix of shape {tuple(weight.shape)} does not fit grid {old_grid}"
         )
+    new_scale = old_scale if new_scale is None else new_scale
     dtype = weight.dtype
-    delta = weight.float() - scale * torch.eye(n_old, device=weight.device)
+    delta = weight.float() - old_scale * torch.eye(n_old, device=weight.device)
     # interpolate over the input grid: (N_old rows, 1, h, w)
     d = delta.reshape(n_old, 1, *old_grid)
     d = F.interpolate(d, size=new_grid, mode="bicubic", align_corners=False)
@@ -1044,7 +1052,7 @@ def resample_token_matrix(
     # then over the output grid
     d = F.interpolate(d, size=new_grid, mode="bicubic", align_corners=False)
     d = d.reshape(n_new, n_new).t() * (n_old / n_new)
-    return (d + scale * torch.eye(n_new, device=weight.device)).to(dtype)
+    return (d + new_scale * torch.eye(n_new, device=weight.device)).to(dtype)
 
 
 def _square_grid(n: int, key: str) -> Grid:
@@ -1085,8 +1093,11 @@ def checkpoint_filter_fn(state_dict: dict, model: LaViT) -> dict:
             else:
                 q_grid = k_grid = stage.grid_size
             grid = k_grid if k.endswith(".theta") else q_grid
-            scale = attn.init_scale if k.endswith(".psi") else 1.0
-            v = resample_token_matrix(v, _square_grid(v.shape[0], k), grid, scale)
+            old_scale = new_scale = 1.0
+            if k.endswith(".psi") and attn.init_scale != 1.0:  # N_k * I start: N_k changes
+                old_scale = float(state_dict[k.removesuffix("psi") + "theta"].shape[0])
+                new_scale = attn.init_scale
+            v = resample_token_matrix(v, _square_grid(v.shape[0], k), grid, old_scale, new_scale)
         if v.shape != ref.shape:
             raise ValueError(
                 f"checkpoint entry {k!r} has shape {tuple(v.shape)}, the model expects "
