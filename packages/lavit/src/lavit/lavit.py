@@ -448,7 +448,7 @@ class AttentionDownsample(nn.Module):
     Maps the previous stage's last attention ``(B, 1, H_in, N_q_in, N_k_in)`` to the next
     stage's ``(B, 1, H_out, N_q_out, N_k_out)``: a conv (kernel = stride = query-grid ratio,
     heads as channels) over the query grid, then average pooling of the key grid if it changed.
-    The conv starts as ``init_gain`` times the mean over heads and each query window.
+    The conv starts as the mean over heads and each query window.
     """
 
     def __init__(
@@ -459,19 +459,17 @@ class AttentionDownsample(nn.Module):
         q_grid_out: Grid,
         k_grid_in: Grid,
         k_grid_out: Grid,
-        init_gain: float = 1.0,
     ):
         super().__init__()
         stride = q_grid_in[0] // q_grid_out[0]
         self.q_grid_in = q_grid_in
         self.k_grid_in = k_grid_in
         self.k_grid_out = k_grid_out
-        self.init_gain = init_gain
         self.conv = nn.Conv2d(in_heads, out_heads, stride, stride=stride)
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.constant_(self.conv.weight, self.init_gain / self.conv.weight[0].numel())
+        nn.init.constant_(self.conv.weight, 1.0 / self.conv.weight[0].numel())
         nn.init.zeros_(self.conv.bias)
 
     def forward(
@@ -511,22 +509,19 @@ class WindowAttentionDownsample(nn.Module):
     ``(B, n_windows_in, H_in, n, n)`` is pooled onto the cells (query rows averaged over a cell,
     key columns summed for probabilities and averaged for logits, so probability rows keep
     summing to one), then mixed over heads by a learned ``H_in -> H_out`` map that starts as
-    ``init_gain`` times the mean over heads. Returns ``(B, n_windows_out, H_out, n, n)``.
+    the mean over heads. Returns ``(B, n_windows_out, H_out, n, n)``.
     """
 
-    def __init__(
-        self, in_heads: int, out_heads: int, window: Grid, sum_keys: bool, init_gain: float = 1.0
-    ):
+    def __init__(self, in_heads: int, out_heads: int, window: Grid, sum_keys: bool):
         super().__init__()
         cells = _cell_pooling(window)
         self.register_buffer("pool_q", cells / 4.0, persistent=False)
         self.register_buffer("pool_k", cells if sum_keys else cells / 4.0, persistent=False)
-        self.init_gain = init_gain
         self.head_mix = nn.Linear(in_heads, out_heads)
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.constant_(self.head_mix.weight, self.init_gain / self.head_mix.in_features)
+        nn.init.constant_(self.head_mix.weight, 1.0 / self.head_mix.in_features)
         nn.init.zeros_(self.head_mix.bias)
 
     def forward(
@@ -833,18 +828,11 @@ class LaViT(nn.Module):
         w_in, w_out = windows[i - 1], windows[i]
         probs = la_input == "softmax"
         if w_in > 0 and w_in == w_out:
-            # probabilities enter as logits N * P (first-order log P up to a constant)
-            gain = float(w_out * w_out) if probs else 1.0
-            return WindowAttentionDownsample(
-                heads[i - 1], heads[i], (w_out, w_out), sum_keys=probs, init_gain=gain
-            )
+            return WindowAttentionDownsample(heads[i - 1], heads[i], (w_out, w_out), probs)
         if w_in == 0 and w_out == 0:
             k_in = (grids[i - 1][0] // srs[i - 1], grids[i - 1][1] // srs[i - 1])
             k_out = (grids[i][0] // srs[i], grids[i][1] // srs[i])
-            gain = float(_tokens(k_out)) if probs else 1.0
-            return AttentionDownsample(
-                heads[i - 1], heads[i], grids[i - 1], grids[i], k_in, k_out, init_gain=gain
-            )
+            return AttentionDownsample(heads[i - 1], heads[i], grids[i - 1], grids[i], k_in, k_out)
         raise ValueError(
             f"attn_residual between stage {i - 1} (window_sizes={w_in}) and stage {i} "
             f"(window_sizes={w_out}) needs both stages windowed with the same window size or "
