@@ -44,11 +44,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 #: The small LaViT trained in section 2 (32x32 inputs; LA blocks in the last two stages).
 SMALL_LAVIT = {
     "patch_size": 2,
-    "depths": [1, 1, 3, 2],
-    "la_depths": [0, 0, 2, 1],
+    "depths": [2, 2, 3, 2],
+    "la_depths": [1, 1, 2, 1],  # the paper's layout: VA then LA in every stage
     "embed_dims": [24, 48, 96, 128],
     "num_heads": [1, 2, 4, 4],
-    "sr_ratios": [4, 2, 1, 1],
+    "sr_ratios": [1, 1, 1, 1],
+    "window_sizes": [0, 0, 0, 0],  # 16x16 tokens at most: global square maps
     "mlp_ratios": [4, 4, 4, 4],
 }
 

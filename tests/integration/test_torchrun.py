@@ -18,6 +18,7 @@ TINY_LAVIT = {
     "embed_dims": [16, 32, 48, 64],
     "num_heads": [1, 2, 2, 4],
     "sr_ratios": [4, 2, 1, 1],
+    "window_sizes": [0, 0, 0, 0],
     "patch_size": 2,
 }
 

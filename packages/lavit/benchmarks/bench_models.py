@@ -3,7 +3,8 @@
 One run, models measured in adjacent pairs (lavit_tiny / pvt_v2_b1, ...) to limit drift on
 a shared machine. Throughput is images/s from the median of timed forward passes after
 warm-up (``lab_common.measure``), batch 1 and 32, fp32, ``torch.no_grad``. MACs = FLOPs of
-``torch.utils.flop_counter.FlopCounterMode`` / 2. A per-stage breakdown (embedding, VA, LA,
+``torch.utils.flop_counter.FlopCounterMode`` / 2 with attention counted
+(``lavit.count_macs``). A per-stage breakdown (embedding, VA, LA,
 MLP, attention residual: params, MACs and measured time at batch 8) explains the ratios.
 Results are rewritten after every model, so an interrupted run keeps what it measured.
 
@@ -20,7 +21,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import lavit  # noqa: F401  (registers lavit_* with timm)
+import lavit  # registers lavit_* with timm
 from lab_common import measure, write_benchmark
 from lavit.lavit import LessAttention
 
@@ -61,8 +62,13 @@ def breakdown(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[tup
     for n, p in model.named_parameters():  # position embeddings belong to the embedding
         if n.endswith("pos_embed"):
             out[(int(n.split(".")[1]), "embed")]["params"] += p.numel()
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+    for m in fused:  # FlopCounterMode does not count the fused CPU attention kernel
+        m.fused_attn = False
     with torch.no_grad(), FlopCounterMode(display=False, depth=None) as fc:
         model(x[:1])
+    for m in fused:
+        m.fused_attn = True
     prefix = type(model).__name__ + "."
     for fqn, ops in fc.get_flop_counts().items():
         if fqn.startswith(prefix) and (cat := parts.get(fqn[len(prefix) :])) is not None:
@@ -108,15 +114,14 @@ def main() -> None:
         for name in pair:
             model = timm.create_model(name).eval()
             x1, x32 = torch.randn(1, 3, 224, 224), torch.randn(32, 3, 224, 224)
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                model(x1)
+            macs = lavit.count_macs(model, x1)
             with torch.no_grad():
                 m1 = measure(lambda m=model, x=x1: m(x), warmup=2, repeats=args.repeats_b1)
                 m32 = measure(lambda m=model, x=x32: m(x), warmup=1, repeats=args.repeats)
             row = dict(
                 model=name,
                 params_M=sum(q.numel() for q in model.parameters()) / 1e6,
-                GMACs=fc.get_total_flops() / 2e9,
+                GMACs=macs / 1e9,
                 img_s_b1=1 / m1.median_s,
                 img_s_b32=32 / m32.median_s,
                 peak_mem_MB_b32=m32.peak_memory_mb,

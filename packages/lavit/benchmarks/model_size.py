@@ -1,4 +1,4 @@
-"""Print params and MACs (FlopCounterMode FLOPs / 2) of models at 224^2.
+"""Print params and MACs (``lavit.count_macs``: FlopCounterMode FLOPs / 2, attention included).
 
 Usage: python benchmarks/model_size.py [model_name ...]
 """
@@ -7,18 +7,15 @@ import sys
 
 import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-import lavit  # noqa: F401  (registers the models)
+import lavit  # registers the models
 
 
 def params_and_macs(model: torch.nn.Module, size: int = 224) -> tuple[float, float]:
     """Return (params in M, MACs in G) for one ``(1, 3, size, size)`` image."""
     model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.randn(1, 3, size, size))
-    return params, fc.get_total_flops() / 2e9
+    return params, lavit.count_macs(model, torch.randn(1, 3, size, size)) / 1e9
 
 
 if __name__ == "__main__":

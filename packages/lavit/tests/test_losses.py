@@ -71,3 +71,26 @@ def test_errors_name_the_problem():
         dp_loss(torch.eye(3), "paper")
     with pytest.raises(ValueError, match=r"square.*\(2, 3\)"):
         dp_loss(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("variant", ["intended", "literal"])
+def test_valid_mask_scores_the_real_sub_matrix(variant):
+    """Padded tokens of a window are left out: the loss equals dp_loss of the real block."""
+    g = torch.Generator().manual_seed(4)
+    maps = torch.randn(2, 3, 1, 6, 6, generator=g)  # (B, windows, heads, N, N)
+    valid = torch.tensor(
+        [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
+    if variant == "intended":  # probabilities over the real keys only
+        maps = maps.masked_fill(~valid[None, :, None, None, :], float("-inf")).softmax(-1)
+    loss = dp_loss(maps, variant, valid=valid[:, None, :])
+    per_window = [dp_loss(maps[:, w][..., valid[w]][..., valid[w], :], variant) for w in range(3)]
+    assert torch.allclose(loss, torch.stack(per_window).mean(), atol=1e-6)
+    # padded entries do not matter
+    noisy = maps + 5.0 * (~(valid[:, None, :, None] & valid[:, None, None, :])).float()
+    assert torch.allclose(dp_loss(noisy, variant, valid=valid[:, None, :]), loss, atol=1e-6)
+
+
+def test_valid_mask_must_match_maps():
+    with pytest.raises(ValueError, match=r"valid mask of shape \(4,\).*N=3"):
+        dp_loss(torch.eye(3)[None], valid=torch.ones(4, dtype=torch.bool))

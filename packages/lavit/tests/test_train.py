@@ -21,6 +21,7 @@ TINY_KWARGS = dict(
     num_heads=[1, 2, 2, 4],
     mlp_ratios=[2, 2, 2, 2],
     sr_ratios=[2, 1, 1, 1],
+    window_sizes=[0, 0, 0, 0],  # global attention with spatial-reduction keys (0.1's layout)
 )
 
 

@@ -12,14 +12,26 @@ Paper: `You Only Need Less Attention at Each Stage in Vision Transformers`
 
 A four-stage pyramid (strides 4, 8, 16, 32). Each stage embeds patches, adds a learned
 position embedding, runs ``depth - la_depth`` vanilla-attention (VA) blocks and then
-``la_depth`` less-attention (LA) blocks. An LA block computes no queries or keys: it maps the
-previous block's pre-softmax scores ``A`` (``(B, heads, N_q, N_k)``) to ``Psi @ A @ Theta^T``
-with learned token-mixing matrices ``Psi`` (``N_q x N_q``) and ``Theta`` (``N_k x N_k``), both
-initialised to the identity, so an untrained LA block reuses the previous attention exactly.
-The last scores of a stage are carried into the next one by a strided convolution over the
-query grid (residual attention downsampling). Keys and values are spatially reduced as in
-PVTv2 (``sr_ratios``), which keeps ``N_k`` (and ``Theta``) small. The paper publishes no code;
-every choice it leaves open is documented in the package README ("Design choices").
+``la_depth`` less-attention (LA) blocks. A VA block computes ``A = Softmax(QK^T / sqrt(d))``.
+An LA block computes no queries or keys: it transforms the previous block's attention with two
+learned linear maps, ``A^l = Psi(Theta(A^{l-1})^T)^T = Psi A^{l-1} Theta^T`` (``Theta`` mixes
+the key axis, ``Psi`` the query axis), then attends with ``Softmax(A^l) V``. With
+``la_input="softmax"`` (default, the paper's reading) the first LA block of a stage receives
+the VA block's softmax attention; with ``"logits"`` it receives the pre-softmax scores. Later LA
+blocks receive the previous LA block's ``A^l``.
+
+Attention geometry, per stage:
+
+* ``window_sizes[i] = w`` (default ``7``): queries and keys of the same ``w x w`` window (square
+  ``w^2 x w^2`` maps, ``Theta``/``Psi`` of ``w^2 x w^2``). Grids that do not divide by ``w`` are
+  zero-padded and the padded keys masked, so one set of weights runs at any input size that is
+  a multiple of the total stride.
+* ``window_sizes[i] = 0``: global attention with PVTv2 spatial-reduction keys (``sr_ratios``),
+  the 0.1 layout: maps ``N_q x N_k``, ``Theta``/``Psi`` tied to the token grid, so the model
+  runs only at the size it was built for (``checkpoint_filter_fn`` resamples a checkpoint).
+
+The attention of a stage's last block is carried into the next stage's first VA block
+(residual attention downsampling) as an additive bias on its scores.
 
 No global state: auxiliary diagonality-preserving losses are returned by
 ``model(x, return_aux=True) -> (logits, {"loss_dp": scalar})``.
@@ -35,7 +47,6 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
-    Mlp,
     resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
@@ -46,7 +57,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .losses import DP_LOSS_VARIANTS, dp_loss
 
-__all__ = ["LaViT", "checkpoint_filter_fn", "resample_token_matrix"]
+__all__ = ["LA_INPUTS", "LaViT", "checkpoint_filter_fn", "resample_token_matrix"]
+
+#: What the first LA block of a stage transforms: the VA softmax attention or its logits.
+LA_INPUTS = ("softmax", "logits")
 
 Grid = tuple[int, int]
 
@@ -55,18 +69,79 @@ def _tokens(grid: Grid) -> int:
     return grid[0] * grid[1]
 
 
+class StageGeometry:
+    """Token grid of one stage at run time and how it splits into attention windows.
+
+    ``window`` ``None`` means one global window (the whole grid). Otherwise the grid is padded
+    at the bottom/right to a multiple of the window; ``valid`` ``(n_windows, n)`` marks real
+    tokens and ``key_mask`` ``(n_windows, 1, 1, n)`` is ``0`` on real and ``-inf`` on padded
+    keys (both ``None`` without padding).
+    """
+
+    def __init__(self, grid: Grid, window: Grid | None, device: torch.device):
+        self.grid = grid
+        self.window = window
+        self.valid: torch.Tensor | None = None
+        self.key_mask: torch.Tensor | None = None
+        if window is None:
+            self.counts = (1, 1)
+            self.padded = grid
+            return
+        self.counts = (-(-grid[0] // window[0]), -(-grid[1] // window[1]))
+        self.padded = (self.counts[0] * window[0], self.counts[1] * window[1])
+        if self.padded != grid:
+            ok = torch.zeros(self.padded, dtype=torch.bool, device=device)
+            ok[: grid[0], : grid[1]] = True
+            self.valid = self._to_windows(ok[None, :, :, None]).reshape(self.num_windows, -1)
+            mask = torch.zeros(self.valid.shape, device=device).masked_fill(
+                ~self.valid, float("-inf")
+            )
+            self.key_mask = mask[:, None, None, :]
+
+    @property
+    def num_windows(self) -> int:
+        return self.counts[0] * self.counts[1]
+
+    def _to_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hp, Wp, C) -> (B, n_windows, n, C)``."""
+        b, c = x.shape[0], x.shape[-1]
+        (nh, nw), (wh, ww) = self.counts, self.window
+        x = x.reshape(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, nh * nw, wh * ww, c)
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, N, C)`` -> windows ``(B, n_windows, n, C)`` (zero-padded)."""
+        if self.window is None:
+            return x.unsqueeze(1)
+        b, _, c = x.shape
+        x = x.reshape(b, *self.grid, c)
+        if self.padded != self.grid:
+            x = F.pad(x, (0, 0, 0, self.padded[1] - self.grid[1], 0, self.padded[0] - self.grid[0]))
+        return self._to_windows(x)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """Windows ``(B, n_windows, n, C)`` -> tokens ``(B, N, C)`` (padding dropped)."""
+        if self.window is None:
+            return x.squeeze(1)
+        b, c = x.shape[0], x.shape[-1]
+        (nh, nw), (wh, ww) = self.counts, self.window
+        x = x.reshape(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, *self.padded, c)[:, : self.grid[0], : self.grid[1]]
+        return x.reshape(b, -1, c)
+
+
 def _pool_query_grid(attn: torch.Tensor, q_grid: Grid, out_grid: Grid) -> torch.Tensor:
-    """Average attention rows over the query grid: ``(B, H, Nq, Nk) -> (B, H, No, Nk)``."""
+    """Average attention rows over the query grid: ``(..., Nq, Nk) -> (..., No, Nk)``."""
     if q_grid == out_grid:
         return attn
-    b, h, _, nk = attn.shape
-    x = attn.transpose(-1, -2).reshape(b, h * nk, *q_grid)
+    lead, nk = attn.shape[:-2], attn.shape[-1]
+    x = attn.transpose(-1, -2).reshape(-1, nk, *q_grid)
     x = F.adaptive_avg_pool2d(x, out_grid)
-    return x.reshape(b, h, nk, _tokens(out_grid)).transpose(-1, -2)
+    return x.reshape(*lead, nk, _tokens(out_grid)).transpose(-1, -2)
 
 
 class PatchEmbed(nn.Module):
-    """Overlapping patch embedding: ``(B, C_in, H, W) -> (B, H/s * W/s, C)`` (conv + LayerNorm)."""
+    """Overlapping patch embedding: ``(B, C_in, H, W) -> ((B, H/s * W/s, C), (H/s, W/s))``."""
 
     def __init__(
         self,
@@ -80,52 +155,81 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel, stride=stride, padding=kernel // 2)
         self.norm = norm_layer(embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        x = self.proj(x)
+        grid = (x.shape[-2], x.shape[-1])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid
 
 
 class SpatialReduction(nn.Module):
     """PVT key/value reduction: ``(B, N, C) -> (B, N / sr^2, C)`` by a strided conv + norm."""
 
-    def __init__(
-        self,
-        dim: int,
-        grid_size: Grid,
-        sr_ratio: int,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-    ):
+    def __init__(self, dim: int, sr_ratio: int, norm_layer: Callable[..., nn.Module]):
         super().__init__()
-        self.grid_size = grid_size
         self.conv = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
         self.norm = norm_layer(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, *self.grid_size)
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        b, _, c = x.shape
+        x = x.transpose(1, 2).reshape(b, c, *grid)
         return self.norm(self.conv(x).flatten(2).transpose(1, 2))
 
 
-class Attention(nn.Module):
-    """Vanilla (VA) multi-head attention with optional spatial-reduction keys.
+class Mlp(nn.Module):
+    """``fc1 -> [3x3 depthwise conv] -> GELU -> fc2`` on windowed tokens ``(B, n_windows, n, C)``.
 
-    ``forward(x, attn_bias)``: ``x`` is ``(B, N, C)``; ``attn_bias`` (``(B, heads, N, N_k)`` or
-    ``None``) is added to the scaled scores. Returns ``(out (B, N, C), scores)`` where
-    ``scores`` are the pre-softmax ``(B, heads, N, N_k)`` scores when ``return_scores`` (a later
-    block reuses them) and ``None`` otherwise, in which case the fused
-    ``scaled_dot_product_attention`` kernel is used.
+    ``dwconv=True`` is PVTv2's MLP: the depthwise conv runs on the token grid (padding
+    dropped, zero-padded at the image border) and mixes neighbours across window borders.
+    """
+
+    def __init__(self, dim: int, hidden: int, dwconv: bool = False, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else None
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
+        x = self.fc1(x)
+        if self.dwconv is not None:
+            t = geom.merge(x)
+            b, _, c = t.shape
+            t = self.dwconv(t.transpose(1, 2).reshape(b, c, *geom.grid))
+            x = geom.partition(t.flatten(2).transpose(1, 2))
+        x = self.drop1(self.act(x))
+        return self.drop2(self.fc2(x))
+
+
+def _flat_dropout(drop: nn.Dropout, p: torch.Tensor) -> torch.Tensor:
+    """Apply ``drop`` to ``(B, n_windows, H, Nq, Nk)`` probabilities through a 4-D view.
+
+    The view ``(B * n_windows, H, Nq, Nk)`` is what ``lavit.analysis.capture_attention`` sees.
+    """
+    return drop(p.flatten(0, 1)).reshape(p.shape)
+
+
+class Attention(nn.Module):
+    """Vanilla (VA) multi-head attention inside windows or over spatially reduced keys.
+
+    ``forward(x, geom, attn_bias, hand_on)``: ``x`` ``(B, n_windows, N_q, C)``; ``attn_bias``
+    ``(B, n_windows, heads, N_q, N_k)`` or ``None`` is added to the scaled scores.
+    ``hand_on`` is ``"probs"`` / ``"logits"`` (return the softmax attention / the pre-softmax
+    scores for a later block) or ``None``, in which case the fused
+    ``scaled_dot_product_attention`` kernel runs. Returns ``(out (B, n_windows, N_q, C),
+    handed (B, n_windows, heads, N_q, N_k) or None)``.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        grid_size: Grid,
         sr_ratio: int = 1,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        return_scores: bool = False,
     ):
         super().__init__()
         if dim % num_heads != 0:
@@ -133,134 +237,171 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.return_scores = return_scores
         self.fused_attn = use_fused_attn()
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.sr = (
-            SpatialReduction(dim, grid_size, sr_ratio, norm_layer)
-            if sr_ratio > 1
-            else nn.Identity()
-        )
+        self.sr = SpatialReduction(dim, sr_ratio, norm_layer) if sr_ratio > 1 else None
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        geom: StageGeometry,
+        attn_bias: torch.Tensor | None = None,
+        hand_on: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, n, c = x.shape
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(self.sr(x)).reshape(b, -1, 2, self.num_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        scores = None
-        if self.fused_attn and not self.return_scores:
-            if attn_bias is not None:
-                attn_bias = attn_bias.to(q.dtype)
+        b, w, n, c = x.shape
+        q = self.q(x).reshape(b, w, n, self.num_heads, self.head_dim).transpose(2, 3)
+        kv_in = x if self.sr is None else self.sr(x.squeeze(1), geom.grid).unsqueeze(1)
+        kv = self.kv(kv_in).reshape(b, w, -1, 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        mask = geom.key_mask
+        if attn_bias is not None:
+            mask = attn_bias if mask is None else attn_bias + mask
+        handed = None
+        if self.fused_attn and hand_on is None:
+            # 4-D (B * n_windows, heads, N, d): 5-D inputs miss the fused CPU kernels
+            if mask is not None:
+                mask = mask.to(q.dtype).expand(b, w, *mask.shape[-3:]).flatten(0, 1)
             x = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_bias,
+                q.flatten(0, 1),
+                k.flatten(0, 1),
+                v.flatten(0, 1),
+                attn_mask=mask,
                 dropout_p=self.attn_drop.p if self.training else 0.0,
-            )
+            ).reshape(q.shape)
         else:
             s = (q * self.scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
                 s = s + attn_bias
-            x = self.attn_drop(s.softmax(dim=-1)) @ v
-            if self.return_scores:
-                scores = s
-        x = x.transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(x)), scores
+            p = (s if geom.key_mask is None else s + geom.key_mask).softmax(dim=-1)
+            x = _flat_dropout(self.attn_drop, p) @ v
+            handed = p if hand_on == "probs" else s if hand_on == "logits" else None
+        x = x.transpose(2, 3).reshape(b, w, n, c)
+        return self.proj_drop(self.proj(x)), handed
 
 
 class LessAttention(nn.Module):
-    """Less-attention (LA): reuse the previous scores through learned token-axis maps.
+    """Less-attention (LA): transform the previous attention with ``Theta`` and ``Psi``.
 
-    ``scores = Psi @ prev_scores @ Theta^T`` with ``Psi`` ``(N_q, N_q)`` mixing the query axis
-    and ``Theta`` ``(N_k, N_k)`` mixing the key axis, shared by all heads and applied as one
-    batched matmul. Both start as the identity. ``forward(x, prev_scores, compute_aux)`` takes
-    ``x`` ``(B, N_q, C)`` and ``prev_scores`` ``(B, heads, N_q, N_k)``; returns ``(out, scores,
-    loss_dp)`` with ``loss_dp`` ``None`` unless ``compute_aux``.
+    ``A^l = Psi(Theta(A^{l-1})^T)^T``: ``Theta`` (``N_k x N_k``) is a linear map applied to
+    the key axis, ``Psi`` (``N_q x N_q``) one applied to the query axis; together
+    ``A^l = Psi A^{l-1} Theta^T``, shared by all heads and windows. The block then attends with
+    ``Softmax(A^l) V`` (own value projection). ``Theta`` starts as ``I`` and ``Psi`` as
+    ``init_scale * I``: ``1`` for an LA block that receives scores (``Softmax(A^l)`` is then
+    exactly the previous attention) and ``N_k`` for one that receives softmax probabilities
+    ``P``, because ``Softmax(N_k P) = P`` to first order around the uniform map (see the README).
+
+    ``forward(x, geom, prev, compute_aux, hand_on)`` takes ``x`` ``(B, n_windows, N_q, C)`` and
+    ``prev`` ``(B, n_windows, heads, N_q, N_k)``; returns ``(out, handed, loss_dp)``:
+    ``handed`` is ``A^l`` (``hand_on="logits"``) or ``Softmax(A^l)`` (``"probs"``) or ``None``;
+    ``loss_dp`` is ``None`` unless ``compute_aux``.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        grid_size: Grid,
+        query_tokens: int,
+        key_tokens: int,
         sr_ratio: int = 1,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         dp_loss_variant: str = "intended",
+        init_scale: float = 1.0,
+        dp_pool_grids: tuple[Grid, Grid] | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.grid_size = grid_size
-        self.key_grid_size = (grid_size[0] // sr_ratio, grid_size[1] // sr_ratio)
         self.dp_loss_variant = dp_loss_variant
+        self.init_scale = init_scale
+        # non-square maps (global mode with sr > 1): pool query rows (query grid -> key grid)
+        self.dp_pool_grids = dp_pool_grids
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.sr = (
-            SpatialReduction(dim, grid_size, sr_ratio, norm_layer)
-            if sr_ratio > 1
-            else nn.Identity()
-        )
-        self.psi = nn.Parameter(torch.eye(_tokens(grid_size)))
-        self.theta = nn.Parameter(torch.eye(_tokens(self.key_grid_size)))
+        self.sr = SpatialReduction(dim, sr_ratio, norm_layer) if sr_ratio > 1 else None
+        self.theta = nn.Parameter(torch.empty(key_tokens, key_tokens))
+        self.psi = nn.Parameter(torch.empty(query_tokens, query_tokens))
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.init_token_maps()
+
+    def init_token_maps(self) -> None:
+        with torch.no_grad():
+            self.theta.copy_(torch.eye(self.theta.shape[0]))
+            self.psi.copy_(torch.eye(self.psi.shape[0]) * self.init_scale)
+
+    def transform(self, prev: torch.Tensor) -> torch.Tensor:
+        """``A^l = Psi(Theta(A^{l-1})^T)^T`` on ``(..., N_q, N_k)`` maps."""
+        a = F.linear(prev, self.theta.to(prev.dtype))  # Theta on the key axis: A Theta^T
+        return F.linear(a.transpose(-1, -2), self.psi.to(prev.dtype)).transpose(-1, -2)
 
     def forward(
-        self, x: torch.Tensor, prev_scores: torch.Tensor, compute_aux: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        b, n, c = x.shape
-        v = self.v(self.sr(x)).reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        scores = torch.matmul(torch.matmul(self.psi, prev_scores), self.theta.t())
-        probs = scores.softmax(dim=-1)
+        self,
+        x: torch.Tensor,
+        geom: StageGeometry,
+        prev: torch.Tensor,
+        compute_aux: bool = False,
+        hand_on: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        b, w, n, c = x.shape
+        v_in = x if self.sr is None else self.sr(x.squeeze(1), geom.grid).unsqueeze(1)
+        v = self.v(v_in).reshape(b, w, -1, self.num_heads, self.head_dim).transpose(2, 3)
+        scores = self.transform(prev)
+        probs = (scores if geom.key_mask is None else scores + geom.key_mask).softmax(dim=-1)
         loss = None
         if compute_aux:
-            target = probs if self.dp_loss_variant == "intended" else scores
-            square = _pool_query_grid(target.float(), self.grid_size, self.key_grid_size)
-            loss = dp_loss(square, self.dp_loss_variant)
-        x = (self.attn_drop(probs) @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(x)), scores, loss
+            target = (probs if self.dp_loss_variant == "intended" else scores).float()
+            valid = None if geom.valid is None else geom.valid[:, None, :]
+            if self.dp_pool_grids is not None:
+                target = _pool_query_grid(target, *self.dp_pool_grids)
+            loss = dp_loss(target, self.dp_loss_variant, valid=valid)
+        x = (_flat_dropout(self.attn_drop, probs) @ v).transpose(2, 3).reshape(b, w, n, c)
+        handed = probs if hand_on == "probs" else scores if hand_on == "logits" else None
+        return self.proj_drop(self.proj(x)), handed, loss
 
 
 class Block(nn.Module):
     """Pre-norm transformer block with a VA or LA token mixer.
 
-    ``forward(x, attn_in, compute_aux) -> (x, scores, loss_dp)``: ``x`` ``(B, N, C)``;
-    ``attn_in`` is the additive bias for a VA block or the previous scores for an LA block.
+    ``forward(x, geom, attn_in, compute_aux) -> (x, handed, loss_dp)``: ``x`` is the stage's
+    tokens in window layout ``(B, n_windows, n, C)`` (see :class:`StageGeometry`);
+    ``attn_in`` is the additive bias for a VA block or the previous attention for an LA block;
+    ``handed`` is what ``hand_on`` asks the block to pass on (see :class:`Attention`).
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        grid_size: Grid,
         less_attention: bool = False,
-        return_scores: bool = False,
+        hand_on: str | None = None,
+        query_tokens: int = 0,
+        key_tokens: int = 0,
         sr_ratio: int = 1,
         mlp_ratio: float = 4.0,
+        mlp_dwconv: bool = False,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         dp_loss_variant: str = "intended",
+        la_init_scale: float = 1.0,
+        dp_pool_grids: tuple[Grid, Grid] | None = None,
     ):
         super().__init__()
         self.less_attention = less_attention
+        self.hand_on = hand_on
         self.norm1 = norm_layer(dim)
         common = dict(
             dim=dim,
             num_heads=num_heads,
-            grid_size=grid_size,
             sr_ratio=sr_ratio,
             qkv_bias=qkv_bias,
             attn_drop=attn_drop,
@@ -268,35 +409,46 @@ class Block(nn.Module):
             norm_layer=norm_layer,
         )
         if less_attention:
-            self.attn = LessAttention(**common, dp_loss_variant=dp_loss_variant)
+            self.attn = LessAttention(
+                **common,
+                query_tokens=query_tokens,
+                key_tokens=key_tokens,
+                dp_loss_variant=dp_loss_variant,
+                init_scale=la_init_scale,
+                dp_pool_grids=dp_pool_grids,
+            )
         else:
-            self.attn = Attention(**common, return_scores=return_scores)
+            self.attn = Attention(**common)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dwconv=mlp_dwconv, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, attn_in: torch.Tensor | None = None, compute_aux: bool = False
+        self,
+        x: torch.Tensor,
+        geom: StageGeometry,
+        attn_in: torch.Tensor | None = None,
+        compute_aux: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         loss = None
+        y = self.norm1(x)
         if self.less_attention:
-            y, scores, loss = self.attn(self.norm1(x), attn_in, compute_aux)
+            y, handed, loss = self.attn(y, geom, attn_in, compute_aux, self.hand_on)
         else:
-            y, scores = self.attn(self.norm1(x), attn_in)
+            y, handed = self.attn(y, geom, attn_in, self.hand_on)
         x = x + self.drop_path1(y)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x, scores, loss
+        x = x + self.drop_path2(self.mlp(self.norm2(x), geom))
+        return x, handed, loss
 
 
 class AttentionDownsample(nn.Module):
-    """Residual attention downsampling between stages.
+    """Residual attention downsampling between stages with global attention (0.1 layout).
 
-    Maps the previous stage's last scores ``(B, H_in, N_q_in, N_k_in)`` to the next stage's
-    shape ``(B, H_out, N_q_out, N_k_out)``: a conv (kernel = stride = query-grid ratio, heads as
-    channels) over the query grid, then average pooling of the key grid if it changed. The conv
-    starts as the mean over heads and each query window, so the residual carries the averaged
-    token relations from the first step on.
+    Maps the previous stage's last attention ``(B, 1, H_in, N_q_in, N_k_in)`` to the next
+    stage's ``(B, 1, H_out, N_q_out, N_k_out)``: a conv (kernel = stride = query-grid ratio,
+    heads as channels) over the query grid, then average pooling of the key grid if it changed.
+    The conv starts as the mean over heads and each query window.
     """
 
     def __init__(
@@ -311,7 +463,6 @@ class AttentionDownsample(nn.Module):
         super().__init__()
         stride = q_grid_in[0] // q_grid_out[0]
         self.q_grid_in = q_grid_in
-        self.q_grid_out = q_grid_out
         self.k_grid_in = k_grid_in
         self.k_grid_out = k_grid_out
         self.conv = nn.Conv2d(in_heads, out_heads, stride, stride=stride)
@@ -321,9 +472,11 @@ class AttentionDownsample(nn.Module):
         nn.init.constant_(self.conv.weight, 1.0 / self.conv.weight[0].numel())
         nn.init.zeros_(self.conv.bias)
 
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        b, h, _, nk = scores.shape
-        x = scores.permute(0, 3, 1, 2).reshape(b * nk, h, *self.q_grid_in)
+    def forward(
+        self, attn: torch.Tensor, geom_in: StageGeometry, geom_out: StageGeometry
+    ) -> torch.Tensor:
+        b, _, h, _, nk = attn.shape
+        x = attn.squeeze(1).permute(0, 3, 1, 2).reshape(b * nk, h, *self.q_grid_in)
         x = self.conv(x)
         h_out = x.shape[1]
         x = x.reshape(b, nk, h_out, -1).permute(0, 2, 3, 1)  # (B, H_out, N_q_out, N_k_in)
@@ -331,14 +484,67 @@ class AttentionDownsample(nn.Module):
             nq = x.shape[2]
             x = x.reshape(b * h_out * nq, 1, *self.k_grid_in)
             x = F.adaptive_avg_pool2d(x, self.k_grid_out).reshape(b, h_out, nq, -1)
-        return x
+        return x.unsqueeze(1)
+
+
+def _cell_pooling(window: Grid) -> torch.Tensor:
+    """``(4, n, n)`` 0/1 matrices: token ``s`` of previous-stage window ``p`` (of the 2x2
+    windows under one next-stage window) lies in the 2x2 cell of next-stage token ``t``."""
+    wh, ww = window
+    m = torch.zeros(4, wh * ww, wh * ww)
+    for p in range(4):
+        a, b = divmod(p, 2)
+        for r in range(wh):
+            for c in range(ww):
+                t = ((a * wh + r) // 2) * ww + (b * ww + c) // 2
+                m[p, t, r * ww + c] = 1.0
+    return m
+
+
+class WindowAttentionDownsample(nn.Module):
+    """Residual attention downsampling between windowed stages of the same window size.
+
+    A next-stage window (``w x w`` tokens) covers exactly ``2 x 2`` previous-stage windows; each
+    next-stage token is a ``2 x 2`` cell of previous tokens. The previous attention
+    ``(B, n_windows_in, H_in, n, n)`` is pooled onto the cells (query rows averaged over a cell,
+    key columns summed for probabilities and averaged for logits, so probability rows keep
+    summing to one), then mixed over heads by a learned ``H_in -> H_out`` map that starts as
+    the mean over heads. Returns ``(B, n_windows_out, H_out, n, n)``.
+    """
+
+    def __init__(self, in_heads: int, out_heads: int, window: Grid, sum_keys: bool):
+        super().__init__()
+        cells = _cell_pooling(window)
+        self.register_buffer("pool_q", cells / 4.0, persistent=False)
+        self.register_buffer("pool_k", cells if sum_keys else cells / 4.0, persistent=False)
+        self.head_mix = nn.Linear(in_heads, out_heads)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.constant_(self.head_mix.weight, 1.0 / self.head_mix.in_features)
+        nn.init.zeros_(self.head_mix.bias)
+
+    def forward(
+        self, attn: torch.Tensor, geom_in: StageGeometry, geom_out: StageGeometry
+    ) -> torch.Tensor:
+        b, _, h, n, _ = attn.shape
+        (nh, nw), (ph, pw) = geom_out.counts, geom_in.counts
+        x = attn.reshape(b, ph, pw, h, n, n)
+        if (2 * nh, 2 * nw) != (ph, pw):  # windows of padding only, as zeros
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, 2 * nw - pw, 0, 2 * nh - ph))
+        x = x.reshape(b, nh, 2, nw, 2, h, n, n).permute(0, 1, 3, 5, 2, 4, 6, 7)
+        x = x.reshape(b, nh * nw, h, 4, n, n)
+        pq, pk = self.pool_q.to(x.dtype), self.pool_k.to(x.dtype)
+        x = torch.einsum("pts,bwhpsu,pvu->bwtvh", pq, x, pk)
+        return self.head_mix(x).permute(0, 1, 4, 2, 3)
 
 
 class LaViTStage(nn.Module):
     """Patch embedding, position embedding, VA blocks, LA blocks, norm.
 
-    ``forward(x, prev_scores, compute_aux)``: ``x`` ``(B, C_in, H_in, W_in)`` ->
-    ``(x (B, C, H, W), scores or None, list of per-LA-block DP losses)``.
+    ``forward(x, prev, compute_aux)``: ``x`` ``(B, C_in, H_in, W_in)``, ``prev`` the previous
+    stage's ``(attention, geometry)`` or ``None`` -> ``(x (B, C, H, W), (attention, geometry)
+    or None, list of per-LA-block DP losses)``.
     """
 
     def __init__(
@@ -350,50 +556,63 @@ class LaViTStage(nn.Module):
         num_heads: int,
         grid_size: Grid,
         stride: int,
+        window_size: int = 0,
         sr_ratio: int = 1,
         mlp_ratio: float = 4.0,
+        mlp_dwconv: bool = False,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float | list[float] = 0.0,
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        attn_residual_from: tuple[int, Grid, Grid] | None = None,
-        emit_scores: bool = False,
+        attn_residual_from: nn.Module | None = None,
+        emit_attention: bool = False,
+        la_input: str = "softmax",
         dp_loss_variant: str = "intended",
     ):
         super().__init__()
         self.grid_size = grid_size
+        self.window = (window_size, window_size) if window_size > 0 else None
         self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(dim_in, dim, stride, norm_layer)
         self.pos_embed = nn.Parameter(torch.zeros(1, _tokens(grid_size), dim))
-        key_grid = (grid_size[0] // sr_ratio, grid_size[1] // sr_ratio)
-        if attn_residual_from is not None:
-            prev_heads, prev_grid, prev_key_grid = attn_residual_from
-            self.attn_downsample = AttentionDownsample(
-                prev_heads, num_heads, prev_grid, grid_size, prev_key_grid, key_grid
-            )
+        self.attn_downsample = attn_residual_from
+        if self.window is not None:
+            n_q = n_k = window_size * window_size
+            pool = None
         else:
-            self.attn_downsample = None
+            key_grid = (grid_size[0] // sr_ratio, grid_size[1] // sr_ratio)
+            n_q, n_k = _tokens(grid_size), _tokens(key_grid)
+            pool = (grid_size, key_grid) if sr_ratio > 1 else None
+        hand = "probs" if la_input == "softmax" else "logits"
         dpr = drop_path if isinstance(drop_path, list) else [drop_path] * depth
         num_va = depth - la_depth
         blocks = []
         for i in range(depth):
-            next_is_la = i + 1 < depth and i + 1 >= num_va
+            is_la, next_la = i >= num_va, i + 1 < depth and i + 1 >= num_va
+            if next_la:  # the last VA block hands on per la_input, LA blocks their A^l
+                hand_on = "logits" if is_la else hand
+            else:
+                hand_on = hand if i == depth - 1 and emit_attention else None
             blocks.append(
                 Block(
                     dim,
                     num_heads,
-                    grid_size,
-                    less_attention=i >= num_va,
-                    return_scores=next_is_la or (i == depth - 1 and emit_scores),
+                    less_attention=is_la,
+                    hand_on=hand_on,
+                    query_tokens=n_q,
+                    key_tokens=n_k,
                     sr_ratio=sr_ratio,
                     mlp_ratio=mlp_ratio,
+                    mlp_dwconv=mlp_dwconv,
                     qkv_bias=qkv_bias,
                     proj_drop=proj_drop,
                     attn_drop=attn_drop,
                     drop_path=dpr[i],
                     norm_layer=norm_layer,
                     dp_loss_variant=dp_loss_variant,
+                    la_init_scale=float(n_k) if i == num_va and la_input == "softmax" else 1.0,
+                    dp_pool_grids=pool,
                 )
             )
         self.blocks = nn.ModuleList(blocks)
@@ -402,34 +621,52 @@ class LaViTStage(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        prev_scores: torch.Tensor | None = None,
+        prev: tuple[torch.Tensor, StageGeometry] | None = None,
         compute_aux: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-        x = self.patch_embed(x) + self.pos_embed
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, StageGeometry] | None, list[torch.Tensor]]:
+        x, grid = self.patch_embed(x)
+        pos = self.pos_embed
+        if grid != self.grid_size:
+            pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), 0)
+        geom = StageGeometry(grid, self.window, x.device)
+        # the whole stage runs in window layout: all but attention (and the optional dwconv)
+        # act per token, and padded tokens are masked as keys, so they never reach real ones
+        x = geom.partition(x + pos)
         attn = None
-        if self.attn_downsample is not None and prev_scores is not None:
-            attn = self.attn_downsample(prev_scores)
+        if self.attn_downsample is not None and prev is not None:
+            attn = self.attn_downsample(prev[0], prev[1], geom)
         losses = []
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x, attn, loss = checkpoint(blk, x, attn, compute_aux, use_reentrant=False)
+                x, attn, loss = checkpoint(blk, x, geom, attn, compute_aux, use_reentrant=False)
             else:
-                x, attn, loss = blk(x, attn, compute_aux)
+                x, attn, loss = blk(x, geom, attn, compute_aux)
             if loss is not None:
                 losses.append(loss)
-        x = self.norm(x)
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, *self.grid_size)
-        return x, attn, losses
+        x = self.norm(geom.merge(x))
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        return x, (None if attn is None else (attn, geom)), losses
+
+
+def _nearest_multiples(size: int, step: int) -> list[int]:
+    """The multiples of ``step`` (at least ``step``) just below and above ``size``."""
+    if size % step == 0 and size >= step:
+        return [size]
+    low = max(step, size // step * step)
+    return sorted({low, max(low, -(-size // step) * step)})
 
 
 class LaViT(nn.Module):
     """Less-Attention Vision Transformer.
 
-    ``forward(x, return_aux=False)``: ``x`` ``(B, in_chans, *img_size)`` -> logits
+    ``forward(x, return_aux=False)``: ``x`` ``(B, in_chans, H, W)`` -> logits
     ``(B, num_classes)``; with ``return_aux=True`` -> ``(logits, {"loss_dp": scalar})``, the mean
     diagonality-preserving loss over all LA blocks (unweighted; multiply by ``lambda_DP``).
-    Inputs of any other spatial size raise ``ValueError`` (Theta/Psi and the position
-    embeddings are tied to the token grid; resample a checkpoint via ``checkpoint_filter_fn``).
+
+    With windowed attention in every stage (``window_sizes``, the presets), ``H`` and ``W`` may
+    be any multiples of the total stride (32): the position embeddings are resampled to the
+    run-time grid and ``Theta``/``Psi`` act per window. With global attention in any stage
+    (``window_sizes`` ``0``), inputs must have ``img_size``.
     """
 
     def __init__(
@@ -445,6 +682,8 @@ class LaViT(nn.Module):
         num_heads: tuple[int, ...] = (1, 2, 5, 8),
         mlp_ratios: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0),
         sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
+        window_sizes: tuple[int, ...] | None = None,
+        mlp_dwconv: bool = False,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -452,17 +691,20 @@ class LaViT(nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: Callable[..., nn.Module] | None = None,
         attn_residual: bool = True,
+        la_input: str = "softmax",
         dp_loss_variant: str = "intended",
     ):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         num_stages = len(depths)
+        window_sizes = tuple(window_sizes) if window_sizes is not None else (0,) * num_stages
         for name, value in dict(
             la_depths=la_depths,
             embed_dims=embed_dims,
             num_heads=num_heads,
             mlp_ratios=mlp_ratios,
             sr_ratios=sr_ratios,
+            window_sizes=window_sizes,
         ).items():
             if len(value) != num_stages:
                 raise ValueError(
@@ -474,17 +716,26 @@ class LaViT(nn.Module):
                     f"stage {i}: la_depths[{i}]={la} must be in [0, depths[{i}]={d}) — every "
                     "stage needs at least one VA block to produce the attention LA blocks reuse"
                 )
+        for i, (w, sr) in enumerate(zip(window_sizes, sr_ratios, strict=True)):
+            if w < 0 or (w > 0 and sr != 1):
+                raise ValueError(
+                    f"stage {i}: window_sizes[{i}]={w} with sr_ratios[{i}]={sr}: windowed "
+                    "attention (window_sizes > 0) needs sr_ratios 1; spatial-reduction keys "
+                    "need global attention (window_sizes[i]=0, the 0.1 layout)"
+                )
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if dp_loss_variant not in DP_LOSS_VARIANTS:
             raise ValueError(
                 f"dp_loss_variant must be one of {DP_LOSS_VARIANTS}, got {dp_loss_variant!r}"
             )
+        if la_input not in LA_INPUTS:
+            raise ValueError(f"la_input must be one of {LA_INPUTS}, got {la_input!r}")
         img_size = to_2tuple(img_size)
-        total_stride = patch_size * 2 ** (num_stages - 1)
-        if img_size[0] % total_stride or img_size[1] % total_stride:
+        self.total_stride = patch_size * 2 ** (num_stages - 1)
+        if img_size[0] % self.total_stride or img_size[1] % self.total_stride:
             raise ValueError(
-                f"img_size {img_size} must be divisible by the total stride {total_stride} "
+                f"img_size {img_size} must be divisible by the total stride {self.total_stride} "
                 f"(patch_size {patch_size} x 2^{num_stages - 1})"
             )
         grids = []
@@ -505,6 +756,8 @@ class LaViT(nn.Module):
         self.global_pool = global_pool
         self.depths = tuple(depths)
         self.la_depths = tuple(la_depths)
+        self.window_sizes = window_sizes
+        self.any_size = all(w > 0 for w in window_sizes)
         self.grad_checkpointing = False
 
         total = sum(depths)
@@ -513,13 +766,6 @@ class LaViT(nn.Module):
         self.feature_info = []
         prev_dim, cur = in_chans, 0
         for i in range(num_stages):
-            residual_from = None
-            if attn_residual and i > 0:
-                prev_key = (
-                    grids[i - 1][0] // sr_ratios[i - 1],
-                    grids[i - 1][1] // sr_ratios[i - 1],
-                )
-                residual_from = (num_heads[i - 1], grids[i - 1], prev_key)
             stages.append(
                 LaViTStage(
                     prev_dim,
@@ -529,15 +775,20 @@ class LaViT(nn.Module):
                     num_heads=num_heads[i],
                     grid_size=grids[i],
                     stride=patch_size if i == 0 else 2,
+                    window_size=window_sizes[i],
                     sr_ratio=sr_ratios[i],
                     mlp_ratio=mlp_ratios[i],
+                    mlp_dwconv=mlp_dwconv,
                     qkv_bias=qkv_bias,
                     proj_drop=proj_drop_rate,
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[cur : cur + depths[i]],
                     norm_layer=norm_layer,
-                    attn_residual_from=residual_from,
-                    emit_scores=attn_residual and i < num_stages - 1,
+                    attn_residual_from=self._residual(
+                        i, attn_residual, grids, num_heads, sr_ratios, window_sizes, la_input
+                    ),
+                    emit_attention=attn_residual and i < num_stages - 1,
+                    la_input=la_input,
                     dp_loss_variant=dp_loss_variant,
                 )
             )
@@ -553,10 +804,40 @@ class LaViT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
         self.apply(self._init_weights)
+        for m in self.modules():  # restore the documented starting points after _init_weights
+            if isinstance(m, (AttentionDownsample, WindowAttentionDownsample)):
+                m.init_weights()
+            elif isinstance(m, LessAttention):
+                m.init_token_maps()
         for stage in self.stages:
             trunc_normal_(stage.pos_embed, std=0.02)
-            if stage.attn_downsample is not None:
-                stage.attn_downsample.init_weights()
+
+    @staticmethod
+    def _residual(
+        i: int,
+        enabled: bool,
+        grids: list[Grid],
+        heads: tuple[int, ...],
+        srs: tuple[int, ...],
+        windows: tuple[int, ...],
+        la_input: str,
+    ) -> nn.Module | None:
+        """The attention-residual module feeding stage ``i`` from stage ``i - 1``."""
+        if not enabled or i == 0:
+            return None
+        w_in, w_out = windows[i - 1], windows[i]
+        probs = la_input == "softmax"
+        if w_in > 0 and w_in == w_out:
+            return WindowAttentionDownsample(heads[i - 1], heads[i], (w_out, w_out), probs)
+        if w_in == 0 and w_out == 0:
+            k_in = (grids[i - 1][0] // srs[i - 1], grids[i - 1][1] // srs[i - 1])
+            k_out = (grids[i][0] // srs[i], grids[i][1] // srs[i])
+            return AttentionDownsample(heads[i - 1], heads[i], grids[i - 1], grids[i], k_in, k_out)
+        raise ValueError(
+            f"attn_residual between stage {i - 1} (window_sizes={w_in}) and stage {i} "
+            f"(window_sizes={w_out}) needs both stages windowed with the same window size or "
+            "both global; pass attn_residual=False or matching window_sizes"
+        )
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -621,25 +902,40 @@ class LaViT(nn.Module):
                 f"input has {x.shape[1]} channels but the model was built with "
                 f"in_chans={self.in_chans}"
             )
-        if tuple(x.shape[-2:]) != self.img_size:
+        size = (x.shape[-2], x.shape[-1])
+        if not self.any_size:
+            if size != self.img_size:
+                raise ValueError(
+                    f"input size {size} differs from the size the model was built for, "
+                    f"img_size={self.img_size}; global-attention stages (window_sizes 0) tie "
+                    f"Theta/Psi to the token grid: build with img_size={size} and load the "
+                    "checkpoint through timm.create_model(..., pretrained=True, "
+                    "pretrained_cfg_overlay=dict(file=...)) to resample it, or use windowed "
+                    "stages (window_sizes > 0), which run at any size"
+                )
+            return
+        step = self.total_stride
+        if size[0] % step or size[1] % step or min(size) < step:
+            near = [
+                (h, w)
+                for h in _nearest_multiples(size[0], step)
+                for w in _nearest_multiples(size[1], step)
+            ]
             raise ValueError(
-                f"input size {tuple(x.shape[-2:])} differs from the size the model was built "
-                f"for, img_size={self.img_size}; LA blocks are tied to the token grid: build "
-                f"with img_size={tuple(x.shape[-2:])} and load the checkpoint through "
-                "timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)) "
-                "to resample it"
+                f"input size {size} does not work: height and width must be multiples of the "
+                f"total stride {step}; nearest sizes that do: " + ", ".join(str(s) for s in near)
             )
 
     def _forward_stages(
         self, x: torch.Tensor, compute_aux: bool, take: set[int] | None = None, stop: int = -1
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         self._check_input(x)
-        scores = None
+        prev = None
         losses: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
         last = len(self.stages) - 1 if stop < 0 else stop
         for i, stage in enumerate(self.stages[: last + 1]):
-            x, scores, stage_losses = stage(x, scores, compute_aux)
+            x, prev, stage_losses = stage(x, prev, compute_aux)
             losses.extend(stage_losses)
             if take is not None and i in take:
                 feats.append(x)
@@ -714,21 +1010,29 @@ class LaViT(nn.Module):
         return take
 
 
-def resample_token_matrix(weight: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
-    """Resample a token-mixing matrix (Theta or Psi) to a new 2-D token grid.
+def resample_token_matrix(
+    weight: torch.Tensor,
+    old_grid: Grid,
+    new_grid: Grid,
+    old_scale: float = 1.0,
+    new_scale: float | None = None,
+) -> torch.Tensor:
+    """Resample a token-mixing matrix (Theta or Psi of a global stage) to a new token grid.
 
-    ``weight`` ``(N_old, N_old)`` -> ``(N_new, N_new)``: the deviation from the identity is
-    interpolated bicubically over both the output and the input grid, scaled by
-    ``N_old / N_new`` (each output token now sums over that many more inputs), and the identity
-    is added back, so an identity matrix stays exactly the identity.
+    ``weight`` ``(N_old, N_old)`` -> ``(N_new, N_new)``: the deviation from ``old_scale * I``
+    is interpolated bicubically over both the output and the input grid, multiplied by
+    ``N_old / N_new`` (each output token now sums over that many more inputs), and
+    ``new_scale * I`` (default ``old_scale * I``) is added, so a scaled identity stays exactly a
+    scaled identity. (A softmax-input Psi starts as ``N_k * I``: pass both key counts.)
     """
     n_old, n_new = _tokens(old_grid), _tokens(new_grid)
     if weight.shape != (n_old, n_old):
         raise ValueError(
             f"token matrix of shape {tuple(weight.shape)} does not fit grid {old_grid}"
         )
+    new_scale = old_scale if new_scale is None else new_scale
     dtype = weight.dtype
-    delta = weight.float() - torch.eye(n_old, device=weight.device)
+    delta = weight.float() - old_scale * torch.eye(n_old, device=weight.device)
     # interpolate over the input grid: (N_old rows, 1, h, w)
     d = delta.reshape(n_old, 1, *old_grid)
     d = F.interpolate(d, size=new_grid, mode="bicubic", align_corners=False)
@@ -736,7 +1040,7 @@ def resample_token_matrix(weight: torch.Tensor, old_grid: Grid, new_grid: Grid) 
     # then over the output grid
     d = F.interpolate(d, size=new_grid, mode="bicubic", align_corners=False)
     d = d.reshape(n_new, n_new).t() * (n_old / n_new)
-    return (d + torch.eye(n_new, device=weight.device)).to(dtype)
+    return (d + new_scale * torch.eye(n_new, device=weight.device)).to(dtype)
 
 
 def _square_grid(n: int, key: str) -> Grid:
@@ -749,7 +1053,7 @@ def _square_grid(n: int, key: str) -> Grid:
 
 
 def checkpoint_filter_fn(state_dict: dict, model: LaViT) -> dict:
-    """Adapt a checkpoint to ``model``: unwrap, resample pos-embeds and Theta/Psi to its grids.
+    """Adapt a checkpoint to ``model``: unwrap, resample pos-embeds and global Theta/Psi.
 
     Raises ``ValueError`` naming the key for entries whose shapes cannot be adapted.
     """
@@ -770,10 +1074,18 @@ def checkpoint_filter_fn(state_dict: dict, model: LaViT) -> dict:
             old = _square_grid(v.shape[1], k)
             v = resample_abs_pos_embed(v, list(grid), list(old), num_prefix_tokens=0)
         elif k.endswith((".theta", ".psi")):
-            n = int(k.split(".")[1])
-            attn = model.stages[n].blocks[int(k.split(".")[3])].attn
-            grid = attn.key_grid_size if k.endswith(".theta") else attn.grid_size
-            v = resample_token_matrix(v, _square_grid(v.shape[0], k), grid)
+            stage = model.stages[int(k.split(".")[1])]
+            attn = stage.blocks[int(k.split(".")[3])].attn
+            if stage.window is None and attn.dp_pool_grids is not None:
+                q_grid, k_grid = attn.dp_pool_grids
+            else:
+                q_grid = k_grid = stage.grid_size
+            grid = k_grid if k.endswith(".theta") else q_grid
+            old_scale = new_scale = 1.0
+            if k.endswith(".psi") and attn.init_scale != 1.0:  # N_k * I start: N_k changes
+                old_scale = float(state_dict[k.removesuffix("psi") + "theta"].shape[0])
+                new_scale = attn.init_scale
+            v = resample_token_matrix(v, _square_grid(v.shape[0], k), grid, old_scale, new_scale)
         if v.shape != ref.shape:
             raise ValueError(
                 f"checkpoint entry {k!r} has shape {tuple(v.shape)}, the model expects "
@@ -803,7 +1115,7 @@ def _cfg(**kwargs) -> dict:
         "pool_size": (7, 7),
         "crop_pct": 0.9,
         "interpolation": "bicubic",
-        "fixed_input_size": True,
+        "fixed_input_size": False,
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "stages.0.patch_embed.proj",
@@ -821,15 +1133,20 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
+#: The paper's layout shared by the presets: 7x7 attention windows in every stage, no
+#: spatial reduction, the first LA block of each stage on the softmax attention.
+PAPER_LAYOUT = dict(window_sizes=(7, 7, 7, 7), sr_ratios=(1, 1, 1, 1), la_input="softmax")
+
 
 @register_model
 def lavit_tiny(pretrained: bool = False, **kwargs) -> LaViT:
     args = dict(
+        PAPER_LAYOUT,
         depths=(2, 2, 3, 2),
-        la_depths=(0, 0, 2, 1),
+        la_depths=(1, 1, 2, 1),
         embed_dims=(64, 128, 256, 448),
         num_heads=(1, 2, 4, 7),
-        mlp_ratios=(6, 4, 4, 4),
+        mlp_ratios=(5, 4, 4, 6),
     )
     return _create_lavit("lavit_tiny", pretrained, **dict(args, **kwargs))
 
@@ -837,11 +1154,12 @@ def lavit_tiny(pretrained: bool = False, **kwargs) -> LaViT:
 @register_model
 def lavit_small(pretrained: bool = False, **kwargs) -> LaViT:
     args = dict(
+        PAPER_LAYOUT,
         depths=(2, 3, 6, 3),
-        la_depths=(0, 0, 3, 2),
+        la_depths=(1, 2, 3, 2),
         embed_dims=(64, 128, 320, 512),
         num_heads=(1, 2, 5, 8),
-        mlp_ratios=(8, 8, 4, 4),
+        mlp_ratios=(8, 6, 4, 6),
     )
     return _create_lavit("lavit_small", pretrained, **dict(args, **kwargs))
 
@@ -849,10 +1167,11 @@ def lavit_small(pretrained: bool = False, **kwargs) -> LaViT:
 @register_model
 def lavit_base(pretrained: bool = False, **kwargs) -> LaViT:
     args = dict(
+        PAPER_LAYOUT,
         depths=(3, 4, 16, 3),
-        la_depths=(0, 0, 8, 2),
-        embed_dims=(64, 128, 320, 512),
-        num_heads=(1, 2, 5, 8),
-        mlp_ratios=(8, 8, 4, 4),
+        la_depths=(1, 2, 8, 2),
+        embed_dims=(64, 128, 320, 576),
+        num_heads=(1, 2, 5, 9),
+        mlp_ratios=(6, 6, 4, 7),
     )
     return _create_lavit("lavit_base", pretrained, **dict(args, **kwargs))

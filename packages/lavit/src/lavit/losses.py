@@ -25,7 +25,9 @@ __all__ = ["DP_LOSS_VARIANTS", "dp_loss"]
 DP_LOSS_VARIANTS = ("intended", "literal")
 
 
-def dp_loss(attn: torch.Tensor, variant: str = "intended") -> torch.Tensor:
+def dp_loss(
+    attn: torch.Tensor, variant: str = "intended", valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Diagonality-preserving loss of square attention maps.
 
     Args:
@@ -33,6 +35,10 @@ def dp_loss(attn: torch.Tensor, variant: str = "intended") -> torch.Tensor:
             raw scores for ``"literal"``.
         variant: ``"intended"`` (bounded, rewards diagonal dominance) or ``"literal"``
             (the formula as printed in the paper).
+        valid: optional ``(..., N)`` boolean mask of real tokens, broadcastable against
+            ``attn.shape[:-1]`` (padded tokens of an attention window are ``False``). Each map
+            is then scored on its ``valid x valid`` sub-matrix, with ``N`` its number of real
+            tokens.
 
     Returns:
         Scalar loss, averaged over the leading dimensions.
@@ -43,12 +49,26 @@ def dp_loss(attn: torch.Tensor, variant: str = "intended") -> torch.Tensor:
         raise ValueError(
             f"dp_loss needs square attention maps (..., N, N), got shape {tuple(attn.shape)}"
         )
-    n = attn.shape[-1]
+    if valid is None:
+        n = attn.shape[-1]
+        row = None
+    else:
+        if valid.shape[-1] != attn.shape[-1]:
+            raise ValueError(
+                f"valid mask of shape {tuple(valid.shape)} does not match maps of shape "
+                f"{tuple(attn.shape)} (its last dimension must be N={attn.shape[-1]})"
+            )
+        row = valid.to(attn.dtype)
+        attn = attn * (row[..., :, None] * row[..., None, :])
+        n = row.sum(dim=-1)
     asym = (attn - attn.transpose(-1, -2)).abs().sum(dim=(-2, -1))
     diag = attn.diagonal(dim1=-2, dim2=-1)
     if variant == "intended":
-        loss = asym / (2 * n) + (1.0 - diag).mean(dim=-1)
+        miss = 1.0 - diag if row is None else (1.0 - diag) * row
+        loss = asym / (2 * n) + miss.sum(dim=-1) / n
     else:
         off_diag = attn.sum(dim=-1) - diag
-        loss = asym + ((n - 1) * diag - off_diag).sum(dim=-1)
+        per_token = (n if row is None else n[..., None]) - 1
+        term = per_token * diag - off_diag
+        loss = asym + (term if row is None else term * row).sum(dim=-1)
     return loss.mean()

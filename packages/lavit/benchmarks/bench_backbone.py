@@ -1,0 +1,186 @@
+"""Backbone forward (inference): LaViT vs PVTv2 at classification and detection sizes.
+
+Pairs ``lavit_tiny / pvt_v2_b1`` and ``lavit_small / pvt_v2_b2``, each model built once at
+224x224 and run at every size (LaViT with the same weights: windowed attention, resampled
+position embeddings). For every (size, batch) the two models of a pair are timed
+**interleaved** (A B, B A, A B, ... after a warm-up of each), ``forward_features`` under
+``torch.inference_mode``, fp32; throughput is images/s from the median. Peak memory: on CUDA
+``torch.cuda.max_memory_allocated`` per model; on CPU the growth of the peak resident set of a
+fresh subprocess that builds the model and runs one forward (so one model's heap does not
+hide the other's). Targets (the issue's, for this CPU): speedup >= 1.3x at 224^2, >= 1.2x at
+512^2, >= 1.0x at 800x1216, memory never above PVTv2's.
+
+Writes ``backbone_speed.md/json`` (per model) and ``backbone_ratios.md/json`` (per pair) with
+``lab_common.write_benchmark``; results are rewritten after each (size, batch), so an
+interrupted run keeps what it measured.
+
+Usage:
+    nice -n 10 python benchmarks/bench_backbone.py                 # the full grid (long on CPU)
+    python benchmarks/bench_backbone.py --quick                     # seconds: checks it runs
+    python benchmarks/bench_backbone.py --device cuda --repeats 20  # on a GPU
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+import lavit  # noqa: F401  (registers lavit_* with timm)
+from lab_common import measure, write_benchmark
+
+PAIRS = [("lavit_tiny", "pvt_v2_b1"), ("lavit_small", "pvt_v2_b2")]
+SIZES = [(224, 224), (512, 512), (800, 1216)]
+BATCHES = [8, 32]
+TARGETS = {(224, 224): 1.3, (512, 512): 1.2, (800, 1216): 1.0}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    model.forward_features(x)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _cpu_peak_mb(name: str, size: tuple[int, int], batch: int, threads: int) -> float:
+    """Peak RSS growth (MB) of one forward in a fresh process (after building the model)."""
+    cmd = [sys.executable, __file__, "--_memory", name, str(size[0]), str(size[1]), str(batch)]
+    cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_mb"])
+
+
+def _peak_mb(model: torch.nn.Module, size: tuple[int, int], batch: int) -> float:
+    """Peak RSS growth over the level before one forward (``lab_common.measure``'s sampler)."""
+    x = torch.randn(batch, 3, *size)
+    with torch.inference_mode():
+        return measure(lambda: model.forward_features(x), warmup=0, repeats=1).peak_memory_mb
+
+
+def _memory_child(name: str, h: int, w: int, batch: int) -> None:
+    model = timm.create_model(name, num_classes=0).eval()
+    print(json.dumps({"peak_mb": _peak_mb(model, (h, w), batch)}))
+
+
+def measure_pair(
+    models: dict[str, torch.nn.Module],
+    size: tuple[int, int],
+    batch: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    threads: int,
+    memory_in_process: bool = False,
+) -> dict[str, dict]:
+    """Interleaved timing (and peak memory) of the models of one pair at one size/batch."""
+    names = list(models)
+    x = torch.randn(batch, 3, *size, device=device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float] = {}
+    with torch.inference_mode():
+        for n in names:
+            for _ in range(warmup):
+                _time_once(models[n], x, device)
+        for r in range(repeats):
+            for n in names if r % 2 == 0 else names[::-1]:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                times[n].append(_time_once(models[n], x, device))
+                if device.type == "cuda":
+                    peaks[n] = max(
+                        peaks.get(n, 0.0), torch.cuda.max_memory_allocated(device) / 2**20
+                    )
+    if device.type != "cuda" and memory_in_process:
+        peaks = {n: _peak_mb(models[n], size, batch) for n in names}
+    elif device.type != "cuda":
+        peaks = {n: _cpu_peak_mb(n, size, batch, threads) for n in names}
+    return {
+        n: dict(
+            median_s=statistics.median(times[n]),
+            img_s=batch / statistics.median(times[n]),
+            peak_mem_MB=peaks[n],
+        )
+        for n in names
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per model (median)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=BATCHES)
+    p.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], help="HxW")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="64x64 and 64x96, batch 2, 2 repeats, memory measured in-process (approximate)",
+    )
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--_memory", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args._memory:
+        name, h, w, b = args._memory
+        _memory_child(name, int(h), int(w), int(b))
+        return
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    batches, repeats, out, stem = args.batch_sizes, args.repeats, args.out, "backbone"
+    if args.quick:
+        sizes, batches, repeats, args.warmup, stem = [(64, 64), (64, 96)], [2], 2, 1, "quick"
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows, ratios = [], []
+    models = {n: timm.create_model(n, num_classes=0).eval().to(device) for p in PAIRS for n in p}
+    for size in sizes:
+        for batch in batches:
+            for a, b in PAIRS:
+                res = measure_pair(
+                    {a: models[a], b: models[b]},
+                    size,
+                    batch,
+                    repeats,
+                    args.warmup,
+                    device,
+                    args.threads,
+                )
+                for n in (a, b):
+                    rows.append(dict(size=f"{size[0]}x{size[1]}", batch=batch, model=n, **res[n]))
+                speedup = res[a]["img_s"] / res[b]["img_s"]
+                target = TARGETS.get(size)
+                mem_ratio = res[a]["peak_mem_MB"] / max(res[b]["peak_mem_MB"], 1e-9)
+                ratios.append(
+                    dict(
+                        pair=f"{a} / {b}",
+                        size=f"{size[0]}x{size[1]}",
+                        batch=batch,
+                        speedup=speedup,
+                        target="" if target is None else target,
+                        met="" if target is None else ("yes" if speedup >= target else "NO"),
+                        mem_ratio=mem_ratio,
+                        mem_ok="yes" if mem_ratio <= 1.0 else "NO",
+                    )
+                )
+                print(ratios[-1], flush=True)
+            title = (
+                f"Backbone forward_features, {device.type}, {args.threads} threads, "
+                f"median of {repeats} interleaved"
+            )
+            write_benchmark(rows, out, f"{stem}_speed", title=title)
+            print(write_benchmark(ratios, out, f"{stem}_ratios", title="LaViT / PVTv2 ratios"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Small dense-prediction datasets built from real images, and readers for them.
+
+No detection or segmentation dataset ships with the project, so :func:`make_scenes` builds one
+from real pictures: Fashion-MNIST items, cut out by thresholding (the item's foreground mask),
+tinted and pasted onto real CIFAR-10 photographs (resized to the scene size), with known boxes
+and masks. It writes
+
+* ``images/NNNNN.png`` - the RGB scenes,
+* ``annotations.json`` - COCO detection/instance-segmentation JSON (boxes ``[x, y, w, h]``,
+  RLE masks, categories ``1..K``),
+* ``masks/NNNNN.png`` - semantic label maps (``0`` background, ``k`` an object of category
+  ``k``; the image/mask-pair folder layout :class:`SegmentationFolder` reads).
+
+The ``"train"`` split uses Fashion-MNIST training items and even-numbered CIFAR-10 images, the
+``"val"`` split Fashion-MNIST test items and odd-numbered CIFAR-10 images, so held-out scenes
+share no source picture with training scenes. :func:`coco_scenes` reads a COCO folder through
+``torchvision.datasets.CocoDetection`` + ``wrap_dataset_for_transforms_v2`` (boxes, labels,
+masks as tv_tensors), the format torchvision's detectors train on.
+"""
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from lab_common import cache_dir, shared_datasets_root
+from lab_common.datasets import load_fashion_mnist_tensors
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "SegmentationFolder",
+    "coco_scenes",
+    "load_cifar10_backgrounds",
+    "make_scenes",
+]
+
+FASHION_MNIST_CLASSES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
+SPLITS = ("train", "val")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+#: backgrounds kept per split in the cache (the archive is read once)
+POOL_SIZE = 2500
+
+
+def _background_pools(base: Path) -> dict[str, np.ndarray]:
+    """``{"train", "val"}`` -> ``(POOL_SIZE, 32, 32, 3)`` uint8, cached in ``cache_dir()``."""
+    archive = base / "cifar10" / "cifar10-train-jpg.tar.gz"
+    if not archive.is_file():
+        raise FileNotFoundError(f"CIFAR-10 archive not found: {archive}")
+    cache = cache_dir() / f"lavit-cifar10-backgrounds-{archive.stat().st_size}-{POOL_SIZE}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k] for k in SPLITS}
+    with tarfile.open(archive) as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")),
+            key=lambda m: m.name,
+        )
+        pools = {}
+        for offset, split in enumerate(SPLITS):
+            half = members[offset::2]  # even / odd members: disjoint splits
+            picks = np.linspace(0, len(half) - 1, min(POOL_SIZE, len(half))).round().astype(int)
+            images = []
+            for i in picks:
+                with tar.extractfile(half[i]) as f:
+                    images.append(np.asarray(Image.open(f).convert("RGB")))
+            pools[split] = np.stack(images)
+    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **pools)
+    os.replace(tmp, cache)
+    return pools
+
+
+def load_cifar10_backgrounds(
+    count: int, split: str = "train", root: str | os.PathLike[str] | None = None
+) -> np.ndarray:
+    """``count`` real CIFAR-10 photographs ``(count, 32, 32, 3)`` uint8, spread over classes.
+
+    Reads ``cifar10/cifar10-train-jpg.tar.gz`` under ``root`` (default: the shared datasets)
+    without unpacking it: ``"train"`` draws from even-numbered members, ``"val"`` from
+    odd-numbered ones, evenly spaced over the class-ordered archive (at most ``POOL_SIZE``
+    per split, kept in ``lab_common.cache_dir()`` after the first read).
+    """
+    _check_split(split)
+    if not 1 <= count <= POOL_SIZE:
+        raise ValueError(f"count must be in 1..{POOL_SIZE} backgrounds per split, got {count}")
+    base = Path(root).expanduser() if root is not None else shared_datasets_root()
+    pool = _background_pools(base)[split]
+    return pool[np.linspace(0, len(pool) - 1, count).round().astype(int)]
+
+
+def _cut_item(item: np.ndarray, size: int, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Fashion-MNIST item resized to ``size``: (intensity in [0, 1], boolean mask)."""
+    img = Image.fromarray(item).resize((size, size), Image.BILINEAR)
+    gray = np.asarray(img).astype(np.float32) / 255.0
+    return gray, gray * 255.0 > threshold
+
+
+def _box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    x0, y0 = float(xs.min()), float(ys.min())
+    return [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0]
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def make_scenes(
+    out: str | os.PathLike[str],
+    num_images: int,
+    split: str = "train",
+    image_size: int = 128,
+    classes: tuple[int, ...] = (0, 1, 8),
+    objects_per_image: tuple[int, int] = (1, 3),
+    object_size: tuple[float, float] = (0.2, 0.45),
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+    threshold: int = 40,
+) -> Path:
+    """Write a COCO-format scene folder built from real images (see the module docstring).
+
+    Args:
+        out: folder to create (``images/``, ``masks/``, ``annotations.json``).
+        num_images: number of scenes.
+        split: ``"train"`` or ``"val"`` (disjoint source pictures).
+        image_size: side of the square scenes in pixels.
+        classes: Fashion-MNIST class indices used as categories ``1..len(classes)``.
+        objects_per_image: inclusive range of pasted objects per scene.
+        object_size: object side as a fraction of ``image_size`` (uniform in the range).
+        seed: placement/colour/item sampling seed.
+        root: shared datasets folder (default :func:`lab_common.shared_datasets_root`).
+        threshold: grey level (0-255) above which an item pixel is foreground.
+
+    Returns:
+        The folder.
+    """
+    from pycocotools import mask as mask_utils
+
+    _check_split(split)
+    if num_images < 1 or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"need num_images >= 1 and distinct classes, got {num_images}, {classes}")
+    if any(not 0 <= c < len(FASHION_MNIST_CLASSES) for c in classes):
+        raise ValueError(f"classes must be Fashion-MNIST indices 0..9, got {classes}")
+    lo, hi = objects_per_image
+    if not 1 <= lo <= hi:
+        raise ValueError(f"objects_per_image must be (min, max) with 1 <= min <= max, got {lo, hi}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=False)
+    (out / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    items, labels = load_fashion_mnist_tensors(root, train=split == "train")
+    items, labels = items.numpy(), labels.numpy()
+    pools = {c: np.flatnonzero(labels == c) for c in classes}
+    backgrounds = load_cifar10_backgrounds(num_images, split, root)
+    images, annotations = [], []
+    for idx in range(num_images):
+        bg = Image.fromarray(backgrounds[idx]).resize((image_size, image_size), Image.BILINEAR)
+        canvas = np.asarray(bg).astype(np.float32) / 255.0
+        semantic = np.zeros((image_size, image_size), np.uint8)
+        placed: list[tuple[int, np.ndarray, list[float]]] = []
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            cat = int(rng.integers(len(classes)))
+            item = items[rng.choice(pools[classes[cat]])]
+            side = int(rng.uniform(*object_size) * image_size)
+            gray, fg = _cut_item(item, side, threshold)
+            for _attempt in range(20):
+                y, x = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
+                box = [float(x), float(y), float(side), float(side)]
+                if all(_iou(box, b) < 0.2 for _, _, b in placed):
+                    break
+            else:
+                continue
+            tint = rng.uniform(0.35, 1.0, size=3).astype(np.float32)
+            patch = (0.3 + 0.7 * gray[..., None]) * tint
+            region = canvas[y : y + side, x : x + side]
+            region[fg] = patch[fg]
+            full = np.zeros((image_size, image_size), bool)
+            full[y : y + side, x : x + side] = fg
+            for _, m, _ in placed:  # the new object occludes earlier ones
+                m &= ~full
+            semantic[full] = cat + 1
+            placed.append((cat, full, box))
+        name = f"{idx:05d}.png"
+        Image.fromarray((canvas * 255).round().astype(np.uint8)).save(out / "images" / name)
+        Image.fromarray(semantic).save(out / "masks" / name)
+        images.append(dict(id=idx + 1, file_name=name, height=image_size, width=image_size))
+        for cat, m, _ in placed:
+            if m.sum() < 16:  # almost fully occluded
+                continue
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            annotations.append(
+                dict(
+                    id=len(annotations) + 1,
+                    image_id=idx + 1,
+                    category_id=cat + 1,
+                    bbox=_box(m),
+                    area=float(m.sum()),
+                    iscrowd=0,
+                    segmentation=rle,
+                )
+            )
+    categories = [
+        dict(id=i + 1, name=FASHION_MNIST_CLASSES[c], supercategory="fashion")
+        for i, c in enumerate(classes)
+    ]
+    coco = dict(images=images, annotations=annotations, categories=categories)
+    (out / "annotations.json").write_text(json.dumps(coco))
+    return out
+
+
+def coco_scenes(
+    root: str | os.PathLike[str], train: bool = False, with_masks: bool = True
+) -> Dataset:
+    """A COCO folder (``images/`` + ``annotations.json``) as a torchvision detection dataset.
+
+    Items are ``(image, target)``: a float ``tv_tensors.Image`` in ``[0, 1]`` and a dict with
+    ``boxes`` (XYXY ``BoundingBoxes``), ``labels``, ``image_id`` and, with ``with_masks``,
+    ``masks``. ``train`` adds a random horizontal flip.
+    """
+    root = Path(root)
+    ann = root / "annotations.json"
+    if not ann.is_file():
+        raise FileNotFoundError(f"{ann} not found: expected a COCO folder with images/ beside it")
+    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if train:
+        steps.insert(1, v2.RandomHorizontalFlip())
+    dataset = torchvision.datasets.CocoDetection(
+        str(root / "images"), str(ann), transforms=v2.Compose(steps)
+    )
+    keys = ("boxes", "labels", "image_id") + (("masks",) if with_masks else ())
+    return torchvision.datasets.wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
+
+
+class SegmentationFolder(Dataset):
+    """Image/mask pairs: ``root/images/NAME.png`` with ``root/masks/NAME.png``.
+
+    Items are ``(image (3, H, W) float in [0, 1], mask (H, W) int64)``; mask values are class
+    indices (``0`` = background) and ``255`` = ignore. ``train`` flips both at random.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], train: bool = False):
+        root = Path(root)
+        self.images = sorted((root / "images").glob("*.png"))
+        if not self.images:
+            raise FileNotFoundError(f"no images/*.png under {root}")
+        self.masks = [root / "masks" / p.name for p in self.images]
+        missing = [str(m) for m in self.masks if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} masks missing, e.g. {missing[0]}")
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = torch.from_numpy(np.asarray(Image.open(self.images[i]).convert("RGB")).copy())
+        mask = torch.from_numpy(np.asarray(Image.open(self.masks[i])).astype(np.int64))
+        img = img.permute(2, 0, 1).float() / 255.0
+        if self.train and torch.rand(()) < 0.5:
+            img, mask = img.flip(-1), mask.flip(-1)
+        return img, mask

@@ -1,0 +1,322 @@
+"""Object detection with a LaViT (or any timm pyramid) backbone: torchvision's detectors.
+
+``retinanet_lavit_tiny(num_classes=...)`` and ``maskrcnn_lavit_tiny(...)`` (and ``_small``)
+build torchvision's ``RetinaNet`` / ``MaskRCNN`` on :class:`FPNBackbone`: a timm
+``features_only`` model followed by torchvision's ``FeaturePyramidNetwork``. The generic
+:func:`retinanet_fpn` / :func:`maskrcnn_fpn` take any timm name, e.g. ``"pvt_v2_b1"`` for a
+side-by-side run with the same detector. The detectors keep torchvision's interface: in train
+mode ``model(images, targets)`` returns the loss dict, in eval mode ``model(images)`` returns
+one dict of ``boxes``/``labels``/``scores`` (and ``masks``) per image. Images are lists of
+``(3, H, W)`` float tensors in ``[0, 1]``; torchvision resizes them (``min_size``/``max_size``)
+and pads the batch to a multiple of 32, which a windowed LaViT accepts at any size.
+
+:func:`train_detector` and :func:`evaluate_detector` (COCO box/mask AP with pycocotools) are the
+library side of a detection trainer.
+"""
+
+import contextlib
+import io
+import math
+import os
+from collections import OrderedDict
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models.detection import MaskRCNN, RetinaNet
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import (
+    ExtraFPNBlock,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
+
+from lab_common import progress
+
+from . import lavit as _lavit  # noqa: F401  (registers lavit_* with timm)
+
+__all__ = [
+    "FPNBackbone",
+    "evaluate_detector",
+    "maskrcnn_fpn",
+    "maskrcnn_lavit_small",
+    "maskrcnn_lavit_tiny",
+    "retinanet_fpn",
+    "retinanet_lavit_small",
+    "retinanet_lavit_tiny",
+    "train_detector",
+]
+
+
+class FPNBackbone(nn.Module):
+    """timm pyramid features -> torchvision FPN: ``(B, 3, H, W) -> OrderedDict`` of maps.
+
+    ``backbone`` is a timm model name (built with ``features_only=True`` and ``out_indices``)
+    or a ready ``features_only`` module with ``feature_info``. The output dict has keys
+    ``"0", "1", ...`` (one per ``out_indices`` entry, finest first) plus the extra block's
+    (``"pool"`` / ``"p6", "p7"``), each ``(B, out_channels, h, w)``; ``out_channels`` is the
+    attribute torchvision's detectors read.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "lavit_tiny",
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        out_channels: int = 256,
+        extra_blocks: ExtraFPNBlock | None = None,
+        **backbone_kwargs,
+    ):
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = timm.create_model(
+                backbone, features_only=True, out_indices=out_indices, **backbone_kwargs
+            )
+        elif backbone_kwargs:
+            raise ValueError(
+                f"backbone_kwargs {sorted(backbone_kwargs)} apply to a timm name, not to a "
+                f"ready {type(backbone).__name__}"
+            )
+        if not hasattr(backbone, "feature_info"):
+            raise ValueError(
+                f"{type(backbone).__name__} has no feature_info: pass a timm name or a "
+                "timm features_only model"
+            )
+        self.body = backbone
+        self.fpn = FeaturePyramidNetwork(
+            backbone.feature_info.channels(), out_channels, extra_blocks=extra_blocks
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def retinanet_fpn(
+    backbone: str | nn.Module = "lavit_tiny",
+    num_classes: int = 91,
+    fpn_channels: int = 256,
+    backbone_kwargs: dict | None = None,
+    **detector_kwargs,
+) -> RetinaNet:
+    """torchvision ``RetinaNet`` on P3-P7: backbone strides 8/16/32 + P6/P7 from P5.
+
+    ``num_classes`` counts the background like torchvision (COCO: 91). ``detector_kwargs``
+    go to ``RetinaNet`` (``min_size``, ``max_size``, ``score_thresh``, ...).
+    """
+    body = FPNBackbone(
+        backbone,
+        out_indices=(1, 2, 3),
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+        **(backbone_kwargs or {}),
+    )
+    return RetinaNet(body, num_classes=num_classes, **detector_kwargs)
+
+
+def maskrcnn_fpn(
+    backbone: str | nn.Module = "lavit_tiny",
+    num_classes: int = 91,
+    fpn_channels: int = 256,
+    backbone_kwargs: dict | None = None,
+    **detector_kwargs,
+) -> MaskRCNN:
+    """torchvision ``MaskRCNN`` on P2-P6: backbone strides 4-32 + a max-pooled P6.
+
+    ``num_classes`` counts the background like torchvision. ``detector_kwargs`` go to
+    ``MaskRCNN``.
+    """
+    body = FPNBackbone(
+        backbone,
+        out_indices=(0, 1, 2, 3),
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+        **(backbone_kwargs or {}),
+    )
+    return MaskRCNN(body, num_classes=num_classes, **detector_kwargs)
+
+
+def retinanet_lavit_tiny(num_classes: int = 91, **kwargs) -> RetinaNet:
+    """RetinaNet with a ``lavit_tiny`` + FPN backbone (see :func:`retinanet_fpn`)."""
+    return retinanet_fpn("lavit_tiny", num_classes, **kwargs)
+
+
+def retinanet_lavit_small(num_classes: int = 91, **kwargs) -> RetinaNet:
+    """RetinaNet with a ``lavit_small`` + FPN backbone (see :func:`retinanet_fpn`)."""
+    return retinanet_fpn("lavit_small", num_classes, **kwargs)
+
+
+def maskrcnn_lavit_tiny(num_classes: int = 91, **kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ``lavit_tiny`` + FPN backbone (see :func:`maskrcnn_fpn`)."""
+    return maskrcnn_fpn("lavit_tiny", num_classes, **kwargs)
+
+
+def maskrcnn_lavit_small(num_classes: int = 91, **kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ``lavit_small`` + FPN backbone (see :func:`maskrcnn_fpn`)."""
+    return maskrcnn_fpn("lavit_small", num_classes, **kwargs)
+
+
+def _collate(batch: list) -> tuple[list, list]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
+
+
+def train_detector(
+    model: nn.Module,
+    dataset: Dataset,
+    steps: int,
+    batch_size: int = 4,
+    lr: float = 2e-4,
+    weight_decay: float = 0.05,
+    warmup_steps: int | None = None,
+    clip_grad: float | None = 1.0,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    workers: int = 0,
+    show_progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train a torchvision detector for ``steps`` optimizer steps; returns per-step losses.
+
+    AdamW (no decay on norms, biases, position embeddings and Theta/Psi), linear warm-up
+    (default 10 % of the steps) then cosine decay, gradient clipping. ``dataset`` yields
+    ``(image, target)`` pairs as from :func:`lavit.dense_data.coco_scenes`.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
+    device = torch.device(device)
+    model.to(device).train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", ".theta", ".psi"))
+        (no_decay if skip else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+        lr=lr,
+    )
+    warm = max(1, steps // 10) if warmup_steps is None else warmup_steps
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= batch_size,
+        collate_fn=_collate,
+        generator=gen,
+        num_workers=workers,
+    )
+    history: list[dict[str, float]] = []
+    bar = progress(range(steps), enabled=show_progress, desc="train", total=steps)
+    batches = iter(loader)
+    for _ in bar:
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            images, targets = next(batches)
+        images = [im.to(device) for im in images]
+        losses = model(images, _to_device(targets, device))
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite detector loss {loss.item()} ({losses})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        scheduler.step()
+        record = {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+    return history
+
+
+def _coco_eval(gt, results: list[dict], iou_type: str) -> dict[str, float]:
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {f"{iou_type}_AP": 0.0, f"{iou_type}_AP50": 0.0, f"{iou_type}_AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [max(0.0, float(s)) for s in ev.stats[:3]]
+    return dict(zip((f"{iou_type}_AP", f"{iou_type}_AP50", f"{iou_type}_AP75"), stats, strict=True))
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: nn.Module,
+    dataset: Dataset,
+    annotation_file: str | os.PathLike[str],
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    show_progress: bool = False,
+) -> dict[str, float]:
+    """COCO-style AP (pycocotools ``COCOeval``) of ``model`` on ``dataset``.
+
+    Returns ``bbox_AP`` (AP@[.5:.95]), ``bbox_AP50``, ``bbox_AP75`` and, for models that
+    predict ``masks``, the same three for ``segm``. ``annotation_file`` is the dataset's COCO
+    JSON (its image ids must match the targets' ``image_id``).
+    """
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    boxes, segms, has_masks = [], [], False
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
+    try:
+        for images, targets in progress(loader, enabled=show_progress, desc="eval"):
+            outputs = model([im.to(device) for im in images])
+            for out, tgt in zip(outputs, targets, strict=True):
+                image_id = int(tgt["image_id"])
+                b = out["boxes"].cpu()
+                xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+                for box, score, label in zip(
+                    xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True
+                ):
+                    boxes.append(dict(image_id=image_id, category_id=label, bbox=box, score=score))
+                if "masks" in out:
+                    has_masks = True
+                    masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                    for m, score, label in zip(
+                        masks, out["scores"].tolist(), out["labels"].tolist(), strict=True
+                    ):
+                        rle = mask_utils.encode(np.asfortranarray(m))
+                        rle["counts"] = rle["counts"].decode("ascii")
+                        segms.append(
+                            dict(
+                                image_id=image_id,
+                                category_id=label,
+                                segmentation=rle,
+                                score=score,
+                            )
+                        )
+    finally:
+        model.train(was_training)
+    metrics = _coco_eval(gt, boxes, "bbox")
+    if has_masks:
+        metrics |= _coco_eval(gt, segms, "segm")
+    return metrics
