@@ -41,7 +41,7 @@ from lab_common.data import load_fashion_mnist_tensors
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-#: The small LaViT trained in section 2 (32x32 inputs; LA blocks in the last two stages).
+#: The small LaViT trained in section 2 (32x32 inputs; VA then LA blocks in every stage).
 SMALL_LAVIT = {
     "patch_size": 2,
     "depths": [2, 2, 3, 2],

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lab_common import cache_dir, shared_datasets_root
-from lab_common.datasets import load_fashion_mnist_tensors
+from lab_common.data import load_fashion_mnist_tensors
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
