@@ -16,6 +16,7 @@ import torchvision
 from torch.utils.data import Dataset
 
 from ..paths import cache_dir, shared_datasets_root
+from .images import read_rgb
 
 __all__ = [
     "DATASET_NAMES",
@@ -142,7 +143,7 @@ def build_image_dataset(
             f"image folder {folder} has no {split.name}/ sub-folder; expected {folder}/train/<class>/*.png "
             f"and {folder}/val/<class>/*.png"
         )
-    return torchvision.datasets.ImageFolder(str(split), transform=transform)
+    return torchvision.datasets.ImageFolder(str(split), transform=transform, loader=read_rgb)
 
 
 def dataset_num_classes(dataset: Dataset) -> int:

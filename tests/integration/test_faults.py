@@ -1,0 +1,159 @@
+"""The console scripts under the faults a user hits: kills, corrupt files, bad numbers.
+
+Each fault must end in exact recovery or in one clear line on stderr and a non-zero status;
+nothing a run wrote before the fault may be lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+TINY_LAVIT = {
+    "depths": [1, 2, 1, 1],
+    "la_depths": [0, 1, 0, 0],
+    "embed_dims": [8, 16, 24, 32],
+    "num_heads": [1, 2, 2, 4],
+    "mlp_ratios": [2, 2, 2, 2],
+    "sr_ratios": [2, 1, 1, 1],
+    "window_sizes": [0, 0, 0, 0],
+}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The run failed with status 2 and one ``error:`` line naming every fragment."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """ImageNet-style folder, 2 classes, 48 train + 8 val RGB 32x32 images (real JPEG files)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 4)):
+        for c, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 80, (32, 32, 3)) + 100 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg")
+    return root
+
+
+def _lavit_args(data: Path, out: Path, epochs: int = 3) -> list[str]:
+    args = ["--dataset", str(data), "--model", "lavit_tiny", "--img-size", "32"]
+    args += ["--model-kwargs", json.dumps(TINY_LAVIT), "--epochs", str(epochs)]
+    args += ["--batch-size", "4", "--workers", "0", "--warmup-epochs", "1", "--seed", "1"]
+    return [*args, "--ema-decay", "0", "--no-progress", "--out", str(out)]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_lavit_kill_mid_run_then_resume_is_exact(image_folder, tmp_path):
+    _run("lavit.train", *_lavit_args(image_folder, tmp_path / "full"))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lavit.train", *_lavit_args(image_folder, out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch = torch.load(out / "last.pt", weights_only=False)["epoch"]
+    assert epoch < 3  # killed before the end
+    _run("lavit.train", *_lavit_args(image_folder, out), "--resume")
+    _assert_same(_weights(tmp_path / "full" / "last.pt"), _weights(out / "last.pt"))
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_lavit_truncated_checkpoint_falls_back_to_the_previous_generation(image_folder, tmp_path):
+    out = tmp_path / "run"
+    _run("lavit.train", *_lavit_args(image_folder, out, epochs=2))
+    assert (out / "last.prev.pt").is_file()
+    os.truncate(out / "last.pt", 20000)
+    proc = _run("lavit.train", *_lavit_args(image_folder, out, epochs=2), "--resume")
+    assert "previous generation" in proc.stderr
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_lavit_refuses_to_overwrite_or_resume_with_other_settings(image_folder, tmp_path):
+    out = tmp_path / "run"
+    _run("lavit.train", *_lavit_args(image_folder, out, epochs=1))
+    before = (out / "last.pt").read_bytes()
+    fresh = _run("lavit.train", *_lavit_args(image_folder, out, epochs=1), check=False)
+    _one_line_error(fresh, "not empty", "--resume", "--overwrite")
+    changed = [*_lavit_args(image_folder, out, epochs=1), "--resume", "--lr", "0.5"]
+    _one_line_error(_run("lavit.train", *changed, check=False), "lr", "--allow-changed lr")
+    assert (out / "last.pt").read_bytes() == before  # nothing lost
+
+
+def test_lavit_corrupt_image_names_the_file(image_folder, tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for f in (image_folder / split / cls).iterdir():
+                (data / split / cls / f.name).write_bytes(f.read_bytes())
+    bad = data / "train" / "dog" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
+    proc = _run("lavit.train", *_lavit_args(data, tmp_path / "run", 1), check=False)
+    _one_line_error(proc, "3.jpg")
+
+
+@pytest.mark.parametrize(
+    "module, args, flag",
+    [
+        ("lavit.train", ["--dataset", "cifar10", "--epochs", "0"], "--epochs"),
+        ("lavit.train", ["--dataset", "cifar10", "--batch-size", "-4"], "--batch-size"),
+        ("lavit.train", ["--dataset", "cifar10", "--lr", "-1"], "--lr"),
+        ("clkd.train", ["--epochs", "-1"], "--epochs"),
+        ("clkd.train", ["--batch-size", "0"], "--batch-size"),
+        ("trg_kd.train", ["--epochs", "0"], "--epochs"),
+        ("gp_maml.train", ["--data-root", "x", "--inner-lr", "-5"], "--inner-lr"),
+        ("gp_maml.train", ["--data-root", "x", "--iterations", "0"], "--iterations"),
+    ],
+)
+def test_bad_numbers_are_refused_with_the_flag_named(module, args, flag):
+    proc = _run(module, *args, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert flag in proc.stderr and "Traceback" not in proc.stderr
