@@ -314,3 +314,17 @@ def test_no_code_path_reads_ambient_state():
     text = "\n".join(p.read_text() for p in src.rglob("*.py"))
     for needle in ("peek_interpreter_stack", "contextmanager", "is_compiling"):
         assert needle not in text, needle
+
+
+@pytest.mark.parametrize("method", ["maml", "gp-maml"])
+def test_views_are_not_submodules_and_state_dicts_are_unchanged(method):
+    # compiled=True only wraps functions at construction (compilation happens at the first call)
+    plain = create_learner(method, _model())
+    compiled = create_learner(method, _model(), compiled=True)
+    expected = {f"model.{k}" for k in _model().state_dict()}
+    if plain.gp:
+        expected |= {f"relation_net.{k}" for k in plain.relation_net.state_dict()}
+    assert set(plain.state_dict()) == set(compiled.state_dict()) == expected
+    assert [n for n, _ in compiled.named_children()] == [n for n, _ in plain.named_children()]
+    n_params = sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in compiled.parameters()) == n_params

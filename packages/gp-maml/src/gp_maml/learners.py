@@ -46,6 +46,7 @@ from .layers import (
 from .meta_gradient import (
     AutogradMetaGradient,
     CompiledMetaGradient,
+    LossFn,
     compile_loss,
     cross_entropy_and_logits,
 )
@@ -227,16 +228,16 @@ class MetaLearner(nn.Module):
             ),
             "func": _Network.of(model, head, batch_norm=BatchNorm2d, max_pool=MaxPool2d),
         }
-        self._compiled_view = None
-        self._compiled_loss = None
+        # (view, its compiled query loss); in a tuple, so the view is not a submodule
+        self._compiled: tuple[nn.Module, LossFn] | None = None
         if compiled:
-            self._compiled_view = swap_layers(
+            view = swap_layers(
                 model, batch_norm=FusedBatchNorm2d, max_pool=ElementwiseBackwardMaxPool2d
             )
-            self._compiled_loss = compile_loss(self._compiled_view)
+            self._compiled = (view, compile_loss(view))
         if compiled and not self.gp:
             self._meta_gradient = CompiledMetaGradient(
-                self._compiled_loss,
+                self._compiled[1],
                 self._networks["func"].model,
                 self._model_buffers,
                 self.adapted,
@@ -260,8 +261,8 @@ class MetaLearner(nn.Module):
         for network in self._networks.values():
             network.model.train(mode)
             network.body.train(mode)
-        if self._compiled_view is not None:
-            self._compiled_view.train(mode)
+        if self._compiled is not None:
+            self._compiled[0].train(mode)
         return self
 
     # -- per task -------------------------------------------------------------------------
@@ -322,8 +323,8 @@ class MetaLearner(nn.Module):
     def _query_loss(
         self, params: dict[str, Tensor], x: Tensor, y: Tensor, mode: str
     ) -> tuple[Tensor, Tensor]:
-        if mode == "autograd" and self._compiled_loss is not None:
-            return self._compiled_loss(params, self._model_buffers(), x, y)
+        if mode == "autograd" and self._compiled is not None:
+            return self._compiled[1](params, self._model_buffers(), x, y)
         return cross_entropy_and_logits(
             self._networks[mode].model, params, self._model_buffers(), x, y
         )

@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, vjp
 __all__ = [
     "AutogradMetaGradient",
     "CompiledMetaGradient",
+    "LossFn",
     "TaskGradient",
     "compile_loss",
     "cross_entropy_and_logits",
@@ -26,6 +27,7 @@ __all__ = [
 
 #: ``(loss, logits, picked, [(parameter, gradient), ...])`` of one task.
 TaskGradient = tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor]]]
+#: ``(params, buffers, x, y) -> (loss, logits)``.
 LossFn = Callable[[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
