@@ -329,29 +329,33 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
 
 
 def section_fewshot(args: argparse.Namespace, data: dict, out: Path) -> tuple[str, list[str]]:
-    from gp_maml.evaluate import main as evaluate
-    from gp_maml.train import main as meta_train
+    from gp_maml.evaluate import evaluate
+    from gp_maml.train import TrainConfig, train
 
     train_root, test_root, label = data["fewshot"]
     rows, pngs = [], []
     for method in ("maml", "gp-maml"):
         run = out / "fewshot" / method
         log(f"meta-training {method} on {label} ({args.meta_iterations} iterations)")
-        argv = [
-            "--method", method, "--backbone", "conv4-32", "--dataset", "omniglot",
-            "--data-root", str(train_root), "--out", str(run), "--ways", "5", "--shots", "1",
-            "--queries", "5", "--meta-batch", "4", "--iterations", str(args.meta_iterations),
-            "--val-every", "0", "--inner-lr", "0.4",
-            "--milestones", str(10 * args.meta_iterations),
-        ]  # fmt: skip
-        if (run / "last.pt").is_file():
-            argv.append("--resume")
+        cfg = TrainConfig(
+            method=method,
+            backbone="conv4-32",
+            dataset="omniglot",
+            data_root=str(train_root),
+            out=str(run),
+            ways=5,
+            shots=1,
+            queries=5,
+            batch_size=4,
+            iterations=args.meta_iterations,
+            val_every=0,
+            inner_lr=0.4,
+            milestones=(10 * args.meta_iterations,),
+        )
         start = time.time()
-        meta_train(argv)
-        result = evaluate(
-            ["--checkpoint", str(run / "last.pt"), "--data-root", str(test_root),
-             "--tasks", str(args.test_tasks), "--out", str(run / "test.json")]
-        )  # fmt: skip
+        train(cfg, resume=(run / "last.pt").is_file())
+        result = evaluate(run / "last.pt", test_root, tasks=args.test_tasks)
+        (run / "test.json").write_text(json.dumps(result, indent=2))
         rows.append(
             {
                 "method": method,

@@ -66,9 +66,11 @@ def meta_train(method, train_data, ways, shots, a, log) -> MetaLearner:
         opt.step()
         sched.step()
         if (it + 1) % 25 == 0:
-            log(f"  {method} it {it + 1}/{iters} loss {out.loss.item():.3f} "
+            log(
+                f"  {method} it {it + 1}/{iters} loss {out.loss.item():.3f} "
                 f"acc {out.accuracy.item():.1f} picked {out.picked.mean().item():.1f} "
-                f"({time.time() - t0:.0f}s)")  # fmt: skip
+                f"({time.time() - t0:.0f}s)"
+            )
     return learner
 
 
@@ -105,8 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--methods", nargs="*", default=[m for pair in PAIRS for m in pair])
     p.add_argument("--backbone", default="conv4-32")
-    p.add_argument("--iterations", type=int, nargs=3, default=[100, 60, 60],
-                   help="meta-iterations for 5w1s, 20w1s, 5w5s")  # fmt: skip
+    p.add_argument(
+        "--iterations",
+        type=int,
+        nargs=3,
+        default=[100, 60, 60],
+        help="meta-iterations for 5w1s, 20w1s, 5w5s",
+    )
     p.add_argument("--meta-batch", type=int, default=2)
     p.add_argument("--train-queries", type=int, default=5)
     p.add_argument("--test-queries", type=int, default=5)
@@ -116,8 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000])
     p.add_argument("--inner-lr", type=float, default=0.5)
     p.add_argument("--first-order", action="store_true")
-    p.add_argument("--compile", dest="compiled", action="store_true",
-                   help="MetaLearner(compiled=True): compiled meta-gradients")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        dest="compiled",
+        action="store_true",
+        help="MetaLearner(compiled=True): compiled meta-gradients",
+    )
     p.add_argument("--lp-loss-weight", type=float, default=0.01)
     p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false")
     p.add_argument("--threads", type=int, default=0)
@@ -163,8 +174,13 @@ def main(argv: list[str] | None = None) -> None:
             accs = run_one(method, train_data, test_data, ways, shots, a, log)
             per_task[(setting, method)] = accs
             mean, ci = mean_confidence_interval(accs)
-            row = {"setting": setting, "learner": method, "accuracy %": round(mean, 2),
-                   "95% CI": round(ci, 2), "tasks": len(accs)}  # fmt: skip
+            row = {
+                "setting": setting,
+                "learner": method,
+                "accuracy %": round(mean, 2),
+                "95% CI": round(ci, 2),
+                "tasks": len(accs),
+            }
             base = method.removeprefix("gp-")
             if method.startswith("gp-") and (setting, base) in per_task:
                 d_mean, d_ci = mean_confidence_interval(accs - per_task[(setting, base)])
@@ -172,8 +188,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             log(f"  -> {row}")
             config = {k: v for k, v in vars(a).items() if k not in ("progress_log", "out")}
-            write_benchmark(rows, a.out, a.name or a.dataset,
-                            title=f"Few-shot accuracy ({json.dumps(config)})")  # fmt: skip
+            write_benchmark(
+                rows, a.out, a.name or a.dataset, title=f"Few-shot accuracy ({json.dumps(config)})"
+            )
 
 
 if __name__ == "__main__":

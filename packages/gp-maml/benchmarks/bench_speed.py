@@ -44,8 +44,13 @@ def torch_layers(model: nn.Module) -> nn.Module:
                 new.load_state_dict(child.state_dict())
                 setattr(module, child_name, new)
             elif isinstance(child, MaxPool2d):
-                new = nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
-                                   ceil_mode=child.ceil_mode)  # fmt: skip
+                new = nn.MaxPool2d(
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    ceil_mode=child.ceil_mode,
+                )
                 setattr(module, child_name, new)
     return model
 
@@ -62,7 +67,7 @@ def higher_step(model: nn.Module, batch, first_order: bool, inner_lr: float = 0.
             if first_order:  # first-order MAML: outer gradient at theta' applied to theta
                 loss = F.cross_entropy(fmodel(xq[b]), yq[b]) / xs.shape[0]
                 grads = torch.autograd.grad(loss, fmodel.parameters())
-                for p, g in zip(model.parameters(), grads):
+                for p, g in zip(model.parameters(), grads, strict=True):
                     p.grad = g if p.grad is None else p.grad + g
             else:
                 (F.cross_entropy(fmodel(xq[b]), yq[b]) / xs.shape[0]).backward()
@@ -115,10 +120,15 @@ def build_runs(base: nn.Module, b: int, first_order: bool):
     batch = make_batch(b)
     hmodel = torch_layers(base)
     learners = {
-        name: create_learner(method, copy.deepcopy(base), task_batching=batching,
-                             first_order=first_order, compiled=compiled)
+        name: create_learner(
+            method,
+            copy.deepcopy(base),
+            task_batching=batching,
+            first_order=first_order,
+            compiled=compiled,
+        )
         for name, method, batching, compiled, _ in IMPLEMENTATIONS
-    }  # fmt: skip
+    }
     runs = {"higher": _higher_runner(hmodel, batch, first_order)}
     for name, *_, per_task in IMPLEMENTATIONS:
         runs[name] = _learner_runner(learners[name], batch, per_task)
@@ -127,8 +137,9 @@ def build_runs(base: nn.Module, b: int, first_order: bool):
 
 def float64_grads(learner: MetaLearner, batch, first_order: bool) -> list[torch.Tensor]:
     """Meta-gradient of an eager float64 copy of ``learner`` (reference of the error column)."""
-    ref = create_learner(learner.method, copy.deepcopy(learner.model), first_order=first_order,
-                         task_batching="loop").double()  # fmt: skip
+    ref = create_learner(
+        learner.method, copy.deepcopy(learner.model), first_order=first_order, task_batching="loop"
+    ).double()
     ref.load_state_dict(learner.state_dict())
     ref.forward_backward(*(t.double() if t.is_floating_point() else t for t in batch))
     return [p.grad for p in ref.model.parameters()]
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> str:
                 for name, model in models.items():
                     errors[name] = max(
                         (x.double() - y).abs().max().item()
-                        for x, y in zip(grads_of(model), refs[name])
+                        for x, y in zip(grads_of(model), refs[name], strict=True)
                     )
             cpu_runs: dict[str, list[float]] = {name: [] for name in runs}
             wall_runs: dict[str, list[float]] = {name: [] for name in runs}
@@ -225,25 +236,40 @@ def main(argv: list[str] | None = None) -> str:
             wall = {name: statistics.median(v) for name, v in wall_runs.items()}
             for name in runs:
                 same_mode = "gp_maml loop + compile" if "compile" in name else "gp_maml loop"
-                rows.append({
-                    "meta-batch": b,
-                    "order": order,
-                    "implementation": name,
-                    "CPU ms/task": round(1000 * cpu[name] / b, 1),
-                    "speed-up vs higher (CPU)": round(cpu["higher"] / cpu[name], 2),
-                    "cost vs gp_maml MAML (same mode)": round(cpu[name] / cpu[same_mode], 2),
-                    "wall tasks/s": round(b / wall[name], 2),
-                    "peak MB": "-",
-                    "max abs grad err (float64 ref)": errors.get(name, "-"),
-                    "GP picked queries/task": round(picked, 1) if name.startswith("GP") else "-",
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "meta-batch": b,
+                        "order": order,
+                        "implementation": name,
+                        "CPU ms/task": round(1000 * cpu[name] / b, 1),
+                        "speed-up vs higher (CPU)": round(cpu["higher"] / cpu[name], 2),
+                        "cost vs gp_maml MAML (same mode)": round(cpu[name] / cpu[same_mode], 2),
+                        "wall tasks/s": round(b / wall[name], 2),
+                        "peak MB": "-",
+                        "max abs grad err (float64 ref)": errors.get(name, "-"),
+                        "GP picked queries/task": round(picked, 1)
+                        if name.startswith("GP")
+                        else "-",
+                    }
+                )
                 print(rows[-1], flush=True)
     orders = ["1st" if o else "2nd" for o in a.orders]
     child = subprocess.run(
-        [sys.executable, __file__, "--memory-only", "--threads", str(a.threads),
-         "--batches", *map(str, a.batches), "--orders", *orders],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--memory-only",
+            "--threads",
+            str(a.threads),
+            "--batches",
+            *map(str, a.batches),
+            "--orders",
+            *orders,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     peaks = json.loads(child.stdout.strip().splitlines()[-1])
     for row in rows:
         row["peak MB"] = peaks[f"{row['meta-batch']}|{row['order']}|{row['implementation']}"]

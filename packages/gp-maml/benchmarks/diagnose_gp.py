@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from bench_omniglot import SETTINGS, evaluation_sampler, meta_train
 from bench_omniglot import parse_args as bench_args
+from torch.func import functional_call
 
 from gp_maml import EpisodeSampler, class_mass_normalize, label_propagation, pick_pseudo_labels
 from gp_maml.datasets import load_omniglot
@@ -45,7 +46,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 
 @torch.no_grad()
 def _lp_scores(learner, params, xs, ys, xq, ways):
-    _, z = learner._logits(params, torch.cat([xs, xq]), embed=True)
+    z = learner.embed(params, torch.cat([xs, xq]), mode="autograd")
     f = label_propagation(
         z, ys, learner.relation_net(z), ways, alpha=learner.lp_alpha, topk=learner.lp_topk
     )
@@ -61,10 +62,11 @@ def diagnose(learner, sampler: EpisodeSampler, tasks: int, ways: int) -> dict[st
     for _ in range(tasks):
         ep = sampler.sample_batch(1)
         xs, ys, xq, yq = ep.xs[0], ep.ys[0], ep.xq[0], ep.yq[0]
-        adapted = learner._adapt(params, xs, ys)
+        adapted = learner.adapt(params, xs, ys, mode="autograd")
         with torch.no_grad():
-            sums["theta"] += (learner._logits(adapted, xq).argmax(-1) == yq).float().mean()
-            _, logits, _ = learner.task_loss(params, rel, xs, ys, xq, yq, ways)
+            theta_logits = functional_call(learner.model, adapted, (xq,))
+            sums["theta"] += (theta_logits.argmax(-1) == yq).float().mean()
+            _, logits, _ = learner.task_loss(params, rel, xs, ys, xq, yq, ways, mode="autograd")
         sums["gp"] += (logits.argmax(-1) == yq).float().mean()
         scores = _lp_scores(learner, adapted, xs, ys, xq, ways)
         normed = class_mass_normalize(scores)
@@ -101,9 +103,19 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(a.threads)
     ways, shots = SETTINGS[a.setting]
     train_args = bench_args(
-        ["--seed", str(a.seed), "--lr", str(a.lr), "--meta-batch", str(a.meta_batch),
-         "--train-queries", str(a.queries), "--test-queries", str(a.queries)]
-    )  # fmt: skip
+        [
+            "--seed",
+            str(a.seed),
+            "--lr",
+            str(a.lr),
+            "--meta-batch",
+            str(a.meta_batch),
+            "--train-queries",
+            str(a.queries),
+            "--test-queries",
+            str(a.queries),
+        ]
+    )
     if a.iterations:
         train_args.iterations[list(SETTINGS).index(a.setting)] = a.iterations
     iterations = train_args.iterations[list(SETTINGS).index(a.setting)]

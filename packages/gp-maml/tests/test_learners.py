@@ -30,7 +30,7 @@ def test_inner_loop_subset(method, changed):
     learner = create_learner(method, _model())
     params = dict(learner.model.named_parameters())
     xs, ys, _, _ = _tasks()
-    out = learner._adapt(params, xs[0].double(), ys[0])
+    out = learner.adapt(params, xs[0].double(), ys[0])
     for name, p in params.items():
         moved = not torch.equal(out[name], p)
         is_head = name.startswith("head.")
@@ -58,7 +58,7 @@ def test_vmap_equals_loop(method):
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.logits, b.logits)
     assert torch.equal(a.picked, b.picked)
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         torch.testing.assert_close(x, y)
 
 
@@ -154,6 +154,7 @@ def test_class_mass_norm_switch_changes_what_is_picked():
     assert picked[True].sum() > picked[False].sum()
 
 
+@pytest.mark.slow
 def test_compiled_forward_matches_eager():
     # GP learners (and forward()) compile the query forward; second order flows through it
     xs, ys, xq, yq = _tasks(b=2)
@@ -168,10 +169,11 @@ def test_compiled_forward_matches_eager():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,steps,first_order", [("maml", 1, False), ("boil", 2, False), ("anil", 1, True)]
 )
@@ -191,12 +193,13 @@ def test_compiled_meta_gradient_matches_backward_through_the_inner_loop(method, 
     assert graphs >= (2 if first_order else 3)  # support, query (and Hessian-vector) graphs
     torch.testing.assert_close(outs[0].loss, outs[1].loss)
     torch.testing.assert_close(outs[0].logits, outs[1].logits)
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
     if not first_order:  # the second-order term is really there
         fo = create_learner(method, _model(), inner_steps=steps, first_order=True)
         fo.forward_backward(xs, ys, xq, yq)
-        assert any(not torch.allclose(p.grad, g) for p, g in zip(fo.model.parameters(), grads[1]))
+        fo_grads = zip(fo.model.parameters(), grads[1], strict=True)
+        assert any(not torch.allclose(p.grad, g) for p, g in fo_grads)
 
 
 @pytest.mark.parametrize("method", ["maml", "gp-anil"])
@@ -215,7 +218,7 @@ def test_forward_backward_per_task_matches_one_backward(method):
         grads.append([p.grad.clone() for p in learner.parameters()])
     torch.testing.assert_close(outs[0].loss.detach(), outs[1].loss)
     torch.testing.assert_close(outs[0].logits.detach(), outs[1].logits)
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -230,11 +233,12 @@ def test_meta_gradient_on_device_matches_cpu(device, method):
     learner.load_state_dict(ref.state_dict())
     out = learner(*(t.to(device) for t in (xs, ys, xq, yq)))
     out.loss.backward()
-    for p, q in zip(learner.parameters(), ref.parameters()):
+    for p, q in zip(learner.parameters(), ref.parameters(), strict=True):
         assert p.grad.device.type == device
         torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", [d for d in DEVICES if d.id == "cuda"])
 def test_compiled_meta_gradient_on_cuda_matches_cpu(device):
     xs, ys, xq, yq = _tasks()
@@ -242,5 +246,85 @@ def test_compiled_meta_gradient_on_cuda_matches_cpu(device):
     ref.forward_backward(xs, ys, xq, yq)
     learner = create_learner("maml", _model().float(), compiled=True).to(device)
     learner.forward_backward(*(t.to(device) for t in (xs, ys, xq, yq)))
-    for p, q in zip(learner.parameters(), ref.parameters()):
+    for p, q in zip(learner.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_learner_leaves_the_model_alone(batching):
+    # the code paths use views of the network (layers.swap_layers): the model's modules,
+    # attributes, hooks and parameters stay as they were
+    model = _model()
+    learner = create_learner("gp-maml", model, task_batching=batching, lp_topk=5).double()
+    snapshot = [(n, type(m), dict(vars(m))) for n, m in model.named_modules()]
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())
+    learner(xs, ys, xq, yq).loss.backward()
+    learner.zero_grad()
+    learner.forward_backward(xs, ys, xq, yq)
+    with torch.no_grad():
+        learner.eval()(xs, ys, xq, yq)
+    learner.train()
+    after = [(n, type(m), dict(vars(m))) for n, m in model.named_modules()]
+    for (n, t, d), (n2, t2, d2) in zip(snapshot, after, strict=True):
+        assert (n, t) == (n2, t2)
+        assert d.keys() == d2.keys(), n
+        for k, v in d.items():
+            if k in ("_parameters", "_buffers", "_modules"):
+                assert v == d2[k], (n, k)  # the same objects under the same names
+            elif not k.endswith("hooks") and not isinstance(v, torch.Tensor):
+                assert v == d2[k], (n, k)
+        hooks = [k for k in d2 if k.endswith("hooks") and hasattr(d2[k], "__len__")]
+        assert hooks and not any(len(d2[k]) for k in hooks), n
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), params[n]), n
+
+
+def test_views_follow_train_and_eval():
+    learner = create_learner("gp-maml", _model(), lp_topk=5)
+    views = [m for net in learner._networks.values() for m in (net.model, net.body)]
+    assert any(v is not learner.model for v in views)  # the eager view is a copy
+    learner.eval()
+    assert not any(m.training for v in views for m in v.modules())
+    learner.train()
+    assert all(m.training for v in views for m in v.modules())
+
+
+def test_mode_is_explicit_and_checked():
+    learner = create_learner("maml", _model())
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks(b=1))
+    params = dict(learner.model.named_parameters())
+    with pytest.raises(ValueError, match="mode"):
+        learner.task_loss(params, {}, xs[0], ys[0], xq[0], yq[0], 3, mode="auto")
+    # the two modes are the same function (func: vmap-safe layers; autograd: the fast ones)
+    func = learner.task_loss(params, {}, xs[0], ys[0], xq[0], yq[0], 3, mode="func")
+    eager = learner.task_loss(params, {}, xs[0], ys[0], xq[0], yq[0], 3, mode="autograd")
+    torch.testing.assert_close(func[0], eager[0])
+    torch.testing.assert_close(func[1], eager[1])
+
+
+def test_no_code_path_reads_ambient_state():
+    # code paths are chosen by arguments and module types, not by the functorch interpreter
+    # stack or by attributes that context managers set
+    from pathlib import Path
+
+    import gp_maml
+
+    src = Path(gp_maml.__file__).parent
+    text = "\n".join(p.read_text() for p in src.rglob("*.py"))
+    for needle in ("peek_interpreter_stack", "contextmanager", "is_compiling"):
+        assert needle not in text, needle
+
+
+@pytest.mark.parametrize("method", ["maml", "gp-maml"])
+def test_views_are_not_submodules_and_state_dicts_are_unchanged(method):
+    # compiled=True only wraps functions at construction (compilation happens at the first call)
+    plain = create_learner(method, _model())
+    compiled = create_learner(method, _model(), compiled=True)
+    expected = {f"model.{k}" for k in _model().state_dict()}
+    if plain.gp:
+        expected |= {f"relation_net.{k}" for k in plain.relation_net.state_dict()}
+    assert set(plain.state_dict()) == set(compiled.state_dict()) == expected
+    assert [n for n, _ in compiled.named_children()] == [n for n, _ in plain.named_children()]
+    n_params = sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in compiled.parameters()) == n_params

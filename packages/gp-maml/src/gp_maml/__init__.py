@@ -3,23 +3,22 @@ on ``torch.func`` (Liu et al., "Generating Pseudo-labels Adaptively for Few-shot
 Model-Agnostic Meta-Learning", arXiv 2207.04217)."""
 
 from .adaptation import adapt, weighted_cross_entropy
-from .backbones import (
-    BatchNorm2d,
-    Conv4,
-    MaxPool2d,
-    ResNet12,
-    conv4,
-    create_backbone,
-    fast_compiled_layers,
-    resnet12,
-    sample_weighted_batch_norm,
-)
+from .backbones import Conv4, ResNet12, conv4, create_backbone, resnet12
 from .data import Episode, EpisodeSampler, FewShotDataset
 from .label_propagation import (
     RelationNet,
     class_mass_normalize,
     gaussian_affinity,
     label_propagation,
+)
+from .layers import (
+    BatchNorm2d,
+    ChannelsLastMaxPool2d,
+    ElementwiseBackwardMaxPool2d,
+    FusedBatchNorm2d,
+    MaxPool2d,
+    SampleWeightedBatchNorm2d,
+    swap_layers,
 )
 from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
 from .picking import pick_pseudo_labels
@@ -29,26 +28,29 @@ __version__ = "0.2.0"
 __all__ = [
     "METHODS",
     "BatchNorm2d",
+    "ChannelsLastMaxPool2d",
     "Conv4",
+    "ElementwiseBackwardMaxPool2d",
     "Episode",
     "EpisodeSampler",
     "FewShotDataset",
+    "FusedBatchNorm2d",
     "MaxPool2d",
     "MetaLearner",
     "MetaOutput",
     "RelationNet",
     "ResNet12",
+    "SampleWeightedBatchNorm2d",
     "adapt",
     "check_no_running_stats",
     "class_mass_normalize",
     "conv4",
     "create_backbone",
     "create_learner",
-    "fast_compiled_layers",
     "gaussian_affinity",
     "label_propagation",
     "pick_pseudo_labels",
     "resnet12",
-    "sample_weighted_batch_norm",
+    "swap_layers",
     "weighted_cross_entropy",
 ]

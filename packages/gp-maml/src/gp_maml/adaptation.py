@@ -1,7 +1,9 @@
 """Inner-loop adaptation on plain parameter dicts (``torch.func``).
 
-``adapt`` is a pure function: it never mutates the module or the parameter dict it is given,
-and it can run under ``torch.func.vmap`` over tasks.
+``adapt`` is a pure function: it never mutates the module or the parameter dict it is given.
+With ``mode="func"`` (the default) it runs anywhere, also under ``torch.func.vmap`` over tasks;
+``mode="autograd"`` is the same computation with less overhead for code that runs outside
+``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 __all__ = ["adapt", "weighted_cross_entropy"]
+
+_MODES = ("func", "autograd")
 
 
 def weighted_cross_entropy(
@@ -50,6 +54,7 @@ def adapt(
     lr: float = 0.5,
     first_order: bool = False,
     sample_weight: Tensor | None = None,
+    mode: str = "func",
 ) -> dict[str, Tensor]:
     """Run ``steps`` SGD steps of the weighted cross-entropy on ``(x, y)``.
 
@@ -65,14 +70,21 @@ def adapt(
         lr: inner learning rate ``alpha``.
         first_order: if True the inner gradients are detached (first-order MAML); otherwise the
             returned parameters stay differentiable through the inner gradients (second order;
-            outside ``torch.func`` transforms only when grad mode is enabled).
+            with ``mode="autograd"`` only when grad mode is enabled).
         sample_weight: optional ``(N,)`` weights of the loss (see ``weighted_cross_entropy``).
+        mode: ``"func"``: gradients by ``torch.func.grad``, valid everywhere (under ``vmap``,
+            ``grad`` and outside them); ``"autograd"``: by ``torch.autograd.grad``, the same
+            values with less overhead, but only outside ``torch.func`` transforms. Under
+            ``torch.no_grad`` both still compute the inner gradients; ``"autograd"`` then keeps
+            no graph.
 
     Returns:
         A new dict with every name of ``params``; adapted entries are ``theta - lr * grad``.
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     names = list(params) if adapted is None else list(adapted)
     unknown = [n for n in names if n not in params]
     if unknown:
@@ -86,25 +98,20 @@ def adapt(
         return weighted_cross_entropy(logits, y, sample_weight)
 
     sub = {n: params[n] for n in names}
-    if _inside_functorch_transform():
+    if mode == "func":
         for _ in range(steps):
             grads = grad(loss_fn)(sub)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
             sub = {n: sub[n] - lr * grads[n] for n in names}
         return {**fixed, **sub} if names else dict(params)
-    # plain autograd (same result, less overhead outside vmap). Under torch.no_grad (meta-test)
-    # the inner gradients are still computed, but no graph is kept for an outer backward.
+    # plain autograd. Under torch.no_grad (meta-test) the inner gradients are still computed,
+    # but no graph is kept for an outer backward.
     create_graph = not first_order and torch.is_grad_enabled()
     with torch.enable_grad():
         sub = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in sub.items()}
         for _ in range(steps):
             loss = loss_fn(sub)
             grads = torch.autograd.grad(loss, list(sub.values()), create_graph=create_graph)
-            sub = {n: sub[n] - lr * g for n, g in zip(names, grads)}
+            sub = {n: sub[n] - lr * g for n, g in zip(names, grads, strict=True)}
     return {**fixed, **sub} if names else dict(params)
-
-
-def _inside_functorch_transform() -> bool:
-    """True under ``torch.func.vmap`` / ``grad`` (where ``torch.autograd.grad`` cannot be used)."""
-    return torch._C._functorch.peek_interpreter_stack() is not None

@@ -141,4 +141,6 @@ class EpisodeSampler:
     def sample_batch(self, batch_size: int) -> Episode:
         """``batch_size`` episodes stacked on a leading dimension."""
         eps = [self.sample() for _ in range(batch_size)]
-        return Episode(*(torch.stack(t) for t in zip(*((e.xs, e.ys, e.xq, e.yq) for e in eps))))
+        return Episode(
+            *(torch.stack(t) for t in zip(*((e.xs, e.ys, e.xq, e.yq) for e in eps), strict=True))
+        )

@@ -11,26 +11,45 @@ Per task (``N`` ways; support ``x_S, y_S``; query ``x_Q, y_Q``):
   batch-norm statistics), fall back to ``theta'`` when nothing is picked; loss
   ``CE(f_theta''(x_Q), y_Q) + CE(F, [y_S; y_Q])`` (the label-propagation term only in training).
 
-The per-task function is pure and ``vmap``-able; the meta-batch runs as a Python loop or under
-``torch.func.vmap`` (``task_batching``). With ``compiled=True`` a base learner's
-``forward_backward`` computes each task's meta-gradient as compiled gradients plus compiled
-Hessian-vector products of the inner loss (``_meta_gradient``), the same numbers as autograd
-through the inner loop.
+``MetaLearner`` is the learner: what to adapt and the per-task function ``task_loss``. How the
+tasks of a meta-batch run is ``batching`` (a loop or ``vmap``; task by task with a backward
+after each for ``forward_backward``), how a task's gradient is computed is ``meta_gradient``
+(autograd through the inner loop, or compiled pieces with ``compiled=True``). The code path
+is chosen by explicit arguments: ``task_loss(..., mode="func")`` is ``vmap``-able, ``mode=
+"autograd"`` runs outside ``torch.func`` transforms with the faster layers (``layers``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import functional_call
 
-from .adaptation import _inside_functorch_transform, adapt
-from .backbones import fast_compiled_layers, sample_weighted_batch_norm
+from .adaptation import adapt
+from .batching import BATCHING, backward_task_by_task, loop_tasks, resolve_batching, vmap_tasks
 from .label_propagation import RelationNet, class_mass_normalize, label_propagation
+from .layers import (
+    BatchNorm2d,
+    ChannelsLastMaxPool2d,
+    ElementwiseBackwardMaxPool2d,
+    FusedBatchNorm2d,
+    MaxPool2d,
+    SampleWeightedBatchNorm2d,
+    swap_layers,
+)
+from .meta_gradient import (
+    AutogradMetaGradient,
+    CompiledMetaGradient,
+    LossFn,
+    compile_loss,
+    cross_entropy_and_logits,
+)
 from .picking import pick_pseudo_labels
 
 __all__ = [
@@ -42,7 +61,7 @@ __all__ = [
 ]
 
 METHODS = ("maml", "anil", "boil", "gp-maml", "gp-anil", "gp-boil")
-_BATCHING = ("loop", "vmap", "auto")
+_MODES = ("func", "autograd")
 
 
 @dataclass
@@ -77,8 +96,42 @@ def check_no_running_stats(model: nn.Module) -> None:
             )
 
 
+def _without(model: nn.Module, path: str) -> nn.Module:
+    """A view of ``model`` whose submodule ``path`` (dotted) is ``nn.Identity``; ``model`` and
+    the modules off the path are shared, not modified."""
+    first, _, rest = path.partition(".")
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view._parameters = dict(model._parameters)
+    view._buffers = dict(model._buffers)
+    view._modules[first] = _without(model._modules[first], rest) if rest else nn.Identity()
+    return view
+
+
+@dataclass(frozen=True)
+class _Network:
+    """The learner's network in the layer variants of one code path: ``model`` (``(B, C, H,
+    W)`` -> ``(B, N)``) and ``body`` (the same with the head replaced by the identity, so it
+    returns the head's input)."""
+
+    model: nn.Module
+    body: nn.Module
+
+    @classmethod
+    def of(cls, model: nn.Module, head: str, **layers) -> _Network:
+        view = swap_layers(model, **layers)
+        return cls(view, _without(view, head))
+
+
 class MetaLearner(nn.Module):
     """A MAML-family meta-learner.
+
+    The network is used through views that hold the layer variant each code path needs
+    (``layers.swap_layers``): torch's fused batch-norm and the channels-last max-pool in the
+    eager loop, the ``torch.func``-safe layers under ``vmap``, the elementwise max-pool backward
+    in compiled graphs. Nothing is written to ``model`` or to the parameter dicts; the only
+    state that changes is ``.grad`` of the parameters (``forward_backward``, or a backward of
+    ``forward``'s loss).
 
     Args:
         model: network mapping ``(B, C, H, W)`` to ``(B, N)`` logits whose last step is the
@@ -102,13 +155,13 @@ class MetaLearner(nn.Module):
         task_batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (``loop`` on CPU, where it measured
             faster than ``vmap`` for Conv-4, see the README; ``vmap`` on CUDA).
         compiled: ``torch.compile`` the per-task work (``loop`` mode). ``forward_backward`` of
-            MAML/ANIL/BOIL then gets each task's meta-gradient from compiled pieces: the support
-            and query gradients are compiled forward+backward graphs, and the second-order term
-            is an explicit Hessian-vector product of the inner loss (a compiled
-            ``torch.func`` graph) instead of a backward through an eager inner loop; the same
-            meta-gradient (tested). GP learners and ``forward`` compile the query forward (its
-            backward is first order, so second-order gradients still flow). Costs seconds of
-            compilation per input shape.
+            MAML/ANIL/BOIL then gets each task's meta-gradient from compiled pieces
+            (``meta_gradient.CompiledMetaGradient``): the support and query gradients are
+            compiled forward+backward graphs, and the second-order term is an explicit
+            Hessian-vector product of the inner loss (a compiled ``torch.func`` graph) instead
+            of a backward through an eager inner loop; the same meta-gradient (tested). GP
+            learners and ``forward`` compile the query forward (its backward is first order, so
+            second-order gradients still flow). Costs seconds of compilation per input shape.
     """
 
     def __init__(
@@ -131,8 +184,8 @@ class MetaLearner(nn.Module):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-        if task_batching not in _BATCHING:
-            raise ValueError(f"task_batching must be one of {_BATCHING}, got {task_batching!r}")
+        if task_batching not in BATCHING:
+            raise ValueError(f"task_batching must be one of {BATCHING}, got {task_batching!r}")
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
         check_no_running_stats(model)
@@ -159,8 +212,6 @@ class MetaLearner(nn.Module):
         self.class_mass_norm = class_mass_norm
         self.task_batching = task_batching
         self.compiled = compiled
-        self._loss_graph = torch.compile(self._loss_and_logits, dynamic=False) if compiled else None
-        self._hvp_graph = torch.compile(self._inner_hvp, dynamic=False) if compiled else None
         if self.gp and relation_net is None:
             num_features = getattr(model, "num_features", None)
             if num_features is None:
@@ -170,53 +221,112 @@ class MetaLearner(nn.Module):
                 )
             relation_net = RelationNet(num_features)
         self.relation_net = relation_net if self.gp else None
+        # views of `model` (plain attributes: not submodules, not in the state dict)
+        self._networks = {
+            "autograd": _Network.of(
+                model, head, batch_norm=FusedBatchNorm2d, max_pool=ChannelsLastMaxPool2d
+            ),
+            "func": _Network.of(model, head, batch_norm=BatchNorm2d, max_pool=MaxPool2d),
+        }
+        # (view, its compiled query loss); in a tuple, so the view is not a submodule
+        self._compiled: tuple[nn.Module, LossFn] | None = None
+        if compiled:
+            view = swap_layers(
+                model, batch_norm=FusedBatchNorm2d, max_pool=ElementwiseBackwardMaxPool2d
+            )
+            self._compiled = (view, compile_loss(view))
+        if compiled and not self.gp:
+            self._meta_gradient = CompiledMetaGradient(
+                self._compiled[1],
+                self._networks["func"].model,
+                self._model_buffers,
+                self.adapted,
+                inner_lr=inner_lr,
+                inner_steps=inner_steps,
+                first_order=first_order,
+            )
+        else:
+            self._meta_gradient = AutogradMetaGradient(partial(self.task_loss, mode="autograd"))
 
     @classmethod
     def from_modules(cls, body: nn.Module, head: nn.Module, **kwargs) -> MetaLearner:
-        """Build from a body (``(B, C, H, W)`` -> ``(B, D)``) and a head (``(B, D)`` -> ``(B, N)``)."""
+        """Build from a body (``(B, C, H, W)`` -> ``(B, D)``) and a head (``(B, D)`` ->
+        ``(B, N)``)."""
         model = nn.Sequential(OrderedDict(body=body, head=head))
         return cls(model, head="head", **kwargs)
 
+    def train(self, mode: bool = True) -> MetaLearner:
+        """``nn.Module.train``, also for the learner's views of the network."""
+        super().train(mode)
+        for network in self._networks.values():
+            network.model.train(mode)
+            network.body.train(mode)
+        if self._compiled is not None:
+            self._compiled[0].train(mode)
+        return self
+
     # -- per task -------------------------------------------------------------------------
 
-    def _forward_params(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, params, (x,))
+    def _model_buffers(self) -> dict[str, Tensor]:
+        return dict(self.model.named_buffers())
 
-    def _loss_and_logits(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
-        logits = self._forward_params(params, x)
-        return F.cross_entropy(logits, y), logits
+    def _check_mode(self, mode: str) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
 
-    def _maybe_compiled_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
-        if self._loss_graph is not None and not _inside_functorch_transform():
-            with fast_compiled_layers(self.model):
-                return self._loss_graph(params, x, y)
-        return self._loss_and_logits(params, x, y)
+    def adapt(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        *,
+        mode: str = "func",
+        sample_weight: Tensor | None = None,
+        model: nn.Module | None = None,
+    ) -> dict[str, Tensor]:
+        """``theta'``: the learner's inner loop (its adapted names, steps, lr, order) on one task.
 
-    def _logits(self, params: dict[str, Tensor], x: Tensor, embed: bool = False):
-        if not embed:
-            return self._forward_params(params, x)
-        store: list[Tensor] = []
-        hook = self.model.get_submodule(self.head).register_forward_pre_hook(
-            lambda _m, args: store.append(args[0])
-        )
-        try:
-            logits = functional_call(self.model, params, (x,))
-        finally:
-            hook.remove()
-        return logits, store[0].flatten(1)
+        Args:
+            params: model parameters (name -> tensor).
+            x: ``(N, C, H, W)`` support images; y: ``(N,)`` labels.
+            mode: ``"func"`` (``vmap``-able) or ``"autograd"`` (outside ``torch.func``
+                transforms, faster layers and inner gradients).
+            sample_weight: optional ``(N,)`` weights of the inner loss.
+            model: the view to run (default: the network of ``mode``).
 
-    def _adapt(self, params, x, y, weight=None):
+        Returns:
+            The adapted parameter dict (every name of ``params``).
+        """
+        self._check_mode(mode)
         return adapt(
-            self.model,
+            self._networks[mode].model if model is None else model,
             params,
-            {},
+            self._model_buffers(),
             x,
             y,
             adapted=self.adapted,
             steps=self.inner_steps,
             lr=self.inner_lr,
             first_order=self.first_order,
-            sample_weight=weight,
+            sample_weight=sample_weight,
+            mode=mode,
+        )
+
+    def embed(self, params: dict[str, Tensor], x: Tensor, *, mode: str = "func") -> Tensor:
+        """``(N, C, H, W)`` -> ``(N, D)``: the head's input (flattened) with ``params``."""
+        self._check_mode(mode)
+        prefix = self.head + "."
+        body_params = {n: t for n, t in params.items() if not n.startswith(prefix)}
+        buffers = {n: t for n, t in self._model_buffers().items() if not n.startswith(prefix)}
+        return functional_call(self._networks[mode].body, (body_params, buffers), (x,)).flatten(1)
+
+    def _query_loss(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, mode: str
+    ) -> tuple[Tensor, Tensor]:
+        if mode == "autograd" and self._compiled is not None:
+            return self._compiled[1](params, self._model_buffers(), x, y)
+        return cross_entropy_and_logits(
+            self._networks[mode].model, params, self._model_buffers(), x, y
         )
 
     def task_loss(
@@ -228,25 +338,33 @@ class MetaLearner(nn.Module):
         xq: Tensor,
         yq: Tensor,
         ways: int,
+        *,
+        mode: str = "func",
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Pure per-task function (``vmap``-able over the tensor arguments).
+        """The per-task function: pure; with ``mode="func"`` ``vmap``-able over the tensors.
 
         Args:
             params: model parameters; rel_params: relation-net parameters (``{}`` for base).
             xs: ``(N_s, C, H, W)``; ys: ``(N_s,)``; xq: ``(N_q, C, H, W)``; yq: ``(N_q,)``.
             ways: number of classes ``N``.
+            mode: ``"func"``: valid under ``torch.func`` transforms (``vmap``); the GP
+                re-training weights all queries by the 0/1 pick mask, batch-norm statistics
+                included. ``"autograd"``: outside them only; faster layers, the inner loop by
+                ``torch.autograd.grad``, the re-training on the gathered picks (the same numbers),
+                and with ``compiled=True`` the compiled query pass.
 
         Returns:
             ``(loss, logits, picked)``: scalar loss, ``(N_q, N)`` query logits after adaptation,
             number of picked queries (scalar float).
         """
-        adapted = self._adapt(params, xs, ys)
+        self._check_mode(mode)
+        adapted = self.adapt(params, xs, ys, mode=mode)
         if not self.gp:
-            loss, logits = self._maybe_compiled_loss(adapted, xq, yq)
+            loss, logits = self._query_loss(adapted, xq, yq, mode)
             return loss, logits, xq.new_zeros(())
         n_s = xs.shape[0]
         x_all = torch.cat([xs, xq])
-        _, z = self._logits(adapted, x_all, embed=True)
+        z = self.embed(adapted, x_all, mode=mode)
         sigma = functional_call(self.relation_net, rel_params, (z,))
         scores = label_propagation(z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk)
         query_scores = scores[n_s:]
@@ -254,76 +372,33 @@ class MetaLearner(nn.Module):
             query_scores = class_mass_normalize(query_scores)
         mask, pseudo = pick_pseudo_labels(query_scores, ways)
         use = mask.sum() > 0
-        if _inside_functorch_transform():  # fixed shapes: a 0/1 weight over all queries
+        if mode == "func":  # fixed shapes: a 0/1 weight over all queries
             weight = torch.cat([torch.ones_like(ys, dtype=mask.dtype), mask])
-            with sample_weighted_batch_norm(self.model, weight):
-                retrained = self._adapt(params, x_all, torch.cat([ys, pseudo]), weight)
+            weighted = swap_layers(
+                self._networks["func"].model,
+                batch_norm=partial(SampleWeightedBatchNorm2d.from_layer, sample_weight=weight),
+            )
+            y_all = torch.cat([ys, pseudo])
+            retrained = self.adapt(
+                params, x_all, y_all, mode=mode, sample_weight=weight, model=weighted
+            )
             final = {n: torch.where(use, retrained[n], adapted[n]) for n in adapted}
         elif bool(use):  # the same numbers on the picked subset only (fewer images)
             keep = mask.bool()
-            final = self._adapt(params, torch.cat([xs, xq[keep]]), torch.cat([ys, pseudo[keep]]))
+            x_re, y_re = torch.cat([xs, xq[keep]]), torch.cat([ys, pseudo[keep]])
+            final = self.adapt(params, x_re, y_re, mode=mode)
         else:  # nothing picked: theta'
             final = adapted
-        loss, logits = self._maybe_compiled_loss(final, xq, yq)
+        loss, logits = self._query_loss(final, xq, yq, mode)
         if self.training and self.lp_loss_weight:
             loss = loss + self.lp_loss_weight * F.cross_entropy(scores, torch.cat([ys, yq]))
         return loss, logits, mask.sum()
-
-    # -- compiled meta-gradient (base learners) --------------------------------------------
-
-    def _inner_hvp(
-        self, params: dict[str, Tensor], vector: dict[str, Tensor], x: Tensor, y: Tensor
-    ) -> dict[str, Tensor]:
-        """``d/d params <grad_A L(params), vector>``: the inner loss's Hessian columns of the
-        adapted names ``A`` times ``vector`` (keyed by ``A``); returns every name of ``params``."""
-
-        def inner_grad(p: dict[str, Tensor]) -> dict[str, Tensor]:
-            def loss(sub: dict[str, Tensor]) -> Tensor:
-                return self._loss_and_logits({**p, **sub}, x, y)[0]
-
-            return grad(loss)({n: p[n] for n in self.adapted})
-
-        return vjp(inner_grad, params)[1](vector)[0]
-
-    def _loss_grads(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor, names: list[str]
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Compiled ``(loss, logits, {name: d loss / d params[name]})`` for ``x`` ``(N, C, H, W)``
-        and ``y`` ``(N,)``; no graph is kept."""
-        leaves = {n: params[n].detach().requires_grad_() for n in names}
-        with torch.enable_grad():
-            loss, logits = self._maybe_compiled_loss({**params, **leaves}, x, y)
-            grads = torch.autograd.grad(loss, list(leaves.values()))
-        return loss.detach(), logits.detach(), dict(zip(names, grads))
-
-    def _meta_gradient(
-        self, params: dict[str, Tensor], xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One task's ``(loss, (N_q, N) logits, meta-gradient)``, no graph through the inner loop.
-
-        ``theta_{i+1} = theta_i - lr * P grad L_S(theta_i)`` (``P`` keeps the adapted names); the
-        meta-gradient of ``L_Q(theta_k)`` is ``v = grad L_Q(theta_k)`` followed, from the last
-        step to the first, by ``v <- v - lr * H_S(theta_i) P v`` (second order only).
-        """
-        params = {n: t.detach() for n, t in params.items()}
-        points = [params]
-        for _ in range(self.inner_steps):
-            g = self._loss_grads(points[-1], xs, ys, self.adapted)[2]
-            points.append({**points[-1], **{n: points[-1][n] - self.inner_lr * g[n] for n in g}})
-        loss, logits, v = self._loss_grads(points[-1], xq, yq, list(params))
-        if not self.first_order:
-            for point in reversed(points[:-1]):
-                hv = self._hvp_graph(point, {n: v[n] for n in self.adapted}, xs, ys)
-                v = {n: v[n] - self.inner_lr * hv[n] for n in v}
-        return loss, logits, v
 
     # -- meta-batch -----------------------------------------------------------------------
 
     def resolved_batching(self, device: torch.device) -> str:
         """The batching mode used on ``device`` (resolves ``"auto"``)."""
-        if self.task_batching != "auto":
-            return self.task_batching
-        return "vmap" if device.type == "cuda" else "loop"
+        return resolve_batching(self.task_batching, device)
 
     def _meta_batch_inputs(self, xs: Tensor, ys: Tensor, xq: Tensor):
         if xs.dim() != 5 or xq.dim() != 5:
@@ -337,7 +412,7 @@ class MetaLearner(nn.Module):
         return ways, params, rel
 
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
-        """Meta-batch of ``B`` tasks.
+        """Meta-batch of ``B`` tasks (a loop or ``vmap``, see ``task_batching``).
 
         Args:
             xs: ``(B, N_s, C, H, W)`` support images; ys: ``(B, N_s)`` labels in ``[0, N)``.
@@ -348,34 +423,32 @@ class MetaLearner(nn.Module):
         """
         ways, params, rel = self._meta_batch_inputs(xs, ys, xq)
         if self.resolved_batching(xs.device) == "vmap":
+            functional = self._networks["func"].model
             if (
                 not self.first_order
                 and torch.is_grad_enabled()
-                and _has_fused_batch_norm(self.model)
+                and _has_fused_batch_norm(functional)
             ):
                 raise ValueError(
                     "torch.nn batch-norm gives wrong second-order gradients under torch.func.vmap "
                     "(PyTorch 2.x); use gp_maml.BatchNorm2d in the model, first_order=True, or "
                     "task_batching='loop'"
                 )
-            fn = vmap(self.task_loss, in_dims=(None, None, 0, 0, 0, 0, None))
-            loss, logits, picked = fn(params, rel, xs, ys, xq, yq, ways)
+            task = partial(self.task_loss, params, rel, ways=ways, mode="func")
+            loss, logits, picked = vmap_tasks(task, xs, ys, xq, yq)
         else:
-            outs = [
-                self.task_loss(params, rel, xs[b], ys[b], xq[b], yq[b], ways)
-                for b in range(xs.shape[0])
-            ]
-            loss, logits, picked = (torch.stack(t) for t in zip(*outs))
+            task = partial(self.task_loss, params, rel, ways=ways, mode="autograd")
+            loss, logits, picked = loop_tasks(task, xs, ys, xq, yq)
         return _meta_output(loss, logits, picked, yq)
 
     def forward_backward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
         """``forward(...).loss.backward()`` one task at a time (peak memory of a single task).
 
-        Each task's share of the mean loss is back-propagated as soon as it is computed, so
-        parameter gradients accumulate exactly as with ``forward(...).loss.backward()`` while
-        only one task's graph is alive (``higher``'s memory profile). Python-loop batching only.
-        With ``compiled=True`` a base learner adds each task's compiled meta-gradient
-        (``_meta_gradient``) to the ``.grad`` fields instead.
+        Each task's share of the mean loss is back-propagated as soon as it is computed and
+        added to the parameters' ``.grad`` (``batching.backward_task_by_task``), so gradients
+        accumulate as with ``forward(...).loss.backward()`` while only one task's graph is alive
+        (``higher``'s memory profile). Python-loop batching only. With ``compiled=True`` a base
+        learner's task gradients come from ``meta_gradient.CompiledMetaGradient``.
 
         Args:
             xs, ys, xq, yq: as in ``forward``.
@@ -384,20 +457,8 @@ class MetaLearner(nn.Module):
             ``MetaOutput`` with a detached mean ``loss``.
         """
         ways, params, rel = self._meta_batch_inputs(xs, ys, xq)
-        n_tasks = xs.shape[0]
-        outs = []
-        for b in range(n_tasks):
-            if self.compiled and not self.gp:
-                loss, logits, grads = self._meta_gradient(params, xs[b], ys[b], xq[b], yq[b])
-                for n, p in params.items():
-                    g = grads[n] / n_tasks
-                    p.grad = g if p.grad is None else p.grad + g
-                outs.append([loss, logits, loss.new_zeros(())])
-                continue
-            out = self.task_loss(params, rel, xs[b], ys[b], xq[b], yq[b], ways)
-            (out[0] / n_tasks).backward()
-            outs.append([t.detach() for t in out])
-        loss, logits, picked = (torch.stack(t) for t in zip(*outs))
+        task = partial(self._meta_gradient, params, rel, ways=ways)
+        loss, logits, picked = backward_task_by_task(task, xs, ys, xq, yq)
         return _meta_output(loss, logits, picked, yq)
 
 

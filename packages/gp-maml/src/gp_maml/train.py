@@ -1,10 +1,10 @@
 """Meta-training CLI: ``python -m gp_maml.train`` / ``gp-maml-train``.
 
 Writes to ``--out``: ``last.pt`` (atomic, every ``--ckpt-every`` iterations and at the end),
-``best.pt`` (best validation accuracy; none with ``--val-every 0``), ``metrics.jsonl`` and
-``curves.png``.
-``--resume`` continues exactly from ``last.pt`` (parameters, optimizer, scheduler, sampler and
-RNG states, iteration).
+``best.pt`` (best validation accuracy; none with ``--val-every 0``), ``config.json``,
+``metrics.jsonl`` and ``curves.png``. ``--resume`` continues exactly from ``last.pt``
+(parameters, optimizer, scheduler, sampler and RNG states, iteration). Python callers pass a
+``TrainConfig`` to ``train``; the command line only builds one.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,18 +29,36 @@ from lab_common import (
     save_checkpoint,
     seed_everything,
 )
+from lab_common.cli import (
+    add_run_arguments,
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_console,
+)
 
 from .backbones import create_backbone
+from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
 from .learners import METHODS, MetaLearner, create_learner
 
-__all__ = ["TrainConfig", "build_learner", "evaluate_tasks", "main", "train"]
+__all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
+
+BACKBONES = ("conv4-32", "conv4-64", "resnet12")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Meta-training settings (defaults follow the paper's code where it has one)."""
+    """Meta-training settings (defaults follow the paper's code where it has one).
+
+    ``batch_size`` is the number of tasks per meta-batch (``--batch-size``; gp-maml trains in
+    one process, so it is also the whole meta-batch). ``threads`` sets torch's CPU threads
+    (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
+    (it also reads 0.1's ``meta_batch``).
+    """
 
     method: str = "gp-maml"
     backbone: str = "conv4-64"
@@ -48,7 +68,7 @@ class TrainConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
-    meta_batch: int = 4
+    batch_size: int = 4
     iterations: int = 30000
     inner_lr: float = 0.5
     inner_steps: int = 1
@@ -56,7 +76,7 @@ class TrainConfig:
     lp_loss_weight: float = 0.01
     class_mass_norm: bool = True
     lr: float = 1e-3
-    milestones: list[int] = field(default_factory=lambda: [10000, 20000])
+    milestones: tuple[int, ...] = (10000, 20000)
     gamma: float = 0.1
     rotate: bool = True
     val_every: int = 500
@@ -71,21 +91,53 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
-        if self.val_every < 0:
-            raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
+        for name, choices in (
+            ("method", METHODS),
+            ("backbone", BACKBONES),
+            ("dataset", DATASETS),
+            ("task_batching", BATCHING),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of {tuple(choices)}"
+                )
+        if self.ways < 2:
+            raise ValueError(f"ways must be >= 2, got {self.ways}")
         for name in (
-            "meta_batch",
+            "shots",
+            "queries",
+            "batch_size",
             "iterations",
+            "inner_steps",
             "val_tasks",
             "ckpt_every",
             "log_every",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("inner_lr", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("lr", "lp_loss_weight", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
+        if not isinstance(self.milestones, tuple) or any(m < 0 for m in self.milestones):
+            raise ValueError(
+                f"milestones must be a tuple of iterations >= 0, got {self.milestones!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """The config of ``values`` (e.g. a checkpoint's ``"config"``); lists become tuples,
+        and 0.1's ``meta_batch`` is read as ``batch_size``."""
+        values = dict(values)
+        if "meta_batch" in values:
+            values.setdefault("batch_size", values.pop("meta_batch"))
+        if isinstance(values.get("milestones"), list):
+            values["milestones"] = tuple(values["milestones"])
+        return cls(**values)
 
 
 def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
@@ -109,16 +161,17 @@ def evaluate_tasks(
     learner: MetaLearner,
     sampler: EpisodeSampler,
     tasks: int,
-    batch: int,
+    batch_size: int,
     device: torch.device,
     show_progress: bool = False,
 ) -> tuple[float, float]:
-    """Mean query accuracy (percent) over ``tasks`` episodes and its 95% CI half-width."""
+    """Mean query accuracy (percent) over ``tasks`` episodes, ``batch_size`` tasks per forward,
+    and its 95% CI half-width."""
     learner.eval()
     accs: list[torch.Tensor] = []
-    steps = range(0, tasks, batch)
+    steps = range(0, tasks, batch_size)
     for start in progress(steps, enabled=show_progress, desc="eval", leave=False):
-        ep = sampler.sample_batch(min(batch, tasks - start)).to(device)
+        ep = sampler.sample_batch(min(batch_size, tasks - start)).to(device)
         with torch.no_grad():
             out = learner(ep.xs, ep.ys, ep.xq, ep.yq)
         accs.append((out.logits.argmax(-1) == ep.yq).float().mean(1).cpu() * 100)
@@ -133,8 +186,9 @@ def _load_data(cfg: TrainConfig, split: str) -> FewShotDataset:
     return data
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Meta-train; returns the last logged metrics and the best validation accuracy."""
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    """Meta-train with ``cfg`` (``resume``: continue from ``<cfg.out>/last.pt``); returns the last
+    logged metrics and the best validation accuracy (``-1.0`` without validation)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -152,7 +206,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sampler = EpisodeSampler(train_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
     learner = build_learner(cfg, train_data).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
     start, best = 0, -1.0
     last_path = out / "last.pt"
     if resume:
@@ -185,7 +239,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     per_task_backward = learner.resolved_batching(device) == "loop"
     bar = progress(range(start, cfg.iterations), enabled=cfg.progress, desc=cfg.method)
     for it in bar:
-        ep = sampler.sample_batch(cfg.meta_batch).to(device)
+        ep = sampler.sample_batch(cfg.batch_size).to(device)
         optimizer.zero_grad(set_to_none=True)
         if per_task_backward:  # same gradients, one task's graph alive at a time
             result = learner.forward_backward(ep.xs, ep.ys, ep.xq, ep.yq)
@@ -209,7 +263,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             val_sampler = EpisodeSampler(
                 val_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1
             )
-            acc, ci = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.meta_batch, device)
+            acc, ci = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
             record = logger.log(step=step, val_acc=acc, val_ci=ci)
             if acc > best:
                 best = acc
@@ -225,40 +279,84 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="gp-maml-train", description=__doc__.splitlines()[0])
-    p.add_argument("--method", default=d.method, choices=METHODS)
-    p.add_argument("--backbone", default=d.backbone, choices=["conv4-32", "conv4-64", "resnet12"])
-    p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
-    p.add_argument("--data-root", required=True, help="dataset folder (Omniglot: folder or zip)")
-    p.add_argument("--out", default=d.out)
-    for name in ("ways", "shots", "queries", "meta_batch", "iterations", "inner_steps", "val_every",
-                 "val_tasks", "ckpt_every", "log_every", "seed"):  # fmt: skip
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("inner_lr", "lr", "gamma", "lp_loss_weight"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
-    p.add_argument("--milestones", type=int, nargs="*", default=d.milestones)
-    p.add_argument("--first-order", action="store_true")
-    p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false",
-                   help="GP methods: pick pseudo-labels from the raw propagated scores")  # fmt: skip
-    p.add_argument("--no-rotate", dest="rotate", action="store_false",
-                   help="Omniglot: no rotation-augmented training classes")  # fmt: skip
-    p.add_argument("--task-batching", default=d.task_batching, choices=["loop", "vmap", "auto"])
-    p.add_argument("--compile", dest="compiled", action="store_true",
-                   help="torch.compile the per-task meta-gradient (loop mode; see MetaLearner)")  # fmt: skip
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p = argparse.ArgumentParser(
+        prog="gp-maml-train",
+        description=__doc__.splitlines()[0],
+        epilog="--batch-size is the number of tasks per meta-batch (one process; was "
+        "--meta-batch, still accepted until 0.3).",
+    )
+    add_run_arguments(
+        p,
+        d,
+        duration="iterations",
+        data_root_required=True,
+        deprecated={"--meta-batch": "--batch-size"},
+    )
+    g = p.add_argument_group("task")
+    g.add_argument("--method", default=d.method, choices=METHODS)
+    g.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
+    g.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    g.add_argument("--ways", type=positive_int, default=d.ways, help="classes per task (>= 2)")
+    g.add_argument("--shots", type=positive_int, default=d.shots, help="support images per class")
+    g.add_argument("--queries", type=positive_int, default=d.queries, help="queries per class")
+    g.add_argument(
+        "--no-rotate",
+        dest="rotate",
+        action="store_false",
+        help="Omniglot: no rotation-augmented training classes",
+    )
+    g = p.add_argument_group("learner")
+    g.add_argument("--inner-lr", type=positive_float, default=d.inner_lr)
+    g.add_argument("--inner-steps", type=positive_int, default=d.inner_steps)
+    g.add_argument("--first-order", action="store_true")
+    g.add_argument("--lp-loss-weight", type=non_negative_float, default=d.lp_loss_weight)
+    g.add_argument(
+        "--no-class-mass-norm",
+        dest="class_mass_norm",
+        action="store_false",
+        help="GP methods: pick pseudo-labels from the raw propagated scores",
+    )
+    g.add_argument("--task-batching", default=d.task_batching, choices=BATCHING)
+    g.add_argument(
+        "--compile",
+        dest="compiled",
+        action="store_true",
+        help="torch.compile the per-task meta-gradient (loop mode; see MetaLearner)",
+    )
+    g = p.add_argument_group("optimisation and bookkeeping")
+    g.add_argument("--lr", type=non_negative_float, default=d.lr, help="Adam learning rate")
+    g.add_argument(
+        "--milestones",
+        type=non_negative_int,
+        nargs="*",
+        default=list(d.milestones),
+        help="iterations where the learning rate is multiplied by --gamma",
+    )
+    g.add_argument("--gamma", type=positive_float, default=d.gamma)
+    g.add_argument(
+        "--val-every", type=non_negative_int, default=d.val_every, help="0: no validation"
+    )
+    g.add_argument("--val-tasks", type=positive_int, default=d.val_tasks)
+    g.add_argument("--ckpt-every", type=positive_int, default=d.ckpt_every)
+    g.add_argument("--log-every", type=positive_int, default=d.log_every)
+    g.add_argument(
+        "--threads", type=non_negative_int, default=d.threads, help="torch CPU threads (0: default)"
+    )
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = vars(_parser().parse_args(argv))
-    resume = args.pop("resume")
-    result = train(TrainConfig(**args), resume=resume)
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv``, train, print the final metrics as one JSON line and return them."""
+    args = _parser().parse_args(argv)
+    result = train(config_from_args(TrainConfig, args), resume=args.resume)
     print(json.dumps(result))
     return result
 
 
+def cli() -> int:
+    """Console-script entry point: exit status 0 on success, 2 on a user error."""
+    return run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

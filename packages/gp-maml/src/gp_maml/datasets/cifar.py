@@ -90,5 +90,7 @@ def fc100(root: str | Path, split: str) -> FewShotDataset:
     """FC100 ``split`` as ``(M, 3, 32, 32)`` uint8 images."""
     images, fine, coarse, names = _read(root)
     supers = set(FC100_SPLITS[split])
-    keep = sorted({int(f) for f, c in zip(fine.tolist(), coarse.tolist()) if c in supers})
+    keep = sorted(
+        {int(f) for f, c in zip(fine.tolist(), coarse.tolist(), strict=True) if c in supers}
+    )
     return _subset(images, fine, names, keep)

@@ -103,7 +103,8 @@ def load_omniglot(
 
 
 def omniglot_split(dataset: FewShotDataset, split: str, every: int = 10) -> FewShotDataset:
-    """``"test"``: all characters; ``"val"``: every ``every``-th character; ``"train"``: the rest."""
+    """``"test"``: all characters; ``"val"``: every ``every``-th character; ``"train"``: the
+    rest."""
     if split == "test":
         return dataset
     n = len(dataset.class_names)
