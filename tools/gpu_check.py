@@ -605,9 +605,6 @@ SMOKE = (
         " --batch-size 2 --val-every 0 --log-every 1" + _RUN,
     ),
 )
-#: New option -> the names of trainers that predate the dialect, used only when a trainer's
-#: ``--help`` lacks the new one (delete once every trainer speaks the dialect).
-OLD_SPELLINGS = {"--out": ("--output", "--out-dir"), "--batch-size": ("--meta-batch",)}
 #: Flags a trainer may not have: its smoke run goes without (and the summary says so).
 OPTIONAL_FLAGS = ("--amp",)
 
@@ -647,22 +644,19 @@ def trainer_options(module: str) -> set[str]:
 
 
 def resolve_options(args: Sequence[str], accepted: set[str]) -> tuple[list[str], list[str]]:
-    """``args`` with each option the trainer lacks replaced by its old name or dropped.
+    """``args`` without the ``OPTIONAL_FLAGS`` the trainer lacks (gp-maml-train has no ``--amp``).
 
-    Returns the arguments and one note per change. Raises ``ValueError`` for an option that
-    neither the trainer nor ``OLD_SPELLINGS`` / ``OPTIONAL_FLAGS`` can place.
+    Returns the arguments and one note per dropped flag. Raises ``ValueError`` for any other
+    option the trainer does not accept.
     """
     out, notes = [], []
     for arg in args:
         if not arg.startswith("--") or arg in accepted:
             out.append(arg)
-        elif old := next((o for o in OLD_SPELLINGS.get(arg, ()) if o in accepted), None):
-            out.append(old)
-            notes.append(f"{arg} -> {old} (not in the dialect yet)")
         elif arg in OPTIONAL_FLAGS:
             notes.append(f"no {arg}: runs without it")
         else:
-            raise ValueError(f"the trainer accepts no {arg} (nor {OLD_SPELLINGS.get(arg, ())})")
+            raise ValueError(f"the trainer accepts no {arg}")
     return out, notes
 
 

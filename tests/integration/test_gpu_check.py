@@ -160,18 +160,20 @@ def test_listed_options_reads_usage_and_option_lines_only():
     }
 
 
-def test_resolve_options_uses_old_names_and_drops_optional_flags():
-    accepted = gpu_check.listed_options(_help("--out-dir", "--meta-batch", "--device"))
+def test_resolve_options_drops_only_optional_flags():
+    accepted = gpu_check.listed_options(_help("--out", "--batch-size", "--device"))
     args, notes = gpu_check.resolve_options(
         ["--out", "x", "--batch-size", "2", "--device", "cuda", "--amp"], accepted
     )
-    assert args == ["--out-dir", "x", "--meta-batch", "2", "--device", "cuda"]
-    assert len(notes) == 3 and any("--amp" in n for n in notes)
+    assert args == ["--out", "x", "--batch-size", "2", "--device", "cuda"]
+    assert len(notes) == 1 and "--amp" in notes[0]
     new = gpu_check.listed_options(_help("--out", "--batch-size", flags=("--amp",)))
     args, notes = gpu_check.resolve_options(["--out", "x", "--amp"], new)
     assert args == ["--out", "x", "--amp"] and notes == []
-    with pytest.raises(ValueError, match="--epochs"):
+    with pytest.raises(ValueError, match="accepts no --epochs"):
         gpu_check.resolve_options(["--epochs", "1"], accepted)
+    with pytest.raises(ValueError, match="accepts no --out-dir"):
+        gpu_check.resolve_options(["--out-dir", "x"], accepted)
 
 
 def test_smoke_commands_fill_placeholders():
