@@ -112,8 +112,11 @@ def test_interrupted_runs_resume_exactly(tmp_path, uninterrupted):
 
 def test_ce_only_student_has_no_teacher_and_existing_run_needs_resume(tmp_path):
     data = synthetic()
-    result = run_distillation(config(tmp_path, epochs=1), ce_only, datasets=data)
+    result = run_distillation(
+        config(tmp_path, epochs=1, deterministic=True), ce_only, datasets=data
+    )
     assert result.teacher is None and not (tmp_path / "teacher.pt").exists()
+    assert not torch.are_deterministic_algorithms_enabled()  # switched on for that run only
     rec = json.loads((tmp_path / "result.json").read_text())
     assert set(rec) >= {"loss_ce", "test_acc", "train_acc", "lr"}
     with pytest.raises(FileExistsError, match="not empty; pass --resume .* --overwrite"):

@@ -302,6 +302,22 @@ def _teacher(
     return teacher.eval()
 
 
+def _kernel_flags() -> tuple[bool, bool, bool, bool]:
+    """Torch's process-wide kernel switches that ``seed_everything(deterministic=True)`` sets."""
+    cudnn = torch.backends.cudnn
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+
+
+def _set_kernel_flags(flags: tuple[bool, bool, bool, bool]) -> None:
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2:]
+
+
 def _resume_states(
     cfg: DistillConfig,
     ctx: DistContext,
@@ -398,6 +414,7 @@ def run_distillation(
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
     check_model_name(config.student, "--student")
     check_model_name(config.teacher, "--teacher")
+    kernels = _kernel_flags()
     ctx = init_distributed(device=config.device)
     try:
         if ctx.is_main:
@@ -453,4 +470,5 @@ def run_distillation(
             (out_dir / "result.json").write_text(json.dumps(metrics, indent=2))
         return DistillResult(student.eval(), teacher, metrics, out_dir)
     finally:
+        _set_kernel_flags(kernels)  # ``deterministic`` holds for this run only
         cleanup_distributed()
