@@ -254,6 +254,32 @@ def test_bad_inputs_raise_value_error_naming_shapes(s, t, y, match):
         clkd_loss(s, t, y)
 
 
+@pytest.mark.parametrize(
+    ("y", "match"),
+    [
+        (torch.tensor([0, 5, 1, 2, 3, 4]), r"in \[0, 5\) .* got values from 0 to 5"),
+        (torch.tensor([0, -1, 1, 2, 3, 4]), r"in \[0, 5\) .* got values from -1 to 4"),
+        (torch.tensor([0.0, 1, 1, 2, 3, 4]), "integer class indices"),
+    ],
+)
+def test_out_of_range_negative_and_float_targets_name_the_range(y, match):
+    s, t, _ = random_logits()
+    for loss in (lambda: clkd_loss(s, t, y), lambda: CLKDLoss()(s, t, y)):
+        with pytest.raises(ValueError, match=match):
+            loss()
+
+
+def test_int32_targets_are_accepted_and_give_the_int64_loss():
+    s, t, y = random_logits()
+    ref, got = CLKDLoss()(s, t, y), CLKDLoss()(s, t, y.int())
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_empty_batch_is_a_value_error():
+    with pytest.raises(ValueError, match=r"at least 2, got logits of shape \(0, 5\)"):
+        clkd_loss(torch.randn(0, 5), torch.randn(0, 5), torch.zeros(0).long())
+
+
 def test_bad_config_values():
     with pytest.raises(ValueError, match="variant"):
         CLKDConfig(variant="l1")

@@ -69,3 +69,17 @@ def test_warmup_scales_distillation_terms():
     torch.testing.assert_close(loss(s, t, y)["loss_tckd"], full["loss_tckd"])
     with pytest.raises(ValueError, match="warmup_epochs"):
         DKDConfig(warmup_epochs=-1)
+
+
+def test_int32_targets_accepted_and_bad_ones_named():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 2, 1, 2])
+    ref, got = DKDLoss()(s, t, y), DKDLoss()(s, t, y.int())  # one_hot needed int64
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    with pytest.raises(ValueError, match=r"dkd_loss: target class indices must be in \[0, 3\)"):
+        DKDLoss()(s, t, y + 1)
+    with pytest.raises(ValueError, match="dkd_loss: student_logits has 1 non-finite"):
+        DKDLoss()(s.index_put((torch.tensor(0), torch.tensor(0)), torch.tensor(float("nan"))), t, y)
+    with pytest.raises(ValueError, match=r"dkd_loss needs a batch of at least 1, got .*\(0, 3\)"):
+        DKDLoss()(s[:0], t[:0], y[:0])

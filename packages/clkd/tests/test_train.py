@@ -103,7 +103,7 @@ def test_shared_option_names_and_errors(capsys):
         train(DistillConfig())
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly_and_refuses_changed_settings(tmp_path):
     data = synthetic()
     a, b = tmp_path / "a", tmp_path / "b"
     full = train(TrainConfig(**BASE, epochs=2, teacher_epochs=1, out=a), datasets=data)
@@ -111,12 +111,77 @@ def test_resume_continues_exactly(tmp_path):
     common = {**BASE, "epochs": 2, "teacher_checkpoint": a / "teacher.pt", "out": b}
     part = train(TrainConfig(**common, stop_after=1), datasets=data)
     assert not part.metrics["completed"] and part.metrics["epoch"] == 0
-    train(TrainConfig(**common, resume=True), datasets=data)
+    # the probe: --method kd --lr 0.5 --epochs 3 --resume after a clkd run
+    changed = TrainConfig(**{**common, "lr": 0.5, "epochs": 3}, method="kd")
+    with pytest.raises(
+        ValueError,
+        match=r"epochs: 2 -> 3; lr: 0.05 -> 0.5; method: 'clkd' -> 'kd'.*"
+        r"--allow-changed epochs lr method",
+    ):
+        train(changed, resume=True, datasets=data)
+    assert load_checkpoint(b / "student_last.pt")["epoch"] == 1  # nothing was trained
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(TrainConfig(**common), datasets=data)
+    train(TrainConfig(**common), resume=True, datasets=data)
     _same(load_checkpoint(a / "student.pt")["model"], load_checkpoint(b / "student.pt")["model"])
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
     assert ra["loss_cc"] == rb["loss_cc"] and ra["test_acc"] == rb["test_acc"]
     saved = load_checkpoint(b / "student_last.pt")["config"]
-    assert saved["method"] == "clkd" and saved["resume"] is True and saved["out"] == str(b)
+    assert saved["method"] == "clkd" and "resume" not in saved and saved["out"] == str(b)
+    assert load_checkpoint(b / "student_last.prev.pt")["epoch"] == 1  # the generation before
+
+
+def test_main_passes_the_run_start_options_to_train(monkeypatch):
+    calls = []
+    monkeypatch.setattr("clkd.train.train", lambda config, **kw: calls.append((config, kw)))
+    main(["--out", "r", "--resume", "--allow-changed", "lr", "epochs"])
+    main(["--out", "r", "--overwrite"])
+    assert [kw for _, kw in calls] == [
+        {"resume": True, "overwrite": False, "allow_changed": ["lr", "epochs"]},
+        {"resume": False, "overwrite": True, "allow_changed": ()},
+    ]
+    assert calls[0][0] == TrainConfig(out="r")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "-1"], "--lr: expected a number > 0, got -1"),
+        (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["--epochs", "-1"], "--epochs: expected a positive integer, got -1"),
+        (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+        (["--batch-size", "-4"], "--batch-size: expected a positive integer, got -4"),
+        (["--ce-weight", "-1"], "--ce-weight: expected a number >= 0, got -1"),
+        (["--class-weight", "-0.5"], "--class-weight: expected a number >= 0, got -0.5"),
+        (["--kd-weight", "-2"], "--kd-weight: expected a number >= 0, got -2"),
+        (["--dkd-beta", "-8"], "--dkd-beta: expected a number >= 0, got -8"),
+        (["--temperature", "0"], "--temperature: expected a number > 0, got 0"),
+        (["--temperature", "-4"], "--temperature: expected a number > 0, got -4"),
+        (["--dkd-warmup", "-1"], "--dkd-warmup: expected an integer >= 0, got -1"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"clkd-train: error: argument {message}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ce_weight", -1.0, r"ce_weight \(--ce-weight\) must be >= 0, got -1.0"),
+        ("correlation_weight", -0.1, r"correlation_weight \(--correlation-weight\) must be >= 0"),
+        ("dkd_warmup", -1, r"dkd_warmup \(--dkd-warmup\) must be >= 0"),
+        ("temperature", 0.0, r"temperature \(--temperature\) must be > 0, got 0.0"),
+        ("clkd_variant", "l1", "clkd_variant must be one of"),
+        ("lr", -1.0, "lr must be > 0, got -1.0"),
+        ("epochs", 0, "epochs must be >= 1, got 0"),
+    ],
+)
+def test_config_rejects_bad_numbers_before_any_work(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
 
 
 def test_console_entry_reports_a_user_error_in_one_line(tmp_path, capsys):
@@ -124,6 +189,10 @@ def test_console_entry_reports_a_user_error_in_one_line(tmp_path, capsys):
     assert run_console(main, argv) == 2  # what cli() returns as the process's exit status
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: unknown dataset" in err
+    assert run_console(main, [*argv, "--student", "resnet_9000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: unknown model 'resnet_9000' (--student)" in err
+    assert "timm.list_models()" in err and "list_zoo_models()" in err
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from lab_common.checkpoint import load_checkpoint
+from lab_common.cli import run_console
 from lab_common.distill import KDLoss, TensorImageDataset
 from lab_common.testing import run_torchrun
-from trg_kd.train import TrainConfig, parse_config, train
+from trg_kd.train import TrainConfig, check_graph_settings, main, parse_config, train
 
 
 def synthetic(n_train=96, n_test=40, size=16, classes=4):
@@ -112,7 +113,10 @@ def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
     # interrupted after one of the two student epochs
     part = train(config(tmp_path / "b", **lt, stop_after=1), datasets=data)
     assert not part.metrics["completed"]
-    part = train(config(tmp_path / "b", **lt, resume=True), datasets=data)
+    changed = config(tmp_path / "b", **{**lt, "k": 3})
+    with pytest.raises(ValueError, match=r"k: 4 -> 3.*--allow-changed k"):
+        train(changed, resume=True, datasets=data)
+    part = train(config(tmp_path / "b", **lt), resume=True, datasets=data)
     assert part.metrics["completed"]
     a, b = (load_checkpoint(tmp_path / d / "student_last.pt")["model"] for d in "ab")
     assert a.keys() == b.keys() and "loss.projector.proj.weight" in a
@@ -135,6 +139,96 @@ def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
 def test_train_needs_its_config():
     with pytest.raises(TypeError, match="trg_kd.train.TrainConfig"):
         train({"method": "trg"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"k": 64},  # 16 images x 4 tokens = 64 nodes
+            r"--k 64 needs more than 64 graph nodes, but a step has 64 \(--batch-size 16 x 4 "
+            r"tokens per image of the 16 aligned tokens x 1 process\(es\)\)",
+        ),
+        ({"k": 300, "tokens_per_image": 64}, r"--k 300 .* a step has 256 .* x 16 tokens per image"),
+        ({"batch_size": 1}, r"--batch-size 1: .* at least 2 images per batch"),
+    ],
+)
+def test_graph_settings_are_checked_before_the_teacher_trains(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(config(out, **overrides), datasets=synthetic())
+    assert not out.exists()  # no teacher epoch was spent (it used to fail at the first TRG step)
+    for no_graph in ({"method": "kd"}, {"local_weight": 0.0, "global_weight": 0.0}):
+        check_graph_settings(config(out, **overrides, **no_graph), 4, (1, 16, 16))
+
+
+def test_unknown_model_and_bad_numbers_are_one_line_errors(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "run"), "--device", "cpu", "--teacher", "resnet_9000"]
+    assert run_console(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: unknown model 'resnet_9000' (--teacher)" in err
+    assert "timm.list_models()" in err and "cifar_*" in err
+    for bad, message in (
+        (["--lr", "-1"], "--lr: expected a number > 0, got -1"),
+        (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["--epochs", "-1"], "--epochs: expected a positive integer, got -1"),
+        (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+        (["--batch-size", "-4"], "--batch-size: expected a positive integer, got -4"),
+        (["--kd-weight", "-1"], "--kd-weight: expected a number >= 0, got -1"),
+        (["--local-weight", "-0.5"], "--local-weight: expected a number >= 0, got -0.5"),
+        (["--kd-temperature", "0"], "--kd-temperature: expected a number > 0, got 0"),
+        (["--tau-end", "-0.1"], "--tau-end: expected a number > 0, got -0.1"),
+        (["--sigma", "0"], "--sigma: expected a number > 0, got 0"),
+        (["--k", "0"], "--k: expected a positive integer, got 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config(bad)
+        assert exit_info.value.code == 2
+        assert (
+            capsys.readouterr().err.splitlines()[-1] == f"trg-kd-train: error: argument {message}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("kd_temperature", 0.0, r"kd_temperature \(--kd-temperature\) must be > 0"),
+        ("imbalance_ratio", 0.5, r"imbalance_ratio \(--imbalance-ratio\) must be >= 1"),
+        ("lt_n_max", 0, r"lt_n_max \(--lt-n-max\) must be >= 1"),
+        ("few_shot", 200, r"few_shot <= many_shot \(--few-shot, --many-shot\), got 200 and 100"),
+        ("tau_start", 0.0, "temperatures must be > 0"),
+        ("global_weight", -1.0, "global_weight must be >= 0"),
+        ("lr", -1.0, "lr must be > 0"),
+        ("batch_size", -4, "batch_size must be >= 1, got -4"),
+    ],
+)
+def test_config_rejects_bad_numbers(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_same_seed_runs_are_bit_identical_on_several_threads(tmp_path, kd_run):
+    """Issue 12: two 3-step TRG runs differed by 5.5e-6 after 8 steps on a multi-threaded CPU
+    (the local term's index_put_ accumulation); they are identical now, --deterministic or not."""
+    data = synthetic(n_train=48)  # 3 steps of 16
+    teacher = kd_run[0] / "teacher.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        weights = {}
+        for deterministic in (False, True):
+            for run in "ab":
+                out = tmp_path / f"{deterministic}-{run}"
+                cfg = config(out, epochs=1, teacher_checkpoint=teacher, tokens_per_image=16)
+                train(replace(cfg, deterministic=deterministic), datasets=data)
+                weights[deterministic, run] = load_checkpoint(out / "student_last.pt")["model"]
+    finally:
+        torch.set_num_threads(threads)
+    for deterministic in (False, True):
+        a, b = weights[deterministic, "a"], weights[deterministic, "b"]
+        for key in a:
+            if key != "loss._extra_state":
+                assert torch.equal(a[key], b[key]), (deterministic, key)
 
 
 DDP_SCRIPT = """

@@ -145,7 +145,11 @@ def test_errors_name_sizes():
         TRGLoss(8, 16)(*[a[:1] for a in args])
     bad = list(args)
     bad[2] = bad[2][:3]
-    with pytest.raises(ValueError, match="mismatched batch sizes.*'target': 3"):
+    with pytest.raises(ValueError, match=r"TRGLoss: target must be .* shape \(4,\), got .* \(3,\)"):
+        TRGLoss(8, 16)(*bad)
+    bad = list(args)
+    bad[4] = bad[4][:3]
+    with pytest.raises(ValueError, match="mismatched batch sizes.*'teacher_features': 3"):
         TRGLoss(8, 16)(*bad)
     bad = list(args)
     bad[4] = torch.randn(4, 16, 3, 3)
@@ -161,6 +165,30 @@ def test_errors_name_sizes():
     bad[1][0, 0] = float("inf")
     with pytest.raises(ValueError, match="teacher_logits"):
         TRGLoss(8, 16)(*bad)
+
+
+def test_logits_and_targets_checked_by_the_shared_check():
+    args = list(_batch())
+    loss = TRGLoss(8, 16)
+    bad = list(args)
+    bad[0], bad[1] = bad[0][0], bad[1][0]  # 1-D logits: used to read "mismatched batch sizes"
+    with pytest.raises(ValueError, match=r"TRGLoss: expected \(B, C\) logits, got shape \(10,\)"):
+        loss(*bad)
+    for target, match in (
+        (torch.tensor([0, 10, 1, 2]), r"in \[0, 10\) .* got values from 0 to 10"),
+        (torch.tensor([0, -3, 1, 2]), r"in \[0, 10\) .* got values from -3 to 2"),
+        (torch.tensor([0.0, 1, 1, 2]), "integer class indices"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            loss(*args[:2], target, *args[3:])
+    with pytest.raises(ValueError, match=r"TRGLoss needs a batch of at least 1, got .*\(0, 10\)"):
+        loss(*[a[:0] for a in args])
+    ref_loss = TRGLoss(8, 16)
+    int32 = copy.deepcopy(ref_loss)  # same projector and token-sampling generator
+    ref = ref_loss(*args)
+    got = int32(*args[:2], args[2].int(), *args[3:])  # int32 used to fail in cross_entropy
+    for key in KEYS:
+        torch.testing.assert_close(got[key], ref[key])
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,9 @@ def clkd_loss(
         raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
     if correlation not in _CORRELATIONS:
         raise ValueError(f"correlation must be one of {_CORRELATIONS}, got {correlation!r}")
-    s, t = prepare_logits(student_logits, teacher_logits, target, min_batch=2, method="clkd_loss")
+    s, t, target = prepare_logits(
+        student_logits, teacher_logits, target, min_batch=2, method="clkd_loss"
+    )
     with torch.autocast(s.device.type, enabled=False):
         return {
             "loss_ce": ce_weight * F.cross_entropy(s, target),

@@ -59,7 +59,9 @@ def dkd_loss(
     ``loss_nckd = w·β·T²·mean_b KL(p̂_t ‖ p̂_s)`` with ``w = warmup_factor``, and
     ``loss_ce = ce_weight · CE(z_s, y)``.
     """
-    s, t = prepare_logits(student_logits, teacher_logits, target, min_batch=1, method="dkd_loss")
+    s, t, target = prepare_logits(
+        student_logits, teacher_logits, target, min_batch=1, method="dkd_loss"
+    )
     with torch.autocast(s.device.type, enabled=False):
         is_target = F.one_hot(target, s.shape[1]).bool()  # (B, C)
         tckd = _binary_kl(t / temperature, s / temperature, is_target)

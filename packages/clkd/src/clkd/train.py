@@ -98,6 +98,22 @@ class TrainConfig(DistillConfig):
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; use one of {METHODS}")
+        choices = {
+            "clkd_variant": ("mse", "softmax"),
+            "clkd_correlation": ("pearson", "covariance"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        weights = ("ce_weight", "logit_weight", "class_weight", "correlation_weight")
+        weights += ("kd_weight", "dkd_alpha", "dkd_beta", "dkd_warmup")
+        for name in weights:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be >= 0, got {value}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature (--temperature) must be > 0, got {self.temperature}")
 
 
 # config field of each loss config -> TrainConfig field
@@ -134,15 +150,33 @@ def make_loss(config: TrainConfig, num_classes: int) -> nn.Module | None:
     return CLKDLoss(CLKDConfig(**chosen))
 
 
-def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> DistillResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed: Sequence[str] = (),
+    datasets: DistillDatasets | None = None,
+) -> DistillResult:
     """Train (or load) the teacher, then distil the student with ``config.method``.
 
-    ``datasets = (train, test, num_classes, in_chans)`` replaces loading ``config.dataset``.
-    Outputs go to ``config.out`` (see :func:`lab_common.distill.run_distillation`).
+    ``resume`` continues exactly from the checkpoints in ``config.out``, refusing settings
+    that differ from theirs unless ``allow_changed`` names them; a fresh run refuses a
+    non-empty ``config.out`` unless ``overwrite`` (``--resume``, ``--allow-changed``,
+    ``--overwrite``). ``datasets = (train, test, num_classes, in_chans)`` replaces loading
+    ``config.dataset``. Outputs go to ``config.out`` (see
+    :func:`lab_common.distill.run_distillation`).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a clkd.train.TrainConfig, got {type(config).__name__}")
-    return run_distillation(config, lambda k: make_loss(config, k), datasets=datasets)
+    return run_distillation(
+        config,
+        lambda k: make_loss(config, k),
+        resume=resume,
+        overwrite=overwrite,
+        allow_changed=allow_changed,
+        datasets=datasets,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +236,13 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`; returns the engine's result."""
-    return train(parse_config(argv))
+    args = build_parser().parse_args(argv)
+    return train(
+        config_from_args(TrainConfig, args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_changed=args.allow_changed,
+    )
 
 
 def cli() -> int:

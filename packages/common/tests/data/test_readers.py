@@ -1,6 +1,7 @@
 """lab_common.data: the torchvision readers on the shared data, IDX layouts, errors, folders."""
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -73,6 +74,63 @@ def test_missing_dataset_names_path(tmp_path):
         build_image_dataset("cifar100", tmp_path)
     with pytest.raises(ValueError, match="unknown dataset"):
         build_image_dataset("imagenet-22k-please", tmp_path)
+
+
+def test_replaced_or_corrupted_source_is_read_again(tmp_path):
+    folder = tmp_path / "data"
+    images, _ = _fake_mnist(folder, gz=True)
+    x, _ = load_fashion_mnist_tensors(folder)  # unpacked into the cache
+    assert torch.equal(x, torch.from_numpy(images.astype(np.uint8)))
+    # the source replaced by other images at the same path: the new ones are read
+    _write_idx(folder, "train", 255 - images, np.arange(6) % 10, gz=True)
+    x, _ = load_fashion_mnist_tensors(folder)
+    assert torch.equal(x, torch.from_numpy((255 - images).astype(np.uint8)))
+    # one byte flipped in the middle, size and mtime kept: gzip's CRC catches it, named
+    gz = folder / "train-images-idx3-ubyte.gz"
+    stat = gz.stat()
+    data = bytearray(gz.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gz.write_bytes(bytes(data))
+    os.utime(gz, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert gz.stat().st_size == stat.st_size
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is not a readable gzip"):
+        load_fashion_mnist_tensors(folder)
+    # truncated
+    gz.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is not a readable gzip"):
+        load_fashion_mnist_tensors(folder)
+    # one cache entry per source folder: the stale ones are removed
+    _write_idx(folder, "train", images, np.arange(6) % 10, gz=True)
+    load_fashion_mnist_tensors(folder)
+    assert len(list((tmp_path / "cache" / "mnist-like").iterdir())) == 1
+    assert len(list(next((tmp_path / "cache" / "mnist-like").iterdir()).iterdir())) == 1
+
+
+def _image_folder(root: Path, splits: dict[str, tuple[str, ...]]) -> Path:
+    for split, classes in splits.items():
+        for value, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (value * 40, 0, 0)).save(d / f"{cls}.png")
+    return root
+
+
+def test_val_split_is_labelled_with_the_training_classes(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"train": ("a", "b", "c"), "val": ("a", "c")})
+    train = build_image_dataset(str(root), train=True)
+    val = build_image_dataset(str(root), train=False)
+    assert train.class_to_idx == {"a": 0, "b": 1, "c": 2}
+    # val/c is class 2 as in training, not 1 (its index among val's own folders)
+    assert sorted(val.targets) == [0, 2] and val.class_to_idx == train.class_to_idx
+    assert [Path(p).parent.name for p, _ in val.samples] == ["a", "c"]
+    assert dataset_num_classes(val) == 3
+
+
+def test_val_class_missing_from_train_names_it_and_both_folders(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"train": ("a", "b"), "val": ("a", "zebra")})
+    assert len(build_image_dataset(str(root), train=True)) == 2  # training alone is fine
+    with pytest.raises(ValueError, match=r"zebra of .*imgs/val are not in .*imgs/train"):
+        build_image_dataset(str(root), train=False)
 
 
 def test_image_folder(tmp_path):

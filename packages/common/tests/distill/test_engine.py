@@ -1,7 +1,11 @@
-"""The shared distillation engine: exact resume, CE-only path, DDP ranks identical, errors."""
+"""The shared distillation engine: exact resume (also after SIGKILL), the run-folder rules,
+checkpoint generations, CE-only path, DDP ranks identical, errors."""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -68,51 +72,178 @@ def _assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_interrupted_runs_resume_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run (teacher 2 epochs, student 3) the interrupted runs must reproduce."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, run_distillation(config(out), kd_factory, datasets=synthetic())
+
+
+def test_interrupted_runs_resume_exactly(tmp_path, uninterrupted):
     data = synthetic()
-    full = run_distillation(config(tmp_path / "a"), kd_factory, datasets=data)
+    a, full = uninterrupted
     assert full.metrics["completed"] and full.metrics["epoch"] == 2
     # Interrupt inside teacher training, then inside student training (1 epoch per call).
     part = run_distillation(config(tmp_path / "b", stop_after=1), kd_factory, datasets=data)
     assert part.student is None and not part.metrics["completed"]
     part = run_distillation(
-        config(tmp_path / "b", stop_after=1, resume=True), kd_factory, datasets=data
+        config(tmp_path / "b", stop_after=1), kd_factory, resume=True, datasets=data
     )
     assert not part.metrics["completed"] and part.metrics["epoch"] == 0
-    part = run_distillation(config(tmp_path / "b", resume=True), kd_factory, datasets=data)
+    part = run_distillation(config(tmp_path / "b"), kd_factory, resume=True, datasets=data)
     assert part.metrics["completed"]
-    _assert_same(_weights(tmp_path / "a/teacher.pt"), _weights(tmp_path / "b/teacher.pt"))
-    _assert_same(_weights(tmp_path / "a/student.pt"), _weights(tmp_path / "b/student.pt"))
+    _assert_same(_weights(a / "teacher.pt"), _weights(tmp_path / "b/teacher.pt"))
+    _assert_same(_weights(a / "student.pt"), _weights(tmp_path / "b/student.pt"))
     lines = [
-        [json.loads(r) for r in (tmp_path / d / "student_metrics.jsonl").read_text().splitlines()]
-        for d in "ab"
+        [json.loads(r) for r in (d / "student_metrics.jsonl").read_text().splitlines()]
+        for d in (a, tmp_path / "b")
     ]
     assert [r["epoch"] for r in lines[1]] == [0, 1, 2]
     for ra, rb in zip(*lines, strict=True):
         assert ra["loss_kd"] == rb["loss_kd"] and ra["test_acc"] == rb["test_acc"]
     assert (tmp_path / "b/student_curves.png").stat().st_size > 0
     # the teacher really was frozen during distillation and is the cached one
-    _assert_same(full.teacher.state_dict(), _weights(tmp_path / "a/teacher.pt"))
+    _assert_same(full.teacher.state_dict(), _weights(a / "teacher.pt"))
     # every checkpoint records the run's settings
-    saved = load_checkpoint(tmp_path / "a/student_last.pt")["config"]
-    assert saved == dataclasses.asdict(config(tmp_path / "a"))
-    assert saved["out"] == str(tmp_path / "a")
+    saved = load_checkpoint(a / "student_last.pt")["config"]
+    assert saved == dataclasses.asdict(config(a))
+    assert saved["out"] == str(a)
 
 
 def test_ce_only_student_has_no_teacher_and_existing_run_needs_resume(tmp_path):
     data = synthetic()
-    result = run_distillation(config(tmp_path, epochs=1), ce_only, datasets=data)
+    result = run_distillation(
+        config(tmp_path, epochs=1, deterministic=True), ce_only, datasets=data
+    )
     assert result.teacher is None and not (tmp_path / "teacher.pt").exists()
+    assert not torch.are_deterministic_algorithms_enabled()  # switched on for that run only
     rec = json.loads((tmp_path / "result.json").read_text())
     assert set(rec) >= {"loss_ce", "test_acc", "train_acc", "lr"}
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(FileExistsError, match="not empty; pass --resume .* --overwrite"):
         run_distillation(config(tmp_path, epochs=1), ce_only, datasets=data)
+
+
+def test_run_folder_rules_changed_settings_and_checkpoint_fallback(tmp_path, uninterrupted):
+    data = synthetic()
+    ref_dir, ref = uninterrupted
+    out = tmp_path / "run"
+    cut = config(out, stop_after=1)
+    with pytest.raises(FileNotFoundError, match="--resume: no student_last.pt"):
+        run_distillation(cut, kd_factory, resume=True, datasets=data)  # nothing to resume yet
+    run_distillation(cut, kd_factory, datasets=data)  # teacher epoch 0 of 2
+    assert (out / "teacher_last.pt").is_file() and not (out / "teacher_last.prev.pt").exists()
+    with pytest.raises(FileExistsError, match="not empty; pass --resume"):
+        run_distillation(cut, kd_factory, datasets=data)  # a fresh run never overwrites one
+    with pytest.raises(ValueError, match="contradict"):
+        run_distillation(cut, kd_factory, resume=True, overwrite=True, datasets=data)
+    # changed settings are refused, each named with both values, before any training
+    changed = dataclasses.replace(cut, lr=0.5, epochs=4)
+    with pytest.raises(
+        ValueError, match=r"epochs: 3 -> 4; lr: 0.05 -> 0.5.*--allow-changed epochs lr"
+    ):
+        run_distillation(changed, kd_factory, resume=True, datasets=data)
+    with pytest.raises(ValueError, match=r"lr: 0.05 -> 0.5"):
+        run_distillation(changed, kd_factory, resume=True, allow_changed=["epochs"], datasets=data)
+    assert torch.load(out / "teacher_last.pt", weights_only=False)["epoch"] == 1  # untouched
+    # run-only settings may change: up to 2 epochs of each phase in this call (teacher epoch
+    # 1, student epochs 0 and 1)
+    run_distillation(
+        dataclasses.replace(cut, stop_after=2, progress=True),
+        kd_factory,
+        resume=True,
+        datasets=data,
+    )
+    assert torch.load(out / "teacher_last.prev.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "student_last.prev.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "student_last.pt", weights_only=False)["epoch"] == 2
+    # the newest generation corrupted at rest, and a record a killed run wrote after it
+    os.truncate(out / "student_last.pt", 2000)
+    with (out / "student_metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 2, "loss_kd": 9.9}) + "\n" + '{"epoch": 3, "lo')
+    with pytest.warns(UserWarning, match="previous generation"):
+        done = run_distillation(config(out), kd_factory, resume=True, datasets=data)
+    assert done.metrics["completed"]
+    log = [json.loads(line) for line in (out / "student_metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]  # epoch 1 redone from the .prev generation
+    ref_log = (ref_dir / "student_metrics.jsonl").read_text().splitlines()
+    assert [r["loss_kd"] for r in log] == [json.loads(r)["loss_kd"] for r in ref_log]
+    _assert_same(_weights(out / "student.pt"), _weights(ref_dir / "student.pt"))
+    _assert_same(ref.student.state_dict(), _weights(out / "student.pt"))
+    # --overwrite replaces the run (and only a folder that holds one)
+    run_distillation(config(out, epochs=1), ce_only, overwrite=True, datasets=data)
+    assert not (out / "teacher.pt").exists()
+    assert len((out / "student_metrics.jsonl").read_text().splitlines()) == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no previous run"):
+        run_distillation(config(tmp_path / "other"), ce_only, overwrite=True, datasets=data)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from torch.optim.optimizer import register_optimizer_step_post_hook
+sys.path.insert(0, {test_dir!r})
+from test_engine import config, kd_factory, synthetic
+from lab_common.distill import run_distillation
+
+kill_at, resume = int(sys.argv[1]), sys.argv[2] == "resume"
+steps = 0
+
+
+def kill_after(optimizer, args, kwargs):  # SIGKILL right after the kill_at-th optimiser step
+    global steps
+    steps += 1
+    if steps == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+register_optimizer_step_post_hook(kill_after)
+run_distillation(config({out!r}), kd_factory, resume=resume, datasets=synthetic())
+"""
+
+
+@pytest.mark.slow  # three fresh interpreters importing timm: about a minute on a loaded CPU
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted):
+    """Killed in the middle of a teacher epoch, then of a student epoch; resumed each time."""
+    script = tmp_path / "kill.py"
+    out = tmp_path / "killed"
+    test_dir = str(Path(__file__).parent)
+    script.write_text(textwrap.dedent(KILL_SCRIPT.format(test_dir=test_dir, out=str(out))))
+
+    def run(kill_at: int, resume: bool) -> int:
+        argv = [sys.executable, str(script), str(kill_at), "resume" if resume else "fresh"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert proc.returncode in (0, -9), proc.stderr[-2000:]
+        return proc.returncode
+
+    # 32 images, batch 16: 2 steps an epoch; teacher 2 epochs, student 3
+    assert run(3, resume=False) == -9  # after step 1 of teacher epoch 1
+    assert torch.load(out / "teacher_last.pt", weights_only=False)["epoch"] == 1
+    assert run(5, resume=True) == -9  # teacher epoch 1 redone, killed in student epoch 1
+    assert torch.load(out / "student_last.pt", weights_only=False)["epoch"] == 1
+    assert run(0, resume=True) == 0
+    ref_dir, ref = uninterrupted
+    _assert_same(_weights(out / "teacher.pt"), _weights(ref_dir / "teacher.pt"))
+    _assert_same(_weights(out / "student.pt"), ref.student.state_dict())
+    for phase in ("teacher", "student"):
+        got, want = (
+            [json.loads(r) for r in (d / f"{phase}_metrics.jsonl").read_text().splitlines()]
+            for d in (out, ref_dir)
+        )
+        assert [r["epoch"] for r in got] == [r["epoch"] for r in want]  # no duplicates
+        assert [r["train_acc"] for r in got] == [r["train_acc"] for r in want]
 
 
 def test_bad_model_mismatched_teacher_and_too_large_batch(tmp_path):
     data = synthetic()
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'nope_net' \(--student\).*timm.list_models"
+    ):
         run_distillation(config(tmp_path / "x", student="nope_net"), kd_factory, datasets=data)
+    with pytest.raises(ValueError, match=r"unknown model 'resnet_9000' \(--teacher\)"):
+        run_distillation(config(tmp_path / "x", teacher="resnet_9000"), kd_factory, datasets=data)
+    assert not (tmp_path / "x").exists()  # refused before the run folder was made
     torch.save({"model": nn.Linear(2, 2).state_dict()}, tmp_path / "t.pt")
     with pytest.raises(ValueError, match="does not fit"):
         run_distillation(

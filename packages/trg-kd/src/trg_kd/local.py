@@ -36,7 +36,8 @@ def local_preserving_loss(
         k: neighbours per node.
         sigma: Gaussian kernel width ``σ`` in ``exp(−d² / (2σ))``.
         query_index: ``(Q,)`` rows whose neighbourhoods enter the loss (default all ``M``).
-        chunk_size: query rows per block of the k-NN search.
+        chunk_size: query rows per block of the k-NN search and of the edge distances (their
+            peak memory, forward and backward, is ``chunk_size × M``).
         reduction: ``"sum"`` over query nodes (the paper's form) or ``"mean"``.
         graph: a precomputed teacher graph (skips the k-NN search).
 
@@ -61,7 +62,10 @@ def local_preserving_loss(
         query_index = torch.arange(student_nodes.shape[0], device=student_nodes.device)
     teacher_w = gaussian_kernel(graph.sq_dist, sigma)  # (Q, k)
     student_w = gaussian_kernel(
-        pair_sq_dists(student_nodes[query_index], student_nodes, graph.index), sigma
+        pair_sq_dists(
+            student_nodes[query_index], student_nodes, graph.index, chunk_size=chunk_size
+        ),
+        sigma,
     )
     log_p_t = F.log_softmax(teacher_w, dim=1)
     log_p_s = F.log_softmax(student_w, dim=1)

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -55,14 +54,25 @@ from lab_common.distill import (
     KDLoss,
     add_distill_arguments,
     build_datasets,
+    check_model_name,
+    create_model,
     run_distillation,
 )
 from trg_kd.contrastive import TemperatureSchedule
 from trg_kd.extraction import TokenExtractor
 from trg_kd.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
+from trg_kd.tokens import align_token_grids
 from trg_kd.trg import TRGConfig, TRGLoss
 
-__all__ = ["TrainConfig", "build_parser", "cli", "main", "parse_config", "train"]
+__all__ = [
+    "TrainConfig",
+    "build_parser",
+    "check_graph_settings",
+    "cli",
+    "main",
+    "parse_config",
+    "train",
+]
 
 _DEFAULTS = TRGConfig()
 
@@ -109,7 +119,23 @@ class TrainConfig(DistillConfig):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tsne < 0:
-            raise ValueError(f"tsne must be >= 0 test images, got {self.tsne}")
+            raise ValueError(f"tsne (--tsne) must be >= 0 test images, got {self.tsne}")
+        if self.kd_temperature <= 0:
+            raise ValueError(
+                f"kd_temperature (--kd-temperature) must be > 0, got {self.kd_temperature}"
+            )
+        if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
+            raise ValueError(
+                f"imbalance_ratio (--imbalance-ratio) must be >= 1 (n_max / n_min), got "
+                f"{self.imbalance_ratio}"
+            )
+        if self.lt_n_max is not None and self.lt_n_max < 1:
+            raise ValueError(f"lt_n_max (--lt-n-max) must be >= 1, got {self.lt_n_max}")
+        if not 0 <= self.few_shot <= self.many_shot:
+            raise ValueError(
+                f"need 0 <= few_shot <= many_shot (--few-shot, --many-shot), got "
+                f"{self.few_shot} and {self.many_shot}"
+            )
         self.trg_config()  # the loss fields are validated by TRGConfig
 
     def trg_config(self) -> TRGConfig:
@@ -217,9 +243,51 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return config_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
-def _token_width(name: str, num_classes: int, input_shape: Sequence[int]) -> int:
-    model = timm.create_model(name, num_classes=num_classes, in_chans=input_shape[0])
-    return TokenExtractor().token_shape(model, tuple(input_shape))[1]
+def _tokens(name: str, option: str, num_classes: int, input_shape: Sequence[int]) -> torch.Tensor:
+    """The ``(1, N, D)`` tokens model ``name`` gives the loss for one input of ``input_shape``."""
+    model = create_model(name, num_classes, input_shape[0], option=option).eval()
+    with torch.no_grad():
+        return TokenExtractor()(model, torch.zeros(1, *input_shape))[0]
+
+
+def _token_width(name: str, option: str, num_classes: int, input_shape: Sequence[int]) -> int:
+    return _tokens(name, option, num_classes, input_shape).shape[2]
+
+
+def check_graph_settings(config: TrainConfig, num_classes: int, input_shape: Sequence[int]) -> None:
+    """Check the token graph's settings against the models and the data, before any training.
+
+    The teacher may train for hours before the first TRG step; this finds what that step
+    would reject now: token grids that do not align, a per-process batch of one image, or a
+    ``k`` that needs more graph nodes than ``batch_size × tokens per image`` (× the number of
+    processes with ``--graph gathered``) give. Draws no random numbers (the models it probes
+    are built under a forked RNG).
+
+    Raises:
+        ValueError: naming the options to change.
+    """
+    if config.method != "trg" or not (config.local_weight or config.global_weight):
+        return
+    if config.batch_size < 2:
+        raise ValueError(
+            f"--batch-size {config.batch_size}: the token graph's edges cross images, so TRG "
+            "needs at least 2 images per batch and process; raise --batch-size"
+        )
+    with torch.random.fork_rng(devices=[]):
+        s_tok = _tokens(config.student, "--student", num_classes, input_shape)
+        t_tok = _tokens(config.teacher, "--teacher", num_classes, input_shape)
+    tokens = align_token_grids(s_tok, t_tok)[0].shape[1]  # ValueError if the grids do not align
+    per_image = min(config.tokens_per_image, tokens)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = world if config.graph == "gathered" else 1
+    nodes = config.batch_size * per_image * processes
+    if config.k >= nodes:
+        raise ValueError(
+            f"--k {config.k} needs more than {config.k} graph nodes, but a step has {nodes} "
+            f"(--batch-size {config.batch_size} x {per_image} tokens per image of the "
+            f"{tokens} aligned tokens x {processes} process(es)); lower --k or raise "
+            "--batch-size / --tokens-per-image"
+        )
 
 
 @torch.no_grad()
@@ -240,9 +308,21 @@ def _predict(model: nn.Module, dataset, *, pooled: bool = False, limit: int | No
     return (out[:limit], lab[:limit]) if limit is not None else (out, lab)
 
 
-def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> DistillResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed: Sequence[str] = (),
+    datasets: DistillDatasets | None = None,
+) -> DistillResult:
     """Train (or load) the teacher, then distil the student with ``config.method``.
 
+    ``resume`` continues exactly from the checkpoints in ``config.out``, refusing settings
+    that differ from theirs unless ``allow_changed`` names them; a fresh run refuses a
+    non-empty ``config.out`` unless ``overwrite`` (``--resume``, ``--allow-changed``,
+    ``--overwrite``; see :func:`lab_common.distill.run_distillation`). The model names and
+    the token graph's settings (:func:`check_graph_settings`) are checked before any training.
     ``datasets = (train, test, num_classes, in_chans)`` replaces loading ``config.dataset`` (the
     long-tailed subset is still applied to ``train``). Besides the engine's outputs in
     ``config.out``, a long-tailed run adds ``train_counts``, ``shot_splits`` and
@@ -250,6 +330,8 @@ def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> Di
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a trg_kd.train.TrainConfig, got {type(config).__name__}")
+    check_model_name(config.student, "--student")
+    check_model_name(config.teacher, "--teacher")
     train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
     train_counts = None
     if config.imbalance_ratio is not None:
@@ -264,6 +346,7 @@ def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> Di
         train_ds = Subset(train_ds, keep.tolist())
         train_counts = torch.bincount(targets[keep], minlength=num_classes)
     input_shape = tuple(test_ds[0][0].shape)
+    check_graph_settings(config, num_classes, input_shape)
 
     def make_loss(num_classes: int) -> nn.Module | None:
         if config.method == "ce":
@@ -273,8 +356,8 @@ def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> Di
                 ce_weight=1.0, kd_weight=config.kd_weight, temperature=config.kd_temperature
             )
         return TRGLoss(
-            _token_width(config.student, num_classes, input_shape),
-            _token_width(config.teacher, num_classes, input_shape),
+            _token_width(config.student, "--student", num_classes, input_shape),
+            _token_width(config.teacher, "--teacher", num_classes, input_shape),
             config.trg_config(),
         )
 
@@ -282,6 +365,9 @@ def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> Di
     result = run_distillation(
         config,
         make_loss,
+        resume=resume,
+        overwrite=overwrite,
+        allow_changed=allow_changed,
         datasets=(train_ds, test_ds, num_classes, in_chans),
         student_features=ext,
         teacher_features=ext,
@@ -310,7 +396,13 @@ def train(config: TrainConfig, *, datasets: DistillDatasets | None = None) -> Di
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`; returns the engine's result."""
-    return train(parse_config(argv))
+    args = build_parser().parse_args(argv)
+    return train(
+        config_from_args(TrainConfig, args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_changed=args.allow_changed,
+    )
 
 
 def cli() -> int:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lab_common.distill import softened_kl_div
+from lab_common.distill import check_logits_targets, softened_kl_div
 from trg_kd.contextual import contextual_loss
 from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
 from trg_kd.local import local_preserving_loss
@@ -92,13 +92,6 @@ class TRGConfig:
 
 def _float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _check_finite(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            bad = (~torch.isfinite(t)).sum().item()
-            raise ValueError(f"{name} {tuple(t.shape)} has {bad} non-finite values (NaN/inf)")
 
 
 def _world() -> tuple[int, int]:
@@ -207,6 +200,13 @@ class TRGLoss(nn.Module):
             their sum.
         """
         cfg = self.config
+        target = check_logits_targets(
+            student_logits,
+            teacher_logits,
+            target,
+            loss="TRGLoss",
+            finite={"student_features": student_features, "teacher_features": teacher_features},
+        )
         sizes = {
             "student_logits": student_logits.shape[0],
             "teacher_logits": teacher_logits.shape[0],
@@ -224,12 +224,6 @@ class TRGLoss(nn.Module):
                 "so at least 2 images per batch (per rank) are needed"
             )
         teacher_logits, teacher_features = teacher_logits.detach(), teacher_features.detach()
-        _check_finite(
-            student_logits=student_logits,
-            teacher_logits=teacher_logits,
-            student_features=student_features,
-            teacher_features=teacher_features,
-        )
         with torch.autocast(student_logits.device.type, enabled=False):
             return self._terms(
                 _float32(student_logits),

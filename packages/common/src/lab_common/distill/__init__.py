@@ -5,12 +5,15 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
 - :mod:`~lab_common.distill.config`: :class:`DistillConfig` (a frozen dataclass: data,
   models, optimisation and run fields) and :func:`add_distill_arguments` (its options);
 - :mod:`~lab_common.distill.data`: :func:`build_datasets`, :class:`TensorImageDataset`;
-- :mod:`~lab_common.distill.models`: :func:`create_model` (zoo or timm), :func:`default_lr`;
+- :mod:`~lab_common.distill.models`: :func:`create_model` (zoo or timm), :func:`check_model_name`,
+  :func:`default_lr`;
 - :mod:`~lab_common.distill.distiller`: :class:`Distiller` (student + frozen teacher + loss),
   :class:`SupervisedModel` (cross-entropy with the same call signature);
 - :mod:`~lab_common.distill.evaluate`: :func:`evaluate`;
 - :mod:`~lab_common.distill.engine`: :func:`run_distillation` (teacher caching, the training
   loop, DDP, exact resume) and :class:`DistillResult`;
+- :mod:`~lab_common.distill.checks`: :func:`check_logits_targets`, the input check of every
+  loss that takes logits and class targets;
 - :mod:`~lab_common.distill.kd`: the one Hinton-KD baseline :class:`KDLoss` / :func:`kd_loss`
   and :func:`softened_kl_div`;
 - :mod:`~lab_common.distill.zoo`: the CIFAR model zoo, registered with timm as ``cifar_*``
@@ -18,13 +21,14 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
 """
 
 from . import zoo
+from .checks import check_logits_targets
 from .config import DistillConfig, add_distill_arguments, default_milestones
 from .data import DistillDatasets, TensorImageDataset, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
-from .engine import DistillResult, LossFactory, run_distillation
+from .engine import RUN_ONLY_SETTINGS, DistillResult, LossFactory, run_distillation
 from .evaluate import evaluate
 from .kd import KDLoss, kd_loss, softened_kl_div
-from .models import create_model, default_lr
+from .models import check_model_name, create_model, default_lr
 
 __all__ = [
     "DistillConfig",
@@ -34,10 +38,13 @@ __all__ = [
     "FeatureFn",
     "KDLoss",
     "LossFactory",
+    "RUN_ONLY_SETTINGS",
     "SupervisedModel",
     "TensorImageDataset",
     "add_distill_arguments",
     "build_datasets",
+    "check_logits_targets",
+    "check_model_name",
     "create_model",
     "default_lr",
     "default_milestones",

@@ -66,9 +66,12 @@ class DistillConfig:
         students), momentum, weight_decay, milestones (epochs where lr ×= ``lr_decay``; None:
         the protocol's, scaled to ``epochs``), amp (autocast: bf16 on CPU, fp16 on CUDA).
     Run:
-        out: output folder; resume: continue exactly from its checkpoints; stop_after: run at
-        most N epochs of each phase in this call (e.g. a job time limit; continue with
-        ``resume``); seed; deterministic (deterministic torch kernels); device; progress.
+        out: output folder; stop_after: run at most N epochs of each phase in this call (e.g.
+        a job time limit; continue with ``resume=True``); seed; deterministic (deterministic
+        torch kernels); device; progress. How a run is started (``resume``, ``overwrite``,
+        ``allow_changed``) is not a setting of the run: those are keyword arguments of
+        :func:`~lab_common.distill.run_distillation` (``--resume``, ``--overwrite``,
+        ``--allow-changed``).
     """
 
     dataset: str = "cifar100"
@@ -92,7 +95,6 @@ class DistillConfig:
     lr_decay: float = 0.1
     amp: bool = False
     out: str = "runs/distill"
-    resume: bool = False
     stop_after: int | None = None
     seed: int = 0
     deterministic: bool = False
@@ -129,9 +131,11 @@ def add_distill_arguments(
     """Add the options of every :class:`DistillConfig` field to ``parser``, defaults from ``defaults``.
 
     The shared run options come from :func:`lab_common.cli.add_run_arguments` (``--out``,
-    ``--resume``, ``--epochs``, ``--batch-size``, ``--seed``, ``--device``, ``--amp``,
-    ``--workers``, ``--no-progress``, ``--data-root``); ``--out-dir`` stays accepted for one
-    release with a ``FutureWarning``. Returns ``parser``.
+    ``--resume``, ``--overwrite``, ``--allow-changed``, ``--epochs``, ``--batch-size``,
+    ``--seed``, ``--device``, ``--amp``, ``--workers``, ``--no-progress``, ``--data-root``);
+    ``--out-dir`` stays accepted for one release with a ``FutureWarning``. ``--resume``,
+    ``--overwrite`` and ``--allow-changed`` are no config fields: pass them to the trainer as
+    keyword arguments. Returns ``parser``.
     """
     if not isinstance(defaults, DistillConfig):
         raise TypeError(f"defaults must be a DistillConfig, got {type(defaults).__name__}")

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_logits_targets
+
 __all__ = ["Distiller", "FeatureFn", "SupervisedModel", "features_and_logits"]
 
 #: ``fn(model, x) -> (features, logits)``; features in whatever layout the loss expects.
@@ -141,7 +143,8 @@ class Distiller(nn.Module):
 class SupervisedModel(nn.Module):
     """Cross-entropy training with the Distiller's call signature (teacher training, CE baseline).
 
-    ``forward(x (B, ...), target (B,)) -> (logits (B, K), {"loss_ce": scalar})``.
+    ``forward(x (B, ...), target (B,)) -> (logits (B, K), {"loss_ce": scalar})``; the logits
+    and targets are checked by :func:`~lab_common.distill.check_logits_targets`.
     """
 
     def __init__(self, student: nn.Module) -> None:
@@ -159,4 +162,5 @@ class SupervisedModel(nn.Module):
         self, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.student(x)
+        target = check_logits_targets(logits, None, target, loss="cross-entropy")
         return logits, {"loss_ce": F.cross_entropy(logits.float(), target)}

@@ -15,14 +15,23 @@ trains the student with cross-entropy only, no teacher). The engine then:
 Exact resume: every epoch reseeds all RNGs from ``(seed, epoch, rank)`` before building its
 data iterator, so an epoch's shuffling, augmentation and dropout do not depend on what ran
 before it (also with DataLoader workers); the checkpoint holds the trainable weights,
-optimiser, scheduler, grad scaler and epoch counter.
+optimiser, scheduler, grad scaler and epoch counter. A run killed at any point (even
+``SIGKILL`` mid-epoch) and resumed ends bit-identical to an uninterrupted one.
+
+The output folder follows :mod:`lab_common.run`: a fresh run refuses a non-empty ``out``
+unless ``overwrite``; ``resume`` needs a phase checkpoint there and refuses settings that
+differ from the checkpoint's ``config`` unless ``allow_changed`` names them (where and how the
+run runs, :data:`RUN_ONLY_SETTINGS`, may always change); the metrics records a killed run wrote
+after its checkpoint are dropped. Each phase checkpoint keeps its previous generation
+(``student_last.prev.pt``), and a resume falls back to it with a warning when the newest file
+is unreadable.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
 from ..device import autocast
 from ..distributed import (
     DistContext,
@@ -41,18 +50,34 @@ from ..distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from ..logging import MetricsLogger, plot_metrics, progress, read_metrics
+from ..logging import MetricsLogger, plot_metrics, progress
+from ..run import check_resume_settings, prepare_run_dir, truncate_metrics
 from ..seeding import seed_everything
 from .config import DistillConfig, default_milestones
 from .data import DistillDatasets, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
 from .evaluate import evaluate
-from .models import create_model, default_lr
+from .models import check_model_name, create_model, default_lr
 
-__all__ = ["DistillResult", "LossFactory", "run_distillation"]
+__all__ = ["RUN_ONLY_SETTINGS", "DistillResult", "LossFactory", "run_distillation"]
 
 #: ``make_loss(num_classes) -> loss module``, or ``None`` for a cross-entropy-only student.
 LossFactory = Callable[[int], "nn.Module | None"]
+
+#: Settings a resumed run may change without ``allow_changed``: where and how it runs, not
+#: what it computes.
+RUN_ONLY_SETTINGS = ("out", "device", "workers", "progress", "stop_after")
+
+_PHASES = ("teacher", "student")
+#: Files that show a folder holds a previous distillation run (``overwrite`` may replace it).
+_RUN_MARKERS = (
+    "teacher_last.pt",
+    "teacher_metrics.jsonl",
+    "teacher.pt",
+    "student_metrics.jsonl",
+    "student.pt",
+    "result.json",
+)
 
 
 @dataclass
@@ -88,8 +113,12 @@ def _fit(
     phase: str,
     epochs: int,
     lr: float,
+    state: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Train ``model`` for ``epochs`` with checkpoints ``<out>/<phase>_last.pt``; final metrics."""
+    """Train ``model`` for ``epochs`` with checkpoints ``<out>/<phase>_last.pt``; final metrics.
+
+    ``state`` is the phase checkpoint to continue from (None: start at epoch 0).
+    """
     out_dir = Path(cfg.out)
     ckpt_path = out_dir / f"{phase}_last.pt"
     metrics_path = out_dir / f"{phase}_metrics.jsonl"
@@ -105,12 +134,7 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_decay)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and ctx.device.type == "cuda")
     start = 0
-    if ckpt_path.is_file():
-        if not cfg.resume:
-            raise ValueError(
-                f"{ckpt_path} exists; pass --resume to continue it or choose another --out"
-            )
-        state = load_checkpoint(ckpt_path, map_location=ctx.device)
+    if state is not None:
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or any(not k.startswith("teacher.") for k in missing):
             raise ValueError(f"{ckpt_path} does not match the model: {missing=} {unexpected=}")
@@ -118,11 +142,8 @@ def _fit(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start = state["epoch"]
-    if ctx.is_main:  # keep the records of finished epochs only (a crash may leave one more)
-        old = read_metrics(metrics_path) if start and metrics_path.is_file() else []
-        kept = [r for r in old if r["epoch"] < start]
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
+        truncate_metrics(metrics_path, "epoch", start - 1)
     logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
     if ctx.distributed:
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
@@ -196,7 +217,7 @@ def _fit(
         scheduler.step()
         if ctx.is_main:
             logger.log(**record)
-            state = {
+            checkpoint = {
                 "model": _trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -204,7 +225,7 @@ def _fit(
                 "epoch": epoch + 1,
                 "config": asdict(cfg),
             }
-            save_checkpoint(state, ckpt_path)
+            save_checkpoint(checkpoint, ckpt_path, keep_previous=True)
             if cfg.progress:
                 numbers = " ".join(
                     f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)
@@ -219,6 +240,10 @@ def _fit(
     return record
 
 
+def _teacher_path(cfg: DistillConfig) -> Path:
+    return Path(cfg.teacher_checkpoint or Path(cfg.out) / "teacher.pt")
+
+
 def _teacher(
     cfg: DistillConfig,
     ctx: DistContext,
@@ -226,14 +251,16 @@ def _teacher(
     test_ds: Dataset,
     num_classes: int,
     in_chans: int,
+    state: dict[str, Any] | None,
 ) -> nn.Module | None:
     """Load the teacher from ``teacher_checkpoint``, or train it there with cross-entropy.
 
-    Returns None when ``stop_after`` ended this invocation during teacher training.
+    ``state`` is the teacher phase's checkpoint to continue from. Returns None when
+    ``stop_after`` ended this invocation during teacher training.
     """
-    path = Path(cfg.teacher_checkpoint or Path(cfg.out) / "teacher.pt")
+    path = _teacher_path(cfg)
     seed_everything(cfg.seed)
-    teacher = create_model(cfg.teacher, num_classes, in_chans).to(ctx.device)
+    teacher = create_model(cfg.teacher, num_classes, in_chans, option="--teacher").to(ctx.device)
     if not path.is_file():
         epochs = cfg.teacher_epochs or cfg.epochs
         result = _fit(
@@ -245,6 +272,7 @@ def _teacher(
             phase="teacher",
             epochs=epochs,
             lr=cfg.teacher_lr,
+            state=state,
         )
         if not result["completed"]:
             return None
@@ -274,10 +302,85 @@ def _teacher(
     return teacher.eval()
 
 
+def _kernel_flags() -> tuple[bool, bool, bool, bool]:
+    """Torch's process-wide kernel switches that ``seed_everything(deterministic=True)`` sets."""
+    cudnn = torch.backends.cudnn
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+
+
+def _set_kernel_flags(flags: tuple[bool, bool, bool, bool]) -> None:
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2:]
+
+
+def _resume_states(
+    cfg: DistillConfig,
+    ctx: DistContext,
+    allow_changed: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """The phase checkpoints a resume continues from, their settings checked against ``cfg``.
+
+    The student phase's when it has one; the teacher phase's too when the teacher is still to
+    be trained (no teacher file yet). Each falls back to its previous generation with a
+    warning when the newest file is unreadable.
+    """
+    out = Path(cfg.out)
+    phases = ["student"]
+    if not _teacher_path(cfg).is_file():
+        phases.insert(0, "teacher")
+    states = {}
+    for phase in phases:
+        path = out / f"{phase}_last.pt"
+        if not (path.is_file() or previous_generation(path).is_file()):
+            continue
+        state = load_checkpoint(path, map_location=ctx.device, fallback=True)
+        if "config" not in state:
+            raise ValueError(f"{path} holds no run settings ('config'); it is not a resume state")
+        check_resume_settings(
+            state["config"],
+            asdict(cfg),
+            allow_changed=allow_changed,
+            always_allowed=RUN_ONLY_SETTINGS,
+        )
+        states[phase] = state
+    return states
+
+
+def _prepare_out(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> None:
+    """Apply :func:`lab_common.run.prepare_run_dir` to ``cfg.out`` with the engine's files."""
+    out = Path(cfg.out)
+    exists = {
+        phase: any(
+            p.is_file()
+            for p in (out / f"{phase}_last.pt", previous_generation(out / f"{phase}_last.pt"))
+        )
+        for phase in _PHASES
+    }
+    if resume and not overwrite and out.is_dir() and not any(exists.values()):
+        raise FileNotFoundError(
+            f"--resume: no student_last.pt or teacher_last.pt in {out}; start the run without "
+            "--resume (add --overwrite if the folder holds files of an earlier attempt)"
+        )
+    checkpoint = (
+        "teacher_last.pt" if exists["teacher"] and not exists["student"] else "student_last.pt"
+    )
+    prepare_run_dir(
+        out, resume=resume, overwrite=overwrite, checkpoint=checkpoint, markers=_RUN_MARKERS
+    )
+
+
 def run_distillation(
     config: DistillConfig,
     make_loss: LossFactory,
     *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed: Sequence[str] = (),
     datasets: DistillDatasets | None = None,
     student_features: FeatureFn = features_and_logits,
     teacher_features: FeatureFn = features_and_logits,
@@ -288,30 +391,49 @@ def run_distillation(
         config: the run (a :class:`DistillConfig` or a method's subclass of it).
         make_loss: the method's loss factory; returning ``None`` trains the student with
             cross-entropy only (no teacher is built or trained).
+        resume: continue exactly from the phase checkpoints in ``config.out`` (``--resume``).
+        overwrite: replace the previous run in a non-empty ``config.out`` (``--overwrite``).
+        allow_changed: settings a resume may change from the checkpoint's
+            (``--allow-changed lr epochs``); :data:`RUN_ONLY_SETTINGS` may always change.
         datasets: ``(train, test, num_classes, in_chans)`` to use instead of
             :func:`~lab_common.distill.build_datasets` (e.g. a long-tailed subset); items
             ``(x (C, H, W), label)``.
         student_features / teacher_features: feature functions for losses that need features.
 
     Writes to ``config.out``: ``teacher.pt`` (unless ``teacher_checkpoint`` names an existing
-    file), ``{teacher,student}_last.pt`` (resume state), ``*_metrics.jsonl``,
-    ``*_curves.png``, ``student.pt`` and ``result.json``.
+    file), ``{teacher,student}_last.pt`` (resume state; the epoch before it as
+    ``*_last.prev.pt``), ``*_metrics.jsonl``, ``*_curves.png``, ``student.pt`` and
+    ``result.json``.
+
+    Raises:
+        ValueError: an unknown model name; changed settings on resume (naming each, with both
+            values); a dataset smaller than one batch; unreadable checkpoints (``CheckpointError``).
+        FileExistsError / FileNotFoundError: the output-folder rules (module docstring).
     """
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+    check_model_name(config.student, "--student")
+    check_model_name(config.teacher, "--teacher")
+    kernels = _kernel_flags()
     ctx = init_distributed(device=config.device)
     try:
+        if ctx.is_main:
+            _prepare_out(config, resume=resume, overwrite=overwrite)
+        barrier()
+        states = _resume_states(config, ctx, allow_changed) if resume else {}
         seed_everything(config.seed, deterministic=config.deterministic)
         train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
         loss = make_loss(num_classes)
         teacher = None
         out_dir = Path(config.out)
         if loss is not None:
-            teacher = _teacher(config, ctx, train_ds, test_ds, num_classes, in_chans)
+            teacher = _teacher(
+                config, ctx, train_ds, test_ds, num_classes, in_chans, states.get("teacher")
+            )
             if teacher is None:  # stop_after ended the run inside teacher training
                 return DistillResult(None, None, {"phase": "teacher", "completed": False}, out_dir)
         seed_everything(config.seed)
-        student = create_model(config.student, num_classes, in_chans)
+        student = create_model(config.student, num_classes, in_chans, option="--student")
         if loss is None:
             model: Distiller | SupervisedModel = SupervisedModel(student)
         else:
@@ -325,7 +447,15 @@ def run_distillation(
         model.to(ctx.device)
         lr = config.lr if config.lr is not None else default_lr(config.student)
         metrics = _fit(
-            model, train_ds, test_ds, config, ctx, phase="student", epochs=config.epochs, lr=lr
+            model,
+            train_ds,
+            test_ds,
+            config,
+            ctx,
+            phase="student",
+            epochs=config.epochs,
+            lr=lr,
+            state=states.get("student"),
         )
         if ctx.is_main and metrics["completed"]:
             state = {
@@ -340,4 +470,5 @@ def run_distillation(
             (out_dir / "result.json").write_text(json.dumps(metrics, indent=2))
         return DistillResult(student.eval(), teacher, metrics, out_dir)
     finally:
+        _set_kernel_flags(kernels)  # ``deterministic`` holds for this run only
         cleanup_distributed()

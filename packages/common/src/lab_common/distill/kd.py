@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_logits_targets
+
 __all__ = ["KDLoss", "kd_loss", "softened_kl_div"]
 
 
@@ -62,19 +64,17 @@ def kd_loss(
     kd_weight: float,
     temperature: float,
 ) -> dict[str, torch.Tensor]:
-    """Weighted KD terms for logits ``(B, C)`` and integer targets ``(B,)``.
+    """Weighted KD terms for logits ``(B, C)`` and integer targets ``(B,)`` in ``[0, C)``.
+
+    Inputs are checked by :func:`~lab_common.distill.check_logits_targets` (ValueError for
+    bad shapes, NaN/inf logits, an empty batch, float or out-of-range targets).
 
     ``loss_ce = ce_weight · CE(z_s, y)`` and
     ``loss_kd = kd_weight · T² · mean_b KL(softmax(z_t/T) ‖ softmax(z_s/T))``, computed outside
     autocast in at least float32 (float64 stays float64), the teacher logits detached.
     """
     _check_weights(ce_weight, kd_weight, temperature)
-    batch = student_logits.shape[0] if student_logits.ndim == 2 else -1
-    if target.shape != (batch,) or target.is_floating_point() or target.is_complex():
-        raise ValueError(
-            f"kd_loss: target must be integer class indices of shape ({batch},) for logits "
-            f"{tuple(student_logits.shape)}, got {target.dtype} {tuple(target.shape)}"
-        )
+    target = check_logits_targets(student_logits, teacher_logits, target, loss="kd_loss")
     loss_kd = kd_weight * softened_kl_div(student_logits, teacher_logits, temperature)
     s = student_logits.to(torch.promote_types(student_logits.dtype, torch.float32))
     with torch.autocast(s.device.type, enabled=False):
