@@ -49,7 +49,7 @@ from .backbones import create_backbone
 from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
-from .learners import METHODS, MetaLearner, create_learner
+from .learners import METHODS, PRESETS, MetaLearner, create_learner
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
 
@@ -66,11 +66,19 @@ class TrainConfig:
     ``batch_size`` is the number of tasks per meta-batch (``--batch-size``; gp-maml trains in
     one process, so it is also the whole meta-batch). ``threads`` sets torch's CPU threads
     (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
-    (it also reads 0.1's ``meta_batch``). ``alphabets`` (Omniglot): train on these alphabets
+    (it also reads 0.1's ``meta_batch``).
+
+    ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets
+    ``lp_loss_weight=1.0`` and ``class_mass_norm=False`` (a value other than the package
+    default or the paper's is refused as contradictory), self-loops, TPN's relation net,
+    GP-ANIL's separate label-propagation encoder, and meta-tests the final checkpoint: no
+    ``best.pt`` is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k
+    -> 1e-5 at 20k of 30k iterations, is the default one. ``alphabets`` (Omniglot): train on these alphabets
     of ``data_root`` only (``()``: all).
     """
 
     method: str = "gp-maml"
+    preset: str = "default"
     backbone: str = "conv4-64"
     dataset: str = "omniglot"
     data_root: str = ""
@@ -104,6 +112,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, choices in (
             ("method", METHODS),
+            ("preset", PRESETS),
             ("backbone", BACKBONES),
             ("dataset", DATASETS),
             ("task_batching", BATCHING),
@@ -112,6 +121,18 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {tuple(choices)}"
                 )
+        if self.preset == "paper":
+            for name, package, paper in (
+                ("lp_loss_weight", 0.01, 1.0),
+                ("class_mass_norm", True, False),
+            ):
+                value = getattr(self, name)
+                if value not in (package, paper):
+                    raise ValueError(
+                        f"preset='paper' sets {name}={paper!r}, got {value!r}; drop the option "
+                        "or use preset='default'"
+                    )
+                object.__setattr__(self, name, paper)
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2, got {self.ways}")
         for name in (
@@ -165,6 +186,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
     return create_learner(
         cfg.method,
         model,
+        preset=cfg.preset,
         inner_lr=cfg.inner_lr,
         inner_steps=cfg.inner_steps,
         first_order=cfg.first_order,
@@ -313,7 +335,8 @@ def train(
             record = logger.log(step=step, val_acc=acc, val_ci=ci)
             if acc > best:
                 best = acc
-                checkpoint(out / "best.pt", step)
+                if cfg.preset != "paper":  # the paper meta-tests the final checkpoint
+                    checkpoint(out / "best.pt", step)
         if step % cfg.ckpt_every == 0 or step == cfg.iterations:
             checkpoint(last_path, step)
     try:
@@ -340,6 +363,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("task")
     g.add_argument("--method", default=d.method, choices=METHODS)
+    g.add_argument(
+        "--preset",
+        default=d.preset,
+        choices=PRESETS,
+        help="paper: the paper's code's rules (self-loops, raw scores, TPN loss weight 1, TPN "
+        "relation net, GP-ANIL's separate encoder; meta-test last.pt)",
+    )
     g.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     g.add_argument("--ways", type=positive_int, default=d.ways, help="classes per task (>= 2)")
