@@ -73,8 +73,9 @@ class TrainConfig:
     default or the paper's is refused as contradictory), self-loops, TPN's relation net,
     GP-ANIL's separate label-propagation encoder, and meta-tests the final checkpoint: no
     ``best.pt`` is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k
-    -> 1e-5 at 20k of 30k iterations, is the default one. ``alphabets`` (Omniglot): train on these alphabets
-    of ``data_root`` only (``()``: all).
+    -> 1e-5 at 20k of 30k iterations, is the default one.
+
+    ``alphabets`` (Omniglot): train on these alphabets of ``data_root`` only (``()``: all).
     """
 
     method: str = "gp-maml"
