@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
 from gp_maml.evaluate import main as evaluate_main
 from gp_maml.train import TrainConfig, train
@@ -71,6 +72,7 @@ def test_short_meta_training_beats_chance_on_small2(shared_omniglot, tmp_path):
     train(cfg)
     test_root = shared_omniglot / "images_background_small2.zip"
     common = dict(tasks=100, batch_size=20, min_tasks=100, show_progress=False, threads=1)
+    common["alphabets"] = SMALL2_NEW_ALPHABETS  # disjoint: small2's alphabets small1 lacks
     trained = evaluate(tmp_path / "run" / "best.pt", test_root, **common)
     assert trained["accuracy"] > 50.0  # chance is 20% (5-way)
     # the meta-learned initialisation beats the untrained one adapted the same way
