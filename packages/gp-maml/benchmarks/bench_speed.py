@@ -10,6 +10,13 @@ meta-gradient's distance to a float64 one (the eager learner in double, same wei
 ``peak MB`` (RSS growth during one step) is measured in a child process where freed memory
 goes back to the OS at once (see ``memory_peaks``).
 
+GP-MAML's cost is set against the sum of its measured parts (target: within 1.1x): the MAML
+task (``gp_maml loop``), the label-propagation pass (``GP part: label propagation``: embed
+support + queries, relation net, propagation, picking and the propagation loss, forward and
+backward, per task) and the re-training step (``GP part: re-training``: a MAML task whose
+support is the support plus as many queries as GP-MAML picked on average). The
+``GP-MAML / sum of parts`` column holds the ratio on the ``GP-MAML loop`` row.
+
     python packages/gp-maml/benchmarks/bench_speed.py --batches 32 4 --repeats 3
 """
 
@@ -30,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gp_maml import BatchNorm2d, Conv4, MaxPool2d, MetaLearner, create_learner
+from gp_maml import (
+    BatchNorm2d,
+    Conv4,
+    MaxPool2d,
+    MetaLearner,
+    create_learner,
+    label_propagation,
+    pick_pseudo_labels,
+)
 from lab_common import measure, write_benchmark
 
 
@@ -101,6 +116,27 @@ def _learner_runner(learner: nn.Module, batch, per_task: bool):
     return run
 
 
+def _propagation_runner(learner: MetaLearner, batch):
+    """GP-MAML's label-propagation pass alone, task by task (forward and backward)."""
+    xs, ys, xq, yq = batch
+    ways = int(ys.max()) + 1
+
+    def run() -> None:
+        learner.zero_grad(set_to_none=True)
+        params = dict(learner.model.named_parameters())
+        for b in range(xs.shape[0]):
+            z = learner.embed(params, torch.cat([xs[b], xq[b]]), mode="autograd")
+            sigma = learner.relation_net(z)
+            scores = label_propagation(
+                z, ys[b], sigma, ways, alpha=learner.lp_alpha, topk=learner.lp_topk
+            )
+            pick_pseudo_labels(scores[xs.shape[1] :], ways)
+            loss = learner.lp_loss_weight * F.cross_entropy(scores, torch.cat([ys[b], yq[b]]))
+            (loss / xs.shape[0]).backward()
+
+    return run
+
+
 def grads_of(module: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
@@ -132,6 +168,17 @@ def build_runs(base: nn.Module, b: int, first_order: bool):
     runs = {"higher": _higher_runner(hmodel, batch, first_order)}
     for name, *_, per_task in IMPLEMENTATIONS:
         runs[name] = _learner_runner(learners[name], batch, per_task)
+    # GP-MAML's parts: the MAML task is "gp_maml loop"; the propagation pass and re-training
+    gp = learners["GP-MAML loop"]
+    runs["GP part: label propagation"] = _propagation_runner(gp, batch)
+    with torch.no_grad():
+        picked = round(gp(*batch).picked.mean().item())
+    xs, ys, xq, yq = batch
+    per_class = picked // 5  # GP-MAML's picks are class-balanced: k per class of 5
+    take = torch.cat([torch.arange(c * 15, c * 15 + per_class) for c in range(5)])
+    retrain_batch = (torch.cat([xs, xq[:, take]], 1), torch.cat([ys, yq[:, take]], 1), xq, yq)
+    retrain = create_learner("maml", copy.deepcopy(base), first_order=first_order)
+    runs["GP part: re-training"] = _learner_runner(retrain, retrain_batch, True)
     return runs, learners, hmodel, batch
 
 
@@ -234,6 +281,8 @@ def main(argv: list[str] | None = None) -> str:
                     print(b, order, rep, name, f"cpu {cpu_runs[name][-1]:.2f}s", flush=True)
             cpu = {name: statistics.median(v) for name, v in cpu_runs.items()}
             wall = {name: statistics.median(v) for name, v in wall_runs.items()}
+            parts = ("gp_maml loop", "GP part: label propagation", "GP part: re-training")
+            parts_ratio = cpu["GP-MAML loop"] / sum(cpu[n] for n in parts)
             for name in runs:
                 same_mode = "gp_maml loop + compile" if "compile" in name else "gp_maml loop"
                 rows.append(
@@ -249,6 +298,9 @@ def main(argv: list[str] | None = None) -> str:
                         "max abs grad err (float64 ref)": errors.get(name, "-"),
                         "GP picked queries/task": round(picked, 1)
                         if name.startswith("GP")
+                        else "-",
+                        "GP-MAML / sum of parts": round(parts_ratio, 2)
+                        if name == "GP-MAML loop"
                         else "-",
                     }
                 )

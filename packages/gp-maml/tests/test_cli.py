@@ -34,6 +34,7 @@ def test_train_and_evaluate_exit_0_on_success_and_2_on_bad_input(omniglot_zip, t
         "gp_maml.train",
         *common,
         *["--method", "maml", "--first-order", "--queries", "1", "--batch-size", "1"],
+        *["--alphabets", "alpha0"],
         *["--iterations", "1", "--val-every", "0", "--out", str(out), "--no-progress"],
     )
     assert done.returncode == 0, done.stderr
@@ -41,6 +42,7 @@ def test_train_and_evaluate_exit_0_on_success_and_2_on_bad_input(omniglot_zip, t
     evaluated = _run(
         "gp_maml.evaluate",
         *["--checkpoint", str(out / "last.pt"), "--data-root", str(omniglot_zip)],
+        *["--alphabets", "alpha1"],
         *["--tasks", "600", "--batch-size", "100", "--no-progress", "--out", str(out / "t.json")],
     )
     assert evaluated.returncode == 0, evaluated.stderr
@@ -53,10 +55,14 @@ def test_train_and_evaluate_exit_0_on_success_and_2_on_bad_input(omniglot_zip, t
 
 def test_user_errors_give_status_2_and_one_line(omniglot_zip, tmp_path, capsys):
     for main, argv, message in (
-        (evaluate.main, ["--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
+        (
+            evaluate.main,
+            ["--checkpoint", str(tmp_path / "missing.pt"), "--data-root", str(omniglot_zip)],
+            "missing.pt",
+        ),
         (
             train.main,
-            ["--data-root", str(tmp_path / "missing.zip"), "--out", str(tmp_path)],
+            ["--data-root", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "o")],
             "missing.zip",
         ),
     ):

@@ -1,9 +1,11 @@
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
 
+from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
 from gp_maml.evaluate import main as evaluate_main
 from gp_maml.train import TrainConfig, train
@@ -38,7 +40,11 @@ def test_resume_continues_exactly(shared_omniglot, tmp_path, method):
     root = shared_omniglot / "images_background_small1.zip"
     train(_cfg(root, tmp_path / "straight", method=method, first_order=False))
     train(_cfg(root, tmp_path / "split", method=method, first_order=False, iterations=2))
-    train(_cfg(root, tmp_path / "split", method=method, first_order=False), resume=True)
+    train(
+        _cfg(root, tmp_path / "split", method=method, first_order=False),
+        resume=True,
+        allow_changed=("iterations",),
+    )
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
     assert a["iteration"] == b["iteration"] == 4
@@ -66,6 +72,7 @@ def test_short_meta_training_beats_chance_on_small2(shared_omniglot, tmp_path):
     train(cfg)
     test_root = shared_omniglot / "images_background_small2.zip"
     common = dict(tasks=100, batch_size=20, min_tasks=100, show_progress=False, threads=1)
+    common["alphabets"] = SMALL2_NEW_ALPHABETS  # disjoint: small2's alphabets small1 lacks
     trained = evaluate(tmp_path / "run" / "best.pt", test_root, **common)
     assert trained["accuracy"] > 50.0  # chance is 20% (5-way)
     # the meta-learned initialisation beats the untrained one adapted the same way
@@ -89,7 +96,7 @@ def test_cli_and_errors(shared_omniglot, tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "train_acc"} <= set(records[0]) and "val_acc" in records[-1]
     with pytest.raises(ValueError, match=">= 600"):
-        evaluate_main(["--checkpoint", str(out / "best.pt"), "--tasks", "10"])
+        evaluate_main(["--checkpoint", str(out / "best.pt"), "--data-root", "x", "--tasks", "10"])
     with pytest.raises(ValueError, match="unknown method"):
         TrainConfig(method="protonet")
     with pytest.raises(ValueError, match="batch_size"):
@@ -153,7 +160,8 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
         old = _parser().parse_args(["--data-root", "x.zip", "--meta-batch", "8"])
     assert config_from_args(TrainConfig, old).batch_size == 8
     # numbers are range-checked by the parser
-    for bad in (["--inner-lr", "-5"], ["--batch-size", "0"], ["--val-every", "-1"]):
+    bad_numbers = (["--inner-lr", "-5"], ["--lr", "-1"], ["--batch-size", "0"], ["--gamma", "0"])
+    for bad in (*bad_numbers, ["--val-every", "-1"], ["--iterations", "0"]):
         with pytest.raises(SystemExit) as err:
             _parser().parse_args(["--data-root", "x.zip", *bad])
         assert err.value.code == 2
@@ -164,3 +172,85 @@ def test_config_from_a_0_1_checkpoint_dict():
     old["meta_batch"] = old.pop("batch_size") + 3
     cfg = TrainConfig.from_dict(old)
     assert cfg.batch_size == 7 and cfg.milestones == (100, 200)
+
+
+def _tiny(root, out, **kw):
+    small = dict(ways=2, queries=1, batch_size=1, iterations=2, val_every=0, first_order=True)
+    return _cfg(root, out, **{**small, **kw})
+
+
+def test_run_folder_rules_and_checkpoint_fallback(omniglot_zip, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny(omniglot_zip, out)
+    train(cfg)
+    assert torch.load(out / "last.prev.pt", weights_only=False)["iteration"] == 1
+    with pytest.raises(FileExistsError, match="not empty; pass --resume"):
+        train(cfg)  # a fresh run never overwrites a previous one silently
+    # a resume with changed settings is refused, naming both values, unless allowed
+    with pytest.raises(
+        ValueError, match=r"iterations: 2 -> 3; lr: 0.001 -> 0.5.*--allow-changed iterations lr"
+    ):
+        train(dataclasses.replace(cfg, lr=0.5, iterations=3), resume=True)
+    longer = dataclasses.replace(cfg, iterations=3, device="cpu", progress=True, threads=1)
+    with pytest.raises(ValueError, match="iterations: 2 -> 3"):
+        train(longer, resume=True)  # device/progress/threads are run-only: not named
+    # the newest checkpoint corrupted at rest, and a record written after it by a killed run
+    os.truncate(out / "last.pt", 20000)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "loss": 9.9}) + "\n")
+    with pytest.warns(UserWarning, match="previous generation"):
+        train(longer, resume=True, allow_changed=["iterations"])
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["loss"] != 9.9
+    # resumed from iteration 1 of last.prev.pt, exactly: same weights as an uninterrupted run
+    train(dataclasses.replace(cfg, iterations=3, out=str(tmp_path / "straight")))
+    a = torch.load(out / "last.pt", weights_only=False)["learner"]
+    b = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["learner"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    train(cfg, overwrite=True)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+
+
+def test_evaluation_refuses_the_training_classes(omniglot_zip, tmp_path):
+    train(_tiny(omniglot_zip, tmp_path / "run", alphabets=("alpha0",), iterations=1))
+    ckpt = tmp_path / "run" / "last.pt"
+    names = [f"alpha0/character0{i}" for i in (1, 2, 3)]
+    assert torch.load(ckpt, weights_only=False)["train_classes"] == names
+    few = dict(tasks=4, min_tasks=1, batch_size=2, show_progress=False)
+    with pytest.raises(ValueError, match=r"3 of the 6 test classes .* trained on.*--allow-train"):
+        evaluate(ckpt, omniglot_zip, **few)
+    held_out = evaluate(ckpt, omniglot_zip, alphabets=("alpha1",), **few)
+    assert held_out["tasks"] == 4 and held_out["alphabets"] == ["alpha1"]
+    assert evaluate(ckpt, omniglot_zip, allow_train_classes=True, **few)["tasks"] == 4
+    with pytest.raises(SystemExit):  # no fallback to the training root
+        evaluate_main(["--checkpoint", str(ckpt)])
+    # evaluate reads a truncated last.pt from its previous generation, with a warning
+    train(_tiny(omniglot_zip, tmp_path / "run", alphabets=("alpha0",)), overwrite=True)
+    os.truncate(ckpt, 20000)
+    with pytest.warns(UserWarning, match="previous generation"):
+        assert evaluate(ckpt, omniglot_zip, alphabets=("alpha1",), **few)["iteration"] == 1
+
+
+def test_evaluate_checks_out_before_evaluating(tmp_path):
+    # the checkpoint does not even exist: --out is refused first, in a second
+    argv = ["--checkpoint", str(tmp_path / "none.pt"), "--data-root", str(tmp_path)]
+    with pytest.raises(FileNotFoundError, match="--out .*no_such_dir.* does not exist"):
+        evaluate_main([*argv, "--out", str(tmp_path / "no_such_dir" / "r.json")])
+    with pytest.raises(ValueError, match="is a folder"):
+        evaluate_main([*argv, "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="none.pt"):  # a writable --out: the checkpoint's turn
+        evaluate_main([*argv, "--out", str(tmp_path / "r.json")])
+    assert not list(tmp_path.iterdir())  # the probe file is gone
+
+
+def test_alphabets_option_reaches_the_loader(omniglot_zip, tmp_path):
+    from gp_maml.train import _parser
+    from lab_common.cli import config_from_args
+
+    args = _parser().parse_args(["--data-root", "x", "--alphabets", "alpha1", "alpha0"])
+    assert config_from_args(TrainConfig, args).alphabets == ("alpha1", "alpha0")
+    with pytest.raises(ValueError, match="omniglot only"):
+        TrainConfig(dataset="cifar-fs", alphabets=("Greek",))
+    with pytest.raises(ValueError, match=r"\['Greek'\] are not in .*alpha0, alpha1"):
+        train(_tiny(omniglot_zip, tmp_path / "r", alphabets=("Greek",)))

@@ -7,6 +7,7 @@ from .backbones import Conv4, ResNet12, conv4, create_backbone, resnet12
 from .data import Episode, EpisodeSampler, FewShotDataset
 from .label_propagation import (
     RelationNet,
+    TPNRelationNet,
     class_mass_normalize,
     gaussian_affinity,
     label_propagation,
@@ -20,13 +21,22 @@ from .layers import (
     SampleWeightedBatchNorm2d,
     swap_layers,
 )
-from .learners import METHODS, MetaLearner, MetaOutput, check_no_running_stats, create_learner
+from .learners import (
+    METHODS,
+    PRESETS,
+    MetaLearner,
+    MetaOutput,
+    check_no_running_stats,
+    create_learner,
+    paper_rules,
+)
 from .picking import pick_pseudo_labels
 
 __version__ = "0.2.0"
 
 __all__ = [
     "METHODS",
+    "PRESETS",
     "BatchNorm2d",
     "ChannelsLastMaxPool2d",
     "Conv4",
@@ -41,6 +51,7 @@ __all__ = [
     "RelationNet",
     "ResNet12",
     "SampleWeightedBatchNorm2d",
+    "TPNRelationNet",
     "adapt",
     "check_no_running_stats",
     "class_mass_normalize",
@@ -49,6 +60,7 @@ __all__ = [
     "create_learner",
     "gaussian_affinity",
     "label_propagation",
+    "paper_rules",
     "pick_pseudo_labels",
     "resnet12",
     "swap_layers",

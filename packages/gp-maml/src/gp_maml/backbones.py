@@ -53,6 +53,7 @@ class Conv4(nn.Module):
         if side < 1:
             raise ValueError(f"img_size={img_size} is too small for Conv-4 (needs >= 16)")
         self.num_features = hidden * side * side
+        self.feature_channels = hidden  # the flat embedding is a (hidden, side, side) map
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -111,6 +112,7 @@ class ResNet12(nn.Module):
             chans = w
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = chans
+        self.feature_channels = chans  # globally pooled: a (chans, 1, 1) map
         self.head = nn.Linear(chans, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -1,9 +1,12 @@
 """Meta-test CLI: ``python -m gp_maml.evaluate`` / ``gp-maml-evaluate``.
 
 Loads a checkpoint written by ``gp_maml.train`` and reports the mean query accuracy over
-``--tasks`` episodes (default 10,000; at least 600) with a 95% confidence interval. Options
-share the trainers' names and meanings (``--data-root``, ``--batch-size``, ``--seed``,
-``--device``, ``--no-progress``); ``--out`` names a JSON file for the result.
+``--tasks`` episodes (default 10,000; at least 600) with a 95% confidence interval. The test
+data is always explicit (``--data-root``, no fallback to the training root), and classes the
+checkpoint trained on are refused unless ``--allow-train-classes``. Options share the
+trainers' names and meanings (``--data-root``, ``--batch-size``, ``--seed``, ``--device``,
+``--no-progress``); ``--out`` names a JSON file for the result, checked to be writable before
+the evaluation starts and written atomically.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,41 +34,72 @@ __all__ = ["cli", "evaluate", "main"]
 
 def evaluate(
     checkpoint: str | Path,
-    data_root: str | Path | None = None,
+    data_root: str | Path,
     *,
     split: str = "test",
+    alphabets: Sequence[str] = (),
     tasks: int = 10000,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
     min_tasks: int = 600,
     threads: int = 0,
+    allow_train_classes: bool = False,
     show_progress: bool = True,
 ) -> dict:
-    """Meta-test ``checkpoint`` on ``split``; returns ``{"accuracy", "ci95", "tasks", ...}``.
+    """Meta-test ``checkpoint`` on ``split`` of ``data_root``; returns ``{"accuracy", "ci95",
+    "tasks", ...}``.
 
     Args:
-        checkpoint: ``best.pt`` or ``last.pt`` of ``gp_maml.train``.
-        data_root: the test data (default: the checkpoint's training root).
+        checkpoint: ``best.pt`` or ``last.pt`` of ``gp_maml.train`` (``last.pt`` falls back to
+            ``last.prev.pt``, with a warning, when unreadable).
+        data_root: the test data (required: there is no fallback to the training root).
         split: ``"train"``, ``"val"`` or ``"test"``.
+        alphabets: Omniglot: test on these alphabets of ``data_root`` only (``()``: all).
         tasks: test episodes (at least ``min_tasks``).
         batch_size: tasks per forward (default: the training ``batch_size``).
         seed: seed of the test episodes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         threads: torch CPU threads (0: torch's default).
+        allow_train_classes: test even on classes the checkpoint trained on (the result is then
+            not a test accuracy).
         show_progress: progress bar or progress lines.
+
+    Raises:
+        ValueError: too few tasks, or test classes the checkpoint trained on (named).
     """
     if tasks < min_tasks:
         raise ValueError(f"tasks={tasks} is too few for a meaningful 95% CI; use >= {min_tasks}")
-    state = load_checkpoint(checkpoint)
-    cfg = dataclasses.replace(TrainConfig.from_dict(state["config"]), progress=False)
-    if data_root is not None:
-        cfg = dataclasses.replace(cfg, data_root=str(data_root))
+    if data_root is None or str(data_root) == "":
+        raise ValueError("data_root is required: pass the test data (--data-root)")
+    state = load_checkpoint(checkpoint, fallback=True)
+    cfg = dataclasses.replace(
+        TrainConfig.from_dict(state["config"]),
+        progress=False,
+        data_root=str(data_root),
+        alphabets=tuple(alphabets),
+    )
+    data = load_split(cfg.dataset, cfg.data_root, split, alphabets=cfg.alphabets)
+    trained = state.get("train_classes")
+    if trained is None:
+        warnings.warn(
+            f"{checkpoint} does not record the classes it trained on (written by gp-maml 0.1); "
+            "make sure the test data is disjoint from the training data",
+            stacklevel=2,
+        )
+    else:
+        seen = sorted(set(data.class_names) & set(trained))
+        if seen and not allow_train_classes:
+            raise ValueError(
+                f"{len(seen)} of the {len(data.class_names)} test classes of {data_root} "
+                f"({split}) were trained on by {checkpoint} (e.g. {', '.join(seen[:3])}): "
+                "that is no test; pass test data without them (e.g. --alphabets), or "
+                "--allow-train-classes if you mean it"
+            )
     seed_everything(seed)
     if threads > 0:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    data = load_split(cfg.dataset, cfg.data_root, split)
     learner = build_learner(cfg, data).to(dev)
     learner.load_state_dict(state["learner"])
     sampler = EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, seed=seed)
@@ -71,6 +108,9 @@ def evaluate(
     return {
         "method": cfg.method,
         "dataset": cfg.dataset,
+        "data_root": str(data_root),
+        "split": split,
+        "alphabets": list(alphabets),
         "ways": cfg.ways,
         "shots": cfg.shots,
         "tasks": tasks,
@@ -80,11 +120,59 @@ def evaluate(
     }
 
 
+def check_writable(path: str | Path) -> Path:
+    """Check that a result file can be written at ``path`` (before any long work).
+
+    Raises:
+        ValueError: ``path`` is a folder.
+        FileNotFoundError: its folder does not exist.
+        PermissionError: its folder is not writable.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--out {p} is a folder; name a JSON file")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"--out {p}: folder {p.parent} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as err:
+        raise PermissionError(f"--out {p}: cannot write in {p.parent} ({err.strerror})") from err
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gp-maml-evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt from gp-maml-train")
-    p.add_argument("--data-root", default=None, help="test data (default: the training root)")
+    p.add_argument(
+        "--data-root", required=True, help="test data (required; never the training classes)"
+    )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--alphabets",
+        nargs="+",
+        default=[],
+        metavar="ALPHABET",
+        help="Omniglot: test on these alphabets of --data-root only (default: all)",
+    )
+    p.add_argument(
+        "--allow-train-classes",
+        action="store_true",
+        help="test even on classes the checkpoint trained on (then it is no test accuracy)",
+    )
     p.add_argument("--tasks", type=positive_int, default=10000, help="test episodes (>= 600)")
     p.add_argument(
         "--batch-size",
@@ -106,23 +194,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, meta-test, print one summary line and return the result."""
     a = _parser().parse_args(argv)
+    out = check_writable(a.out) if a.out else None
     result = evaluate(
         a.checkpoint,
         a.data_root,
         split=a.split,
+        alphabets=a.alphabets,
         tasks=a.tasks,
         batch_size=a.batch_size,
         seed=a.seed,
         device=a.device,
         show_progress=a.progress,
         threads=a.threads,
+        allow_train_classes=a.allow_train_classes,
     )
     print(
         f"{result['method']} {result['ways']}-way {result['shots']}-shot: "
         f"{result['accuracy']:.2f} +- {result['ci95']:.2f} % over {result['tasks']} tasks"
     )
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2))
+    if out is not None:
+        _write_atomic(out, json.dumps(result, indent=2))
     return result
 
 

@@ -33,7 +33,12 @@ from torch.func import functional_call
 
 from .adaptation import adapt
 from .batching import BATCHING, backward_task_by_task, loop_tasks, resolve_batching, vmap_tasks
-from .label_propagation import RelationNet, class_mass_normalize, label_propagation
+from .label_propagation import (
+    RelationNet,
+    TPNRelationNet,
+    class_mass_normalize,
+    label_propagation,
+)
 from .layers import (
     BatchNorm2d,
     ChannelsLastMaxPool2d,
@@ -54,13 +59,17 @@ from .picking import pick_pseudo_labels
 
 __all__ = [
     "METHODS",
+    "PRESETS",
     "MetaLearner",
     "MetaOutput",
     "check_no_running_stats",
     "create_learner",
+    "paper_rules",
 ]
 
 METHODS = ("maml", "anil", "boil", "gp-maml", "gp-anil", "gp-boil")
+PRESETS = ("default", "paper")
+_ENCODER = "lp_encoder."
 _MODES = ("func", "autograd")
 
 
@@ -152,6 +161,11 @@ class MetaLearner(nn.Module):
         class_mass_norm: pick pseudo-labels from class-mass-normalised query scores
             (``class_mass_normalize``) instead of the raw ``F`` (see the README's design
             choices: with raw ``F`` the class-balanced rule almost never picks anything).
+        self_loops: keep each node's link to itself in the label-propagation graph (the
+            paper's code; see ``gaussian_affinity``).
+        separate_lp_encoder: GP methods: embed for label propagation with a separate copy of
+            the body (``lp_encoder``, not adapted, trained only by the label-propagation loss),
+            as the paper's code does for GP-ANIL; ``False`` embeds with the adapted body.
         task_batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (``loop`` on CPU, where it measured
             faster than ``vmap`` for Conv-4, see the README; ``vmap`` on CUDA).
         compiled: ``torch.compile`` the per-task work (``loop`` mode). ``forward_backward`` of
@@ -178,6 +192,8 @@ class MetaLearner(nn.Module):
         lp_topk: int = 20,
         lp_loss_weight: float = 0.01,
         class_mass_norm: bool = True,
+        self_loops: bool = False,
+        separate_lp_encoder: bool = False,
         task_batching: str = "auto",
         compiled: bool = False,
     ) -> None:
@@ -210,6 +226,7 @@ class MetaLearner(nn.Module):
         self.lp_topk = lp_topk
         self.lp_loss_weight = lp_loss_weight
         self.class_mass_norm = class_mass_norm
+        self.self_loops = self_loops
         self.task_batching = task_batching
         self.compiled = compiled
         if self.gp and relation_net is None:
@@ -221,6 +238,14 @@ class MetaLearner(nn.Module):
                 )
             relation_net = RelationNet(num_features)
         self.relation_net = relation_net if self.gp else None
+        if separate_lp_encoder and not self.gp:
+            raise ValueError(f"separate_lp_encoder applies to GP methods only, not {method!r}")
+        # a copy of the body in the vmap-safe layers, its own parameters
+        self.lp_encoder = (
+            copy.deepcopy(_Network.of(model, head, batch_norm=BatchNorm2d, max_pool=MaxPool2d).body)
+            if separate_lp_encoder
+            else None
+        )
         # views of `model` (plain attributes: not submodules, not in the state dict)
         self._networks = {
             "autograd": _Network.of(
@@ -364,9 +389,16 @@ class MetaLearner(nn.Module):
             return loss, logits, xq.new_zeros(())
         n_s = xs.shape[0]
         x_all = torch.cat([xs, xq])
-        z = self.embed(adapted, x_all, mode=mode)
-        sigma = functional_call(self.relation_net, rel_params, (z,))
-        scores = label_propagation(z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk)
+        rel = {n: t for n, t in rel_params.items() if not n.startswith(_ENCODER)}
+        if self.lp_encoder is None:
+            z = self.embed(adapted, x_all, mode=mode)
+        else:
+            enc = {n[len(_ENCODER) :]: t for n, t in rel_params.items() if n.startswith(_ENCODER)}
+            z = functional_call(self.lp_encoder, enc, (x_all,)).flatten(1)
+        sigma = functional_call(self.relation_net, rel, (z,))
+        scores = label_propagation(
+            z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk, self_loops=self.self_loops
+        )
         query_scores = scores[n_s:]
         if self.class_mass_norm:
             query_scores = class_mass_normalize(query_scores)
@@ -409,6 +441,8 @@ class MetaLearner(nn.Module):
         ways = int(ys.max()) + 1
         params = dict(self.model.named_parameters())
         rel = dict(self.relation_net.named_parameters()) if self.gp else {}
+        if self.lp_encoder is not None:
+            rel |= {_ENCODER + n: t for n, t in self.lp_encoder.named_parameters()}
         return ways, params, rel
 
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> MetaOutput:
@@ -468,6 +502,46 @@ def _meta_output(loss: Tensor, logits: Tensor, picked: Tensor, yq: Tensor) -> Me
     return MetaOutput(loss.mean(), accuracy.detach(), logits, picked.detach())
 
 
-def create_learner(method: str, model: nn.Module, **kwargs) -> MetaLearner:
-    """Build one of ``METHODS`` (``"maml"``, ``"gp-anil"``, ...) around ``model``."""
+def paper_rules(method: str, model: nn.Module) -> dict:
+    """The keyword arguments of ``preset="paper"``: the paper's code's rules for ``method``.
+
+    GP methods: self-loops kept in the graph, pseudo-labels picked from the raw propagated
+    scores (no class-mass normalisation), label-propagation loss weight 1, TPN's conv relation
+    network on the embedding's feature map (``model.feature_channels`` channels; a 1x1 map of
+    the flat embedding when the model has no such attribute), and for GP-ANIL a separate
+    label-propagation encoder. Base methods: nothing changes.
+    """
+    if not method.startswith("gp-"):
+        return {}
+    num_features = getattr(model, "num_features", None)
+    if num_features is None:
+        raise ValueError(
+            "preset='paper' builds TPN's relation net from model.num_features (and "
+            "model.feature_channels); the model has neither: pass relation_net"
+        )
+    channels = getattr(model, "feature_channels", num_features)
+    return {
+        "self_loops": True,
+        "class_mass_norm": False,
+        "lp_loss_weight": 1.0,
+        "relation_net": TPNRelationNet(num_features, channels),
+        "separate_lp_encoder": method == "gp-anil",
+    }
+
+
+def create_learner(
+    method: str, model: nn.Module, *, preset: str = "default", **kwargs
+) -> MetaLearner:
+    """Build one of ``METHODS`` (``"maml"``, ``"gp-anil"``, ...) around ``model``.
+
+    Args:
+        preset: ``"default"`` (this package's rules) or ``"paper"`` (the paper's code's rules,
+            see ``paper_rules``; its optimiser schedule is ``TrainConfig``'s default). Explicit
+            keyword arguments override the preset's.
+        kwargs: ``MetaLearner`` arguments.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    if preset == "paper":
+        kwargs = {**paper_rules(method, model), **kwargs}
     return MetaLearner(model, method=method, **kwargs)

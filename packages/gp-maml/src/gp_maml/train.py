@@ -3,7 +3,12 @@
 Writes to ``--out``: ``last.pt`` (atomic, every ``--ckpt-every`` iterations and at the end),
 ``best.pt`` (best validation accuracy; none with ``--val-every 0``), ``config.json``,
 ``metrics.jsonl`` and ``curves.png``. ``--resume`` continues exactly from ``last.pt``
-(parameters, optimizer, scheduler, sampler and RNG states, iteration). Python callers pass a
+(parameters, optimizer, scheduler, sampler and RNG states, iteration; ``last.prev.pt``, the
+generation before, when ``last.pt`` is unreadable). A fresh run refuses a non-empty ``--out``
+unless ``--overwrite``; ``--resume`` refuses settings that differ from the checkpoint's unless
+``--allow-changed`` names them (the run-only settings ``device``, ``progress``, ``threads``
+and ``out`` may always differ). Every checkpoint records the classes it trained on
+(``train_classes``), which ``gp-maml-evaluate`` refuses to test on. Python callers pass a
 ``TrainConfig`` to ``train``; the command line only builds one.
 """
 
@@ -38,16 +43,20 @@ from lab_common.cli import (
     positive_int,
     run_console,
 )
+from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .backbones import create_backbone
 from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
-from .learners import METHODS, MetaLearner, create_learner
+from .learners import METHODS, PRESETS, MetaLearner, create_learner
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
 
 BACKBONES = ("conv4-32", "conv4-64", "resnet12")
+RUN_ONLY = ("device", "progress", "threads", "out")
+"""Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
+run's numbers)."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +67,23 @@ class TrainConfig:
     one process, so it is also the whole meta-batch). ``threads`` sets torch's CPU threads
     (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
     (it also reads 0.1's ``meta_batch``).
+
+    ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets
+    ``lp_loss_weight=1.0`` and ``class_mass_norm=False`` (a value other than the package
+    default or the paper's is refused as contradictory), self-loops, TPN's relation net,
+    GP-ANIL's separate label-propagation encoder, and meta-tests the final checkpoint: no
+    ``best.pt`` is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k
+    -> 1e-5 at 20k of 30k iterations, is the default one.
+
+    ``alphabets`` (Omniglot): train on these alphabets of ``data_root`` only (``()``: all).
     """
 
     method: str = "gp-maml"
+    preset: str = "default"
     backbone: str = "conv4-64"
     dataset: str = "omniglot"
     data_root: str = ""
+    alphabets: tuple[str, ...] = ()
     out: str = "runs/gp-maml"
     ways: int = 5
     shots: int = 1
@@ -93,6 +113,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, choices in (
             ("method", METHODS),
+            ("preset", PRESETS),
             ("backbone", BACKBONES),
             ("dataset", DATASETS),
             ("task_batching", BATCHING),
@@ -101,6 +122,18 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {tuple(choices)}"
                 )
+        if self.preset == "paper":
+            for name, package, paper in (
+                ("lp_loss_weight", 0.01, 1.0),
+                ("class_mass_norm", True, False),
+            ):
+                value = getattr(self, name)
+                if value not in (package, paper):
+                    raise ValueError(
+                        f"preset='paper' sets {name}={paper!r}, got {value!r}; drop the option "
+                        "or use preset='default'"
+                    )
+                object.__setattr__(self, name, paper)
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2, got {self.ways}")
         for name in (
@@ -127,6 +160,12 @@ class TrainConfig:
             raise ValueError(
                 f"milestones must be a tuple of iterations >= 0, got {self.milestones!r}"
             )
+        if not isinstance(self.alphabets, tuple):
+            raise ValueError(f"alphabets must be a tuple of names, got {self.alphabets!r}")
+        if self.alphabets and self.dataset != "omniglot":
+            raise ValueError(
+                f"alphabets applies to omniglot only, not {self.dataset!r}; drop --alphabets"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -135,8 +174,9 @@ class TrainConfig:
         values = dict(values)
         if "meta_batch" in values:
             values.setdefault("batch_size", values.pop("meta_batch"))
-        if isinstance(values.get("milestones"), list):
-            values["milestones"] = tuple(values["milestones"])
+        for name in ("milestones", "alphabets"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -147,6 +187,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
     return create_learner(
         cfg.method,
         model,
+        preset=cfg.preset,
         inner_lr=cfg.inner_lr,
         inner_steps=cfg.inner_steps,
         first_order=cfg.first_order,
@@ -180,17 +221,44 @@ def evaluate_tasks(
 
 
 def _load_data(cfg: TrainConfig, split: str) -> FewShotDataset:
-    data = load_split(cfg.dataset, cfg.data_root, split)
+    data = load_split(cfg.dataset, cfg.data_root, split, alphabets=cfg.alphabets)
     if cfg.dataset == "omniglot" and cfg.rotate and split == "train":
         data = data.with_rotations()
     return data
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
-    """Meta-train with ``cfg`` (``resume``: continue from ``<cfg.out>/last.pt``); returns the last
-    logged metrics and the best validation accuracy (``-1.0`` without validation)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed: Sequence[str] = (),
+) -> dict:
+    """Meta-train with ``cfg``; returns the last logged metrics and the best validation accuracy
+    (``-1.0`` without validation).
+
+    Args:
+        resume: continue from ``<cfg.out>/last.pt`` (or ``last.prev.pt``, with a warning, when
+            ``last.pt`` is unreadable); metrics records written after that checkpoint are
+            dropped.
+        overwrite: replace a previous run in ``cfg.out`` (a fresh run refuses a non-empty
+            folder otherwise).
+        allow_changed: with ``resume``, settings that may differ from the checkpoint's (e.g.
+            ``("iterations",)``); ``RUN_ONLY`` settings always may.
+
+    Raises:
+        FileExistsError: a fresh run into a non-empty ``cfg.out`` without ``overwrite``.
+        ValueError: changed settings on resume, or a corrupt checkpoint (``CheckpointError``).
+    """
+    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite)
+    last_path = out / "last.pt"
+    state = None
+    if resume:  # before any data is read: a refused resume fails at once
+        state = load_checkpoint(last_path, fallback=True)
+        stored = TrainConfig.from_dict(state["config"])
+        check_resume_settings(
+            asdict(stored), asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY
+        )
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -208,15 +276,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
     start, best = 0, -1.0
-    last_path = out / "last.pt"
-    if resume:
-        state = load_checkpoint(last_path)
+    if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         start, best = state["iteration"], state["best_val"]
+        truncate_metrics(out / "metrics.jsonl", "step", start)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     logger = MetricsLogger(out / "metrics.jsonl")
 
@@ -231,8 +298,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "iteration": iteration,
                 "best_val": best,
                 "config": asdict(cfg),
+                "train_classes": list(train_data.class_names),
             },
             path,
+            keep_previous=path == last_path,
         )
 
     record: dict = {}
@@ -267,7 +336,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             record = logger.log(step=step, val_acc=acc, val_ci=ci)
             if acc > best:
                 best = acc
-                checkpoint(out / "best.pt", step)
+                if cfg.preset != "paper":  # the paper meta-tests the final checkpoint
+                    checkpoint(out / "best.pt", step)
         if step % cfg.ckpt_every == 0 or step == cfg.iterations:
             checkpoint(last_path, step)
     try:
@@ -294,11 +364,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("task")
     g.add_argument("--method", default=d.method, choices=METHODS)
+    g.add_argument(
+        "--preset",
+        default=d.preset,
+        choices=PRESETS,
+        help="paper: the paper's code's rules (self-loops, raw scores, TPN loss weight 1, TPN "
+        "relation net, GP-ANIL's separate encoder; meta-test last.pt)",
+    )
     g.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     g.add_argument("--ways", type=positive_int, default=d.ways, help="classes per task (>= 2)")
     g.add_argument("--shots", type=positive_int, default=d.shots, help="support images per class")
     g.add_argument("--queries", type=positive_int, default=d.queries, help="queries per class")
+    g.add_argument(
+        "--alphabets",
+        nargs="+",
+        default=list(d.alphabets),
+        metavar="ALPHABET",
+        help="Omniglot: train on these alphabets of --data-root only (default: all)",
+    )
     g.add_argument(
         "--no-rotate",
         dest="rotate",
@@ -348,7 +432,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, train, print the final metrics as one JSON line and return them."""
     args = _parser().parse_args(argv)
-    result = train(config_from_args(TrainConfig, args), resume=args.resume)
+    result = train(
+        config_from_args(TrainConfig, args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_changed=args.allow_changed,
+    )
     print(json.dumps(result))
     return result
 

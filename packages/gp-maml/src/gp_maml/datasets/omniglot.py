@@ -3,6 +3,11 @@
 Layout: ``[<top>/]<alphabet>/<character>/<id>_<drawer>.png`` (105x105 binary PNGs). Images are
 resized to ``img_size`` and cached as one uint8 tensor file keyed by the source's path, size
 and mtime, so repeated loads skip PNG decoding.
+
+``load_omniglot_vinyals`` builds the standard protocol of Vinyals et al. (2016): the
+characters of ``images_background`` then ``images_evaluation`` (each in sorted
+``alphabet/character`` order), the first 1,200 for meta-training and the other 423 for
+meta-testing, every character in its four rotations as four classes.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +27,20 @@ from lab_common import load_checkpoint, save_checkpoint
 
 from ..data import FewShotDataset
 
-__all__ = ["load_omniglot", "omniglot_split"]
+__all__ = [
+    "SMALL2_NEW_ALPHABETS",
+    "load_omniglot",
+    "load_omniglot_vinyals",
+    "omniglot_split",
+    "select_alphabets",
+]
+
+SMALL2_NEW_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
+"""The alphabets of ``images_background_small2`` that ``images_background_small1`` lacks (the
+other two, Greek and Latin, are in both, byte for byte): meta-train on small1 and meta-test on
+``load_omniglot(small2, alphabets=SMALL2_NEW_ALPHABETS)`` for a disjoint protocol."""
+
+VINYALS_TRAIN, VINYALS_TOTAL = 1200, 1623
 
 _LAYOUT = "<root>/[images_background/]<alphabet>/<character>/<image>.png (official Omniglot layout)"
 
@@ -33,11 +53,21 @@ def _decode(data: bytes | Path, img_size: int) -> torch.Tensor:
         )
 
 
+def _corrupt(root: Path, err: Exception) -> ValueError:
+    return ValueError(
+        f"Omniglot zip {root} is corrupt or truncated ({type(err).__name__}: {err}); "
+        "download it again (or unzip a good copy and pass the folder)"
+    )
+
+
 def _entries(root: Path) -> list[tuple[str, str, object]]:
     """``(alphabet/character, file name, source)`` of every PNG, sorted."""
     out = []
-    if zipfile.is_zipfile(root):
-        zf = zipfile.ZipFile(root)
+    if root.is_file():
+        try:
+            zf = zipfile.ZipFile(root)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise _corrupt(root, err) from err
         for info in zf.infolist():
             parts = Path(info.filename).parts
             if info.is_dir() or not info.filename.lower().endswith(".png") or len(parts) < 3:
@@ -57,6 +87,7 @@ def load_omniglot(
     img_size: int = 28,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    alphabets: Sequence[str] = (),
 ) -> FewShotDataset:
     """Read every character of an Omniglot folder or zip.
 
@@ -66,9 +97,14 @@ def load_omniglot(
         img_size: output side (images are ``(1, img_size, img_size)`` uint8; strokes dark).
         cache_dir: where the decoded tensor file goes (default ``lab_common.cache_dir()``).
         use_cache: read/write that cache.
+        alphabets: keep only these alphabets (``()``: all); see ``select_alphabets``.
 
     Returns:
         A ``FewShotDataset`` with one class per character (``alphabet/character``).
+
+    Raises:
+        FileNotFoundError: no ``root``.
+        ValueError: no PNGs in the layout, a corrupt zip or image, or an unknown alphabet.
     """
     root = Path(root)
     if not root.exists():
@@ -80,7 +116,8 @@ def load_omniglot(
     cache_file = Path(cache_dir or default_cache_dir()) / f"omniglot-{key.hexdigest()[:16]}.pt"
     if use_cache and cache_file.is_file():
         state = load_checkpoint(cache_file)
-        return FewShotDataset(state["images"], state["labels"], state["class_names"])
+        dataset = FewShotDataset(state["images"], state["labels"], state["class_names"])
+        return select_alphabets(dataset, alphabets, source=root)
     entries = _entries(root)
     if not entries:
         raise ValueError(f"no Omniglot PNGs found in {root}; expected {_LAYOUT}")
@@ -90,16 +127,115 @@ def load_omniglot(
     for _, _, src in entries:
         if isinstance(src, tuple):
             zf, member = src
-            images.append(_decode(zf.read(member), img_size))
+            try:
+                images.append(_decode(zf.read(member), img_size))
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise _corrupt(root, err) from err
         else:
-            images.append(_decode(src, img_size))
+            try:
+                images.append(_decode(src, img_size))
+            except OSError as err:
+                raise ValueError(
+                    f"Omniglot image {src} is unreadable ({err}); replace it or delete it"
+                ) from err
     labels = torch.tensor([index[e[0]] for e in entries], dtype=torch.int64)
     dataset = FewShotDataset(torch.stack(images), labels, names)
     if use_cache:
         save_checkpoint(
             {"images": dataset.images, "labels": labels, "class_names": names}, cache_file
         )
-    return dataset
+    return select_alphabets(dataset, alphabets, source=root)
+
+
+def _keep_classes(dataset: FewShotDataset, keep: list[int]) -> FewShotDataset:
+    """The classes ``keep`` of ``dataset`` (in that order), relabelled ``0..len(keep)-1``."""
+    n = len(dataset.class_names)
+    remap = torch.full((n,), -1, dtype=torch.int64)
+    remap[keep] = torch.arange(len(keep))
+    new = remap[dataset.labels]
+    sel = new >= 0
+    return FewShotDataset(
+        dataset.images[sel], new[sel], [dataset.class_names[c] for c in keep], dataset.rotations
+    )
+
+
+def select_alphabets(
+    dataset: FewShotDataset, alphabets: Sequence[str], *, source: object = "the dataset"
+) -> FewShotDataset:
+    """The characters of ``dataset`` whose alphabet (the part of the class name before ``/``)
+    is one of ``alphabets``; ``()`` keeps all.
+
+    Raises:
+        ValueError: an alphabet not in ``dataset`` (the message lists the ones there).
+    """
+    if not alphabets:
+        return dataset
+    present = sorted({name.split("/")[0] for name in dataset.class_names})
+    unknown = [a for a in alphabets if a not in present]
+    if unknown:
+        raise ValueError(f"alphabets {unknown} are not in {source}; it has: {', '.join(present)}")
+    wanted = set(alphabets)
+    keep = [i for i, name in enumerate(dataset.class_names) if name.split("/")[0] in wanted]
+    return _keep_classes(dataset, keep)
+
+
+def load_omniglot_vinyals(
+    background: str | Path,
+    evaluation: str | Path,
+    *,
+    train_characters: int | None = None,
+    img_size: int = 28,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+) -> tuple[FewShotDataset, FewShotDataset]:
+    """The standard Omniglot split (Vinyals et al., 2016): 1,200 training / 423 test characters.
+
+    The characters of ``background`` then those of ``evaluation`` (each sorted by
+    ``alphabet/character``) are taken in that fixed order; the first ``train_characters`` are
+    meta-training classes, the rest meta-test classes, each character in its four rotations
+    (0, 90, 180, 270 degrees) as four classes. On the full release (964 + 659 = 1,623
+    characters) that is all of ``images_background`` and the first 236 characters of
+    ``images_evaluation`` (its first alphabets in sorted order) for training, 1,200 x 4 = 4,800
+    classes, and the other 423 x 4 = 1,692 for testing. The 1,200 / 423 sizes are the paper's;
+    which 1,200 is this fixed, documented order (published implementations differ here: some
+    shuffle with a seed), so numbers match the literature statistically, not bit for bit.
+
+    Args:
+        background, evaluation: the two official folders or zips.
+        train_characters: where the split falls; default 1,200 on the full 1,623 characters,
+            and the same fraction (``round(n * 1200 / 1623)``) for smaller stand-ins.
+        img_size, cache_dir, use_cache: as for ``load_omniglot``.
+
+    Returns:
+        ``(train, test)`` datasets with ``rotations == (0, 1, 2, 3)``.
+
+    Raises:
+        ValueError: a character in both sources (they would leak into the test split), or a
+            ``train_characters`` that leaves either side empty.
+    """
+    kw = dict(img_size=img_size, cache_dir=cache_dir, use_cache=use_cache)
+    bg, ev = load_omniglot(background, **kw), load_omniglot(evaluation, **kw)
+    both = sorted(set(bg.class_names) & set(ev.class_names))
+    if both:
+        raise ValueError(
+            f"{len(both)} characters are in both {background} and {evaluation} (e.g. "
+            f"{both[0]}); the two sources must be disjoint (the official background and "
+            "evaluation sets are)"
+        )
+    n = len(bg.class_names) + len(ev.class_names)
+    if train_characters is None:
+        train_characters = round(n * VINYALS_TRAIN / VINYALS_TOTAL)
+    if not 0 < train_characters < n:
+        raise ValueError(f"train_characters must be in 1..{n - 1}, got {train_characters}")
+    merged = FewShotDataset(
+        torch.cat([bg.images, ev.images]),
+        torch.cat([bg.labels, ev.labels + len(bg.class_names)]),
+        bg.class_names + ev.class_names,
+    )
+    rot = (0, 1, 2, 3)
+    train = _keep_classes(merged, list(range(train_characters))).with_rotations(rot)
+    test = _keep_classes(merged, list(range(train_characters, n))).with_rotations(rot)
+    return train, test
 
 
 def omniglot_split(dataset: FewShotDataset, split: str, every: int = 10) -> FewShotDataset:
@@ -110,10 +246,4 @@ def omniglot_split(dataset: FewShotDataset, split: str, every: int = 10) -> FewS
     n = len(dataset.class_names)
     held = [c for c in range(n) if c % every == every - 1]
     keep = held if split == "val" else [c for c in range(n) if c % every != every - 1]
-    remap = torch.full((n,), -1, dtype=torch.int64)
-    remap[keep] = torch.arange(len(keep))
-    new = remap[dataset.labels]
-    sel = new >= 0
-    return FewShotDataset(
-        dataset.images[sel], new[sel], [dataset.class_names[c] for c in keep], dataset.rotations
-    )
+    return _keep_classes(dataset, keep)
