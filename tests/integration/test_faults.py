@@ -157,3 +157,31 @@ def test_bad_numbers_are_refused_with_the_flag_named(module, args, flag):
     proc = _run(module, *args, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert flag in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_clkd_corrupt_dataset_file_is_named(tmp_path):
+    from lab_common import shared_datasets_root
+
+    source = shared_datasets_root() / "fashion-mnist"
+    data = tmp_path / "data" / "fashion-mnist"
+    data.mkdir(parents=True)
+    for f in source.glob("*.gz"):
+        (data / f.name).write_bytes(f.read_bytes())
+    bad = data / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:5000])  # truncated download
+    args = ["--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data")]
+    args += ["--teacher", "cifar_resnet8", "--student", "cifar_resnet8", "--epochs", "1"]
+    args += ["--train-subset", "64", "--test-subset", "64", "--workers", "0"]
+    proc = _run("clkd.train", *args, "--out", str(tmp_path / "run"), check=False)
+    _one_line_error(proc, "train-images-idx3-ubyte.gz")
+
+
+def test_gp_maml_corrupt_zip_is_named(tmp_path):
+    from lab_common import shared_datasets_root
+
+    zip_path = tmp_path / "images_background_small1.zip"
+    source = shared_datasets_root() / "omniglot" / "images_background_small1.zip"
+    zip_path.write_bytes(source.read_bytes()[:200_000])  # truncated copy
+    args = ["--data-root", str(zip_path), "--iterations", "2", "--out", str(tmp_path / "run")]
+    proc = _run("gp_maml.train", *args, check=False)
+    _one_line_error(proc, "images_background_small1.zip")
