@@ -15,11 +15,12 @@ from .clkd import (
     clkd_loss,
     instance_loss,
 )
-from .dkd import DKDConfig, DKDLoss, dkd_loss
+from .dkd import DKD_BETAS, DKDConfig, DKDLoss, dkd_beta_for, dkd_loss
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "DKD_BETAS",
     "CLKDConfig",
     "CLKDLoss",
     "DKDConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "class_correlation_matrix",
     "class_loss",
     "clkd_loss",
+    "dkd_beta_for",
     "dkd_loss",
     "instance_loss",
 ]
