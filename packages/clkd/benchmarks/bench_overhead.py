@@ -1,4 +1,4 @@
-"""Time per training step of a student with CLKD vs KD vs DKD vs cross-entropy only.
+"""Time per training step of a student with CLKD vs KD vs DKD vs TRG vs cross-entropy only.
 
 One step = teacher forward (no_grad; not for CE) + student forward + loss + backward + SGD
 step, for the same teacher/student/batch. Methods are measured round-robin over several rounds
@@ -24,6 +24,7 @@ from clkd import CLKDLoss, DKDLoss
 from clkd.train import KD_DEFAULTS
 from lab_common import measure, resolve_device, seed_everything, write_benchmark
 from lab_common.distill import Distiller, KDLoss  # importing lab_common.distill registers cifar_*
+from trg_kd import TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
 LOSSES = {
@@ -32,7 +33,11 @@ LOSSES = {
     "dkd": DKDLoss,
     "clkd-mse": lambda: CLKDLoss(variant="mse"),
     "clkd-softmax": lambda: CLKDLoss(variant="softmax"),
+    # TRG at its defaults, side by side (last stages 64 wide for the thin CIFAR ResNets)
+    "trg": lambda: TRGLoss(64, 64),
 }
+#: the step-only rows (their loss needs the feature maps, so there is no logits-only timing)
+FEATURE_LOSSES = ("trg",)
 
 
 def main() -> None:
@@ -80,6 +85,8 @@ def main() -> None:
     logits_t = torch.randn(args.batch_size, args.num_classes, device=device)
     loss_only = {"ce": lambda: F.cross_entropy(logits_s, y).backward()}
     for name, factory in list(LOSSES.items())[1:]:
+        if name in FEATURE_LOSSES:
+            continue
         loss_fn = factory()
         loss_only[name] = lambda f=loss_fn: sum(f(logits_s, logits_t, y).values()).backward()
 

@@ -128,6 +128,7 @@ def test_weights_applied_as_documented():
         class_weight=2.0,
         correlation_weight=0.4,
         correlation="covariance",
+        reduction="mean",
     )
     ce = torch.nn.functional.cross_entropy(S, Y)
     torch.testing.assert_close(out["loss_ce"], 0.3 * ce)
@@ -301,3 +302,42 @@ def test_loss_on_device_matches_cpu(device):
     assert s_dev.grad.device.type == device and torch.isfinite(s_dev.grad).all()
     for key in ref:
         torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_batchmean_reduction_sums_each_vector_and_averages_over_vectors():
+    # instance: squared differences .04 + .04 (row 1) and 1 + 1 (row 2) -> (0.08 + 2) / 2
+    assert instance_loss(S, T, reduction="batchmean").item() == pytest.approx(1.04)
+    s, t, _ = random_logits(b=6, c=5)
+    torch.testing.assert_close(
+        instance_loss(s, t, reduction="batchmean"), 5 * instance_loss(s, t, reduction="mean")
+    )
+    torch.testing.assert_close(
+        class_loss(s, t, reduction="batchmean"), 6 * class_loss(s, t, reduction="mean")
+    )
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        instance_loss(s, t, reduction="sum")
+    with pytest.raises(ValueError, match="'sum'"):
+        CLKDConfig(reduction="sum")
+
+
+def test_defaults_are_batchmean_at_ce_weight_1_and_the_0_1_reading_stays_reachable():
+    s, t, y = random_logits(b=8, c=10)
+    new = CLKDLoss()(s, t, y)
+    cfg = CLKDConfig()
+    assert (cfg.ce_weight, cfg.reduction) == (1.0, "batchmean")
+    torch.testing.assert_close(new["loss_ce"], torch.nn.functional.cross_entropy(s, y))
+    torch.testing.assert_close(
+        new["loss_ins"], cfg.logit_weight * instance_loss(s, t, reduction="batchmean")
+    )
+    old = CLKDLoss(ce_weight=0.1, reduction="mean", logit_weight=0.5, correlation_weight=0.4)(
+        s, t, y
+    )
+    torch.testing.assert_close(old["loss_ins"], 0.5 * instance_loss(s, t))
+    torch.testing.assert_close(old["loss_cla"], 0.5 * class_loss(s, t))
+
+
+def test_covariance_mode_divides_by_classes_minus_one():
+    # B = 3 samples, C = 2 classes: centred columns (-1, 0, 1) and (-2, 0, 2)
+    z = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
+    g = class_correlation_matrix(z, "covariance")
+    torch.testing.assert_close(g, torch.tensor([[2.0, 4.0], [4.0, 8.0]]) / (2 - 1))

@@ -83,3 +83,18 @@ def test_int32_targets_accepted_and_bad_ones_named():
         DKDLoss()(s.index_put((torch.tensor(0), torch.tensor(0)), torch.tensor(float("nan"))), t, y)
     with pytest.raises(ValueError, match=r"dkd_loss needs a batch of at least 1, got .*\(0, 3\)"):
         DKDLoss()(s[:0], t[:0], y[:0])
+
+
+def test_per_pair_beta_follows_mdistillers_configs():
+    from clkd import DKD_BETAS, dkd_beta_for
+
+    assert dkd_beta_for("cifar_resnet56", "cifar_resnet20") == 2.0
+    assert dkd_beta_for("cifar_resnet110", "cifar_resnet32") == 2.0
+    assert dkd_beta_for("cifar_wrn_40_2", "cifar_wrn_16_2") == 6.0
+    assert dkd_beta_for("cifar_vgg13", "cifar_vgg8") == 6.0
+    assert dkd_beta_for("cifar_resnet32x4", "cifar_resnet8x4") == 8.0
+    # thin-ResNet pairs not in the table take that family's 2; anything else the default
+    assert dkd_beta_for("cifar_resnet20", "cifar_resnet8") == 2.0
+    assert dkd_beta_for("cifar_resnet32x4", "cifar_vgg8") == 8.0
+    assert dkd_beta_for("cifar_resnet32x4", "cifar_vgg8", default=4.0) == 4.0
+    assert set(DKD_BETAS.values()) == {2.0, 6.0, 8.0}

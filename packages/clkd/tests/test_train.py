@@ -75,16 +75,31 @@ def test_options_map_to_configs_and_method_defaults():
     clkd = make_loss(parse_config(["--clkd-variant", "softmax", "--class-weight", "2"]), 10)
     assert clkd.config.variant == "softmax" and clkd.config.class_weight == 2
     assert make_loss(parse_config(["--method", "ce"]), 10) is None
-    # --method kd is the shared KD baseline with clkd's weights: CE 0.1, KD 0.9, T 4
+    # --method kd is the project's one KD baseline: CE 1, KD 1, T 4 (as trg-kd-train --method kd)
     kd = make_loss(TrainConfig(method="kd"), 10)
     assert isinstance(kd, KDLoss)
     assert (
         (kd.ce_weight, kd.kd_weight, kd.temperature)
-        == (0.1, 0.9, 4.0)
+        == (1.0, 1.0, 4.0)
         == tuple(KD_DEFAULTS.values())
     )
-    kd = make_loss(TrainConfig(method="kd", ce_weight=1.0, kd_weight=2.0, temperature=3.0), 10)
-    assert (kd.ce_weight, kd.kd_weight, kd.temperature) == (1.0, 2.0, 3.0)
+    kd = make_loss(TrainConfig(method="kd", ce_weight=0.1, kd_weight=2.0, temperature=3.0), 10)
+    assert (kd.ce_weight, kd.kd_weight, kd.temperature) == (0.1, 2.0, 3.0)
+    # CLKD: CE 1 and the batchmean reduction by default; the 0.1 reading by options
+    clkd = make_loss(TrainConfig(method="clkd"), 10)
+    assert (clkd.config.ce_weight, clkd.config.reduction) == (1.0, "batchmean")
+    old = ["--clkd-reduction", "mean", "--ce-weight", "0.1", "--logit-weight", "0.5"]
+    clkd = make_loss(parse_config(old), 10)
+    assert (clkd.config.ce_weight, clkd.config.reduction, clkd.config.logit_weight) == (
+        0.1,
+        "mean",
+        0.5,
+    )
+    # DKD's β follows the teacher -> student pair unless given
+    pair = {"teacher": "cifar_resnet56", "student": "cifar_resnet20"}
+    assert make_loss(TrainConfig(method="dkd", **pair), 10).config.beta == 2.0
+    assert make_loss(TrainConfig(method="dkd"), 10).config.beta == 8.0  # resnet32x4 -> 8x4
+    assert make_loss(TrainConfig(method="dkd", dkd_beta=5.0, **pair), 10).config.beta == 5.0
 
 
 def test_shared_option_names_and_errors(capsys):

@@ -222,3 +222,17 @@ def test_loss_on_device_matches_cpu(device):
     assert dev_args[3].grad.device.type == device and torch.isfinite(dev_args[3].grad).all()
     for key in ref:
         torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_global_term_is_off_by_default_and_on_when_weighted():
+    args = _batch()
+    assert TRGConfig().global_weight == 0.0
+    off_loss = TRGLoss(8, 16, seed=3)
+    on_loss = TRGLoss(8, 16, seed=3, global_weight=5.0)
+    on_loss.load_state_dict(off_loss.state_dict())  # same projector and sampling generator
+    out = off_loss(*args)
+    assert out["loss_global"].item() == 0.0 and not out["loss_global"].requires_grad
+    on = on_loss(*args)
+    assert on["loss_global"].item() > 0
+    for key in ("loss_ce", "loss_kd", "loss_inner", "loss_local"):  # the other terms unchanged
+        torch.testing.assert_close(on[key], out[key])

@@ -16,12 +16,52 @@ from torch import nn
 
 from ._validation import prepare_logits
 
-__all__ = ["DKDConfig", "DKDLoss", "dkd_loss"]
+__all__ = ["DKD_BETAS", "DKDConfig", "DKDLoss", "dkd_beta_for", "dkd_loss"]
+
+#: β of mdistiller's CIFAR-100 DKD configs (``configs/cifar100/dkd/*.yaml``; a config without
+#: ``DKD.BETA`` uses mdistiller's default 8), teacher → student by zoo name. α is 1 and the CE
+#: weight 1 in all of them. (mdistiller's ResNet50 → MobileNetV2, β 8, has no zoo teacher.)
+DKD_BETAS: dict[tuple[str, str], float] = {
+    ("cifar_resnet56", "cifar_resnet20"): 2.0,
+    ("cifar_resnet110", "cifar_resnet32"): 2.0,
+    ("cifar_resnet32x4", "cifar_resnet8x4"): 8.0,
+    ("cifar_resnet32x4", "cifar_shufflenetv1"): 8.0,
+    ("cifar_resnet32x4", "cifar_shufflenetv2"): 8.0,
+    ("cifar_wrn_40_2", "cifar_wrn_16_2"): 6.0,
+    ("cifar_wrn_40_2", "cifar_wrn_40_1"): 6.0,
+    ("cifar_wrn_40_2", "cifar_shufflenetv1"): 8.0,
+    ("cifar_vgg13", "cifar_vgg8"): 6.0,
+    ("cifar_vgg13", "cifar_mobilenetv2"): 6.0,
+}
+#: pairs whose teacher and student are both ``cifar_resnet<depth>`` (16/32/64 wide) and not in
+#: the table take the β of that family in mdistiller (resnet56→20, resnet110→32).
+_THIN_RESNET_BETA = 2.0
+
+
+def dkd_beta_for(teacher: str, student: str, default: float = 8.0) -> float:
+    """β for a pair: :data:`DKD_BETAS`, else the pair's family, else ``default``.
+
+    Thin CIFAR ResNet pairs (``cifar_resnet20`` → ``cifar_resnet8``, ...) take 2 like
+    mdistiller's resnet56 → resnet20 and resnet110 → resnet32; anything else ``default`` (8, the
+    value of most of mdistiller's pairs and of the DKD paper's ResNet32×4 → ResNet8×4).
+    """
+    if (teacher, student) in DKD_BETAS:
+        return DKD_BETAS[teacher, student]
+    thin = [
+        name.startswith("cifar_resnet") and name.removeprefix("cifar_resnet").isdigit()
+        for name in (teacher, student)
+    ]
+    return _THIN_RESNET_BETA if all(thin) else default
 
 
 @dataclass(frozen=True)
 class DKDConfig:
-    """DKD weights; defaults are the paper's CIFAR-100 settings (β = 8 for most pairs)."""
+    """DKD weights; defaults are the paper's CIFAR-100 settings.
+
+    β depends on the teacher → student pair in mdistiller's configs (2, 6 or 8): take it from
+    :func:`dkd_beta_for` (``clkd-train --method dkd`` does when ``--dkd-beta`` is unset); the
+    default 8 is that of most pairs (ResNet32×4 → ResNet8×4).
+    """
 
     ce_weight: float = 1.0
     alpha: float = 1.0

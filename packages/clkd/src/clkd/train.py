@@ -45,9 +45,10 @@ from lab_common.distill import (
     add_distill_arguments,
     run_distillation,
 )
+from lab_common.distill.kd import KD_DEFAULTS  # --method kd when unset: CE 1, KD 1, T 4
 
 from .clkd import CLKDConfig, CLKDLoss
-from .dkd import DKDConfig, DKDLoss
+from .dkd import DKDConfig, DKDLoss, dkd_beta_for
 
 __all__ = [
     "KD_DEFAULTS",
@@ -64,9 +65,6 @@ __all__ = [
 METHODS = ("ce", "kd", "dkd", "clkd")
 Method = Literal["ce", "kd", "dkd", "clkd"]
 
-#: ``--method kd`` weights when unset: mdistiller's CIFAR KD (CE 0.1, KD 0.9, T 4).
-KD_DEFAULTS = {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
-
 
 @dataclass(frozen=True)
 class TrainConfig(DistillConfig):
@@ -75,9 +73,9 @@ class TrainConfig(DistillConfig):
     Attributes:
         method: ``ce`` (student alone), ``kd`` (Hinton KD), ``dkd`` (decoupled KD) or ``clkd``.
         ce_weight, temperature: shared by the methods (None: the method's default).
-        clkd_variant, clkd_correlation, logit_weight, class_weight, correlation_weight:
-            CLKD's ``variant``, ``correlation``, μ, β and ν.
-        kd_weight: KD's weight of the softened KL (None: 0.9).
+        clkd_variant, clkd_correlation, clkd_reduction, logit_weight, class_weight,
+            correlation_weight: CLKD's ``variant``, ``correlation``, ``reduction``, μ, β, ν.
+        kd_weight: KD's weight of the softened KL (None: 1, :data:`KD_DEFAULTS`).
         dkd_alpha, dkd_beta, dkd_warmup: DKD's α, β and warm-up epochs.
     """
 
@@ -86,6 +84,7 @@ class TrainConfig(DistillConfig):
     temperature: float | None = None
     clkd_variant: Literal["mse", "softmax"] = "mse"
     clkd_correlation: Literal["pearson", "covariance"] = "pearson"
+    clkd_reduction: Literal["batchmean", "mean"] = "batchmean"
     logit_weight: float | None = None
     class_weight: float | None = None
     correlation_weight: float | None = None
@@ -124,6 +123,7 @@ _OPTIONS = {
     "clkd": {
         "variant": "clkd_variant",
         "correlation": "clkd_correlation",
+        "reduction": "clkd_reduction",
         "logit_weight": "logit_weight",
         "class_weight": "class_weight",
         "correlation_weight": "correlation_weight",
@@ -146,6 +146,7 @@ def make_loss(config: TrainConfig, num_classes: int) -> nn.Module | None:
     if config.method == "kd":
         return KDLoss(**{**KD_DEFAULTS, **chosen})
     if config.method == "dkd":
+        chosen.setdefault("beta", dkd_beta_for(config.teacher, config.student))
         return DKDLoss(DKDConfig(**chosen))
     return CLKDLoss(CLKDConfig(**chosen))
 
@@ -198,12 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ce-weight",
         type=non_negative_float,
         default=None,
-        help="CE weight (if unset: clkd 0.1, kd 0.1, dkd 1.0)",
+        help="CE weight (if unset: 1 for every method)",
     )
     g.add_argument(
         "--temperature", type=positive_float, default=None, help="softmax temperature (if unset: 4)"
     )
     g.add_argument("--clkd-variant", choices=("mse", "softmax"), default="mse")
+    g.add_argument("--clkd-reduction", choices=("batchmean", "mean"), default="batchmean")
     g.add_argument(
         "--clkd-correlation",
         choices=("pearson", "covariance"),
@@ -214,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--logit-weight": "CLKD μ (if unset: 0.5)",
         "--class-weight": "CLKD β (if unset: 1)",
         "--correlation-weight": "CLKD ν (if unset: 0.4)",
-        "--kd-weight": "KD weight (if unset: 0.9)",
+        "--kd-weight": "KD weight (if unset: 1)",
         "--dkd-alpha": "DKD α (if unset: 1)",
-        "--dkd-beta": "DKD β (if unset: 8)",
+        "--dkd-beta": "DKD β (if unset: the pair's, clkd.DKD_BETAS; else 8)",
     }
     for option, help_text in weights.items():
         g.add_argument(option, type=non_negative_float, default=None, help=help_text)

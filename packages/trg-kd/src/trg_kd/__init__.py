@@ -1,7 +1,9 @@
 """TRG: Knowledge Distillation via Token-level Relationship Graph — losses, token extraction and trainer.
 
 The Hinton-KD baseline is ``lab_common.distill.KDLoss`` (``trg-kd-train --method kd`` passes
-CE 1, KD λ = ``kd_weight``, T = ``kd_temperature``).
+CE 1, KD λ = ``kd_weight``, T = ``kd_temperature``: at the defaults λ = 1, T = 4 this is the
+project's one KD weighting ``lab_common.distill.kd.KD_DEFAULTS``, the same loss as
+``clkd-train --method kd``).
 """
 
 from trg_kd.contextual import contextual_loss, token_self_similarity

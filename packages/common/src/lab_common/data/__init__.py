@@ -12,10 +12,12 @@ from .readers import (
     dataset_num_classes,
     load_fashion_mnist_tensors,
 )
+from .splits import class_balanced_split
 
 __all__ = [
     "DATASET_NAMES",
     "build_image_dataset",
+    "class_balanced_split",
     "dataset_num_classes",
     "load_fashion_mnist_tensors",
 ]

@@ -1,9 +1,10 @@
 """Hinton knowledge distillation (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural
 Network", 2015): the project's one KD baseline and its temperature-softened KL divergence.
 
-``clkd`` and ``trg-kd`` both use :class:`KDLoss`; each trainer passes its own weights
-explicitly (``clkd-train --method kd``: CE 0.1, KD 0.9; ``trg-kd-train --method kd``: CE 1,
-KD λ), so there is no hidden default baseline.
+``clkd`` and ``trg-kd`` both use :class:`KDLoss` with the one default weighting
+:data:`KD_DEFAULTS` (``CE 1 + KD 1`` at ``T = 4``, the KL already ``T²``-scaled: Hinton's
+reading, the CE weight shared with DKD and TRG so that comparisons run at one CE weight).
+``clkd-train --method kd`` and ``trg-kd-train --method kd`` both train it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from torch import nn
 
 from .checks import check_logits_targets
 
-__all__ = ["KDLoss", "kd_loss", "softened_kl_div"]
+__all__ = ["KD_DEFAULTS", "KDLoss", "kd_loss", "softened_kl_div"]
+
+#: The project's one KD weighting: CE 1, KD 1 (the softened KL times T²), T 4.
+KD_DEFAULTS = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
 
 
 def softened_kl_div(

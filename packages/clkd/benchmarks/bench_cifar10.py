@@ -1,0 +1,358 @@
+"""Validation-split study: CE / KD / DKD / CLKD / TRG students at the same CE weight (CPU-sized).
+
+The data are the training images only (CIFAR-10's 50,000 JPEGs from
+``../shared/datasets/cifar10``, or Fashion-MNIST's 60,000 training images): a class-balanced
+validation split (``--val-fraction``, seed 0) is carved out first and every number reported
+here is validation accuracy; defaults were chosen on this split, never on a test set.
+
+Protocol (sized for a loaded 2-core CPU, so small on purpose):
+
+- teacher ``cifar_resnet20`` trained with cross-entropy on ``--teacher-images`` training-split
+  images (random crop + flip), cached in ``--work-dir``;
+- students ``cifar_resnet8`` on a class-balanced ``--student-images`` subset of those images,
+  ``--epochs`` epochs, SGD lr 0.05 / momentum 0.9 / wd 5e-4, the protocol's lr drops scaled to
+  the epochs, batch 64, horizontal-flip augmentation. The teacher's logits and feature maps are
+  computed once for both flips of every student image (the teacher is frozen, so this equals
+  running it every step) — that is what makes the study fit the CPU;
+- every method uses CE weight 1 (the rows say so); seeds 0, 1, 2 (student init and batch
+  order); mean ± 95 % CI (Student t) and the paired difference to KD (same seed) with its CI.
+
+    OMP_NUM_THREADS=1 python packages/clkd/benchmarks/bench_cifar10.py --dataset cifar10
+    OMP_NUM_THREADS=1 python packages/clkd/benchmarks/bench_cifar10.py --dataset fashion-mnist
+
+Finished runs are cached in ``--work-dir`` (one JSON per method/seed), so an interrupted study
+continues where it stopped; ``--methods`` picks rows (see :data:`METHODS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clkd import CLKDLoss, DKDLoss, dkd_beta_for
+from lab_common import cache_dir, mean_confidence_interval, seed_everything, write_benchmark
+from lab_common.data import class_balanced_split, load_fashion_mnist_tensors
+from lab_common.distill import KDLoss, create_model, default_milestones
+from lab_common.distill.kd import KD_DEFAULTS
+from lab_common.paths import shared_datasets_root
+from trg_kd import TRGLoss
+
+RESULTS = Path(__file__).parent / "results"
+TEACHER, STUDENT = "cifar_resnet20", "cifar_resnet8"
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+}
+
+
+# --------------------------------------------------------------------------- data
+def cifar10_uint8(root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 50,000 CIFAR-10 training JPEGs as ``(N, 3, 32, 32)`` uint8 and ``(N,)`` labels.
+
+    Decoded once from ``cifar10-train-jpg.tar.gz`` (read straight from the archive) and cached
+    as one tensor file in :func:`lab_common.cache_dir`.
+    """
+    from PIL import Image
+
+    cached = cache_dir() / "cifar10" / "train_uint8.pt"
+    if cached.is_file():
+        blob = torch.load(cached)
+        return blob["images"], blob["labels"]
+    archive = (root or shared_datasets_root() / "cifar10") / "cifar10-train-jpg.tar.gz"
+    images, names = [], []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.endswith(".jpg"):
+                continue
+            cls = Path(member.name).parent.name
+            img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+            images.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
+            names.append(cls)
+    classes = sorted(set(names))
+    x = torch.stack(images).view(-1, 32, 32, 3).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([classes.index(n) for n in names])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": x, "labels": y, "classes": classes}, cached)
+    return x, y
+
+
+def load_split(dataset: str, val_fraction: float) -> dict[str, torch.Tensor]:
+    """Normalised float ``train`` / ``val`` images and labels of the validation split (seed 0)."""
+    if dataset == "cifar10":
+        x, y = cifar10_uint8()
+    else:
+        x, y = load_fashion_mnist_tensors(None, train=True)
+        x = x.unsqueeze(1)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in STATS[dataset])
+    xf = (x.float() / 255 - mean) / std
+    tr, va = class_balanced_split(y, val_fraction, seed=0)
+    return {"x_train": xf[tr], "y_train": y[tr], "x_val": xf[va], "y_val": y[va]}
+
+
+def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of ``n // C`` examples of every class (a fixed draw from ``seed``)."""
+    classes = torch.unique(labels)
+    keep = len(classes) * (n // len(classes))
+    _, picked = class_balanced_split(labels, keep / len(labels), seed=seed)
+    return picked
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel translation (zero padding) and horizontal flip of a ``(B, C, H, W)``."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    flip = torch.rand(b, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+# ------------------------------------------------------------------------ training
+def sgd(params, epochs: int, steps_per_epoch: int, lr: float = 0.05):
+    """SGD (momentum 0.9, wd 5e-4) and the protocol's lr drops scaled to ``epochs`` (per step)."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    drops = [m * steps_per_epoch for m in default_milestones(epochs)]
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, drops, gamma=0.1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    correct = sum(
+        (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+        for i in range(0, len(x), batch)
+    )
+    return 100.0 * correct / len(x)
+
+
+def train_teacher(data: dict, n_images: int, epochs: int, work: Path) -> nn.Module:
+    """The CE-trained teacher (cached in ``work``), on ``n_images`` training-split images."""
+    in_chans = data["x_train"].shape[1]
+    teacher = create_model(TEACHER, num_classes=10, in_chans=in_chans)
+    path = work / "teacher.pt"
+    if path.is_file():
+        teacher.load_state_dict(torch.load(path)["model"])
+        return teacher.eval()
+    seed_everything(0)
+    idx = balanced_subset(data["y_train"], n_images, seed=1)
+    x, y = data["x_train"][idx], data["y_train"][idx]
+    steps = len(x) // 64
+    opt, sched = sgd(teacher.parameters(), epochs, steps)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        teacher.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for s in range(steps):
+            b = perm[s * 64 : (s + 1) * 64]
+            loss = F.cross_entropy(teacher(random_crop_flip(x[b], gen)), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"teacher epoch {epoch + 1}/{epochs}", flush=True)
+    acc = accuracy(teacher, data["x_val"], data["y_val"])
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": teacher.state_dict(), "val_acc": acc}, path)
+    print(f"teacher val acc {acc:.2f}", flush=True)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher logits ``(2, N, 10)`` and feature maps ``(2, N, D, h, w)`` of ``x`` and its flip."""
+    logits, feats = [], []
+    for view in (x, x.flip(3)):
+        out_l, out_f = [], []
+        for i in range(0, len(view), 250):
+            f = teacher.forward_features(view[i : i + 250])
+            out_f.append(f)
+            out_l.append(teacher.forward_head(f))
+        logits.append(torch.cat(out_l))
+        feats.append(torch.cat(out_f))
+    return {"logits": torch.stack(logits), "features": torch.stack(feats)}
+
+
+#: study row -> (description, loss factory(epochs) or None for CE alone). Every row: CE weight 1.
+METHODS: dict[str, tuple[str, Callable[[int], nn.Module | None]]] = {
+    "ce": ("student alone, CE 1", lambda e: None),
+    "kd": ("KD, CE 1 + KD 1 (T 4, T²-scaled)", lambda e: KDLoss(**KD_DEFAULTS)),
+    "dkd": (
+        f"DKD, CE 1, α 1, β {dkd_beta_for(TEACHER, STUDENT)} (per-pair table), warm-up 1 epoch",
+        lambda e: DKDLoss(beta=dkd_beta_for(TEACHER, STUDENT), warmup_epochs=1),
+    ),
+    "clkd": (
+        "CLKD batchmean, μ 0.5, β 1, ν 0.4, CE 1",
+        lambda e: CLKDLoss(reduction="batchmean", logit_weight=0.5, correlation_weight=0.4),
+    ),
+    "clkd-mu0.15": (
+        "CLKD batchmean, μ 0.15, ν 0.4 (gradient ≈ KD's at init), CE 1",
+        lambda e: CLKDLoss(logit_weight=0.15),
+    ),
+    "clkd-mu1": (
+        "CLKD batchmean, μ 1, β 1, ν 0.4, CE 1",
+        lambda e: CLKDLoss(logit_weight=1.0),
+    ),
+    "clkd-mean": (
+        "CLKD 0.1 reading (mean reduction, μ 0.5, ν 0.4) with CE 1",
+        lambda e: CLKDLoss(reduction="mean", logit_weight=0.5, correlation_weight=0.4),
+    ),
+    "trg": (
+        "TRG, γ 0 (global term off), α 500, β 50, CE 1, KD 1",
+        lambda e: TRGLoss(64, 64, global_weight=0.0),
+    ),
+    "trg-g5": (
+        "TRG, γ 5 (global term's gradient ≈ the others' at init), CE 1, KD 1",
+        lambda e: TRGLoss(64, 64, global_weight=5.0),
+    ),
+}
+
+
+def train_student(
+    data: dict, teach: dict, idx: torch.Tensor, method: str, seed: int, epochs: int
+) -> float:
+    """One student run; returns its validation accuracy after the last epoch."""
+    seed_everything(seed)
+    in_chans = data["x_train"].shape[1]
+    student = create_model(STUDENT, num_classes=10, in_chans=in_chans)
+    loss_fn = METHODS[method][1](epochs)
+    params = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
+    x, y = data["x_train"][idx], data["y_train"][idx]  # teach is indexed like x
+    steps = len(x) // 64
+    opt, sched = sgd(params, epochs, steps)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    for epoch in range(epochs):
+        student.train()
+        if hasattr(loss_fn, "set_epoch"):
+            loss_fn.set_epoch(epoch, epochs)
+        perm = torch.randperm(len(x), generator=gen)
+        for s in range(steps):
+            b = perm[s * 64 : (s + 1) * 64]
+            flip = (torch.rand(len(b), generator=gen) < 0.5).long()
+            xb = torch.where(flip.view(-1, 1, 1, 1).bool(), x[b].flip(3), x[b])
+            feats = student.forward_features(xb)
+            logits = student.forward_head(feats)
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, y[b])
+            else:
+                t_logits = teach["logits"][flip, b]
+                kwargs = {}
+                if getattr(loss_fn, "needs_features", False):
+                    kwargs = {
+                        "student_features": feats,
+                        "teacher_features": teach["features"][flip, b],
+                    }
+                loss = sum(loss_fn(logits, t_logits, y[b], **kwargs).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return accuracy(student, data["x_val"], data["y_val"])
+
+
+def ci(values: list[float]) -> str:
+    mean, half = mean_confidence_interval(values)
+    return f"{mean:.2f} ± {half:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=tuple(STATS), default="cifar10")
+    p.add_argument(
+        "--methods", nargs="+", default=["ce", "kd", "dkd", "clkd", "clkd-mu0.15", "trg", "trg-g5"]
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-images", type=int, default=2000, help="validation images scored")
+    p.add_argument("--teacher-images", type=int, default=4000)
+    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--student-images", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--work-dir", default=None, help="default: <cache>/kd02-study/<dataset>")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--teacher-only", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="table of the finished runs only")
+    a = p.parse_args()
+    unknown = set(a.methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    work = Path(a.work_dir or cache_dir() / "kd02-study" / a.dataset)
+    data = load_split(a.dataset, a.val_fraction)
+    keep = balanced_subset(data["y_val"], a.val_images, seed=2)
+    data["x_val"], data["y_val"] = data["x_val"][keep], data["y_val"][keep]
+    tic = time.perf_counter()
+    teacher = train_teacher(data, a.teacher_images, a.teacher_epochs, work)
+    teacher_acc = torch.load(work / "teacher.pt")["val_acc"]
+    print(
+        f"teacher {TEACHER}: val {teacher_acc:.2f} ({time.perf_counter() - tic:.0f}s)", flush=True
+    )
+    if a.teacher_only:
+        return
+    # the students' images are a subset of the teacher's (a teacher sees at least their data)
+    idx = balanced_subset(data["y_train"], a.teacher_images, seed=1)
+    idx = idx[balanced_subset(data["y_train"][idx], a.student_images, seed=3)]
+    teach_path = work / f"teacher_outputs_n{a.student_images}.pt"
+    if teach_path.is_file():
+        teach = torch.load(teach_path)
+    else:
+        teach = teacher_outputs(teacher, data["x_train"][idx])  # the student images, both flips
+        torch.save(teach, teach_path)
+    accs: dict[str, dict[int, float]] = {}
+    for seed in a.seeds:  # seeds outer: an interrupted study has whole seeds of every method
+        for method in a.methods:
+            done = work / "runs" / f"{method}-e{a.epochs}-n{a.student_images}-s{seed}.json"
+            if done.is_file():
+                acc = json.loads(done.read_text())["val_acc"]
+            elif a.report_only:
+                continue
+            else:
+                t0 = time.perf_counter()
+                acc = train_student(data, teach, idx, method, seed, a.epochs)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps({"val_acc": acc, "wall_s": time.perf_counter() - t0}))
+            accs.setdefault(method, {})[seed] = acc
+            print(f"{method} seed {seed}: {acc:.2f} ({time.perf_counter() - tic:.0f}s)", flush=True)
+    rows = [
+        {
+            "method": f"teacher {TEACHER} (CE 1)",
+            "val acc (%)": f"{teacher_acc:.2f}",
+            "per seed": f"trained once on {a.teacher_images} images",
+            "Δ vs KD (paired)": "",
+        }
+    ]
+    for method, by_seed in accs.items():
+        values = list(by_seed.values())
+        paired = [s for s in by_seed if s in accs.get("kd", {})]
+        delta = ""
+        if method != "kd" and paired:
+            delta = ci([by_seed[s] - accs["kd"][s] for s in paired])
+        rows.append(
+            {
+                "method": f"{method}: {METHODS[method][0]}",
+                "val acc (%)": ci(values),
+                "per seed": ", ".join(f"{v:.2f}" for v in values),
+                "Δ vs KD (paired)": delta,
+            }
+        )
+    title = (
+        f"{a.dataset} validation split ({len(data['y_val'])} of the held-out "
+        f"{a.val_fraction:.0%} of the training images scored), {TEACHER} teacher "
+        f"({a.teacher_epochs} epochs on {a.teacher_images} images) -> {STUDENT} students "
+        f"({a.epochs} epochs on {a.student_images} images), seeds {a.seeds} (fewer where a row "
+        "lists fewer), mean ± 95 % CI; "
+        f"wall {(time.perf_counter() - tic) / 60:.1f} min"
+    )
+    print(write_benchmark(rows, a.out_dir, f"study_{a.dataset}", title=title))
+
+
+if __name__ == "__main__":
+    main()
