@@ -28,12 +28,19 @@ TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 #: stack (timm needs torchvision, whose only working build here is 0.29.1 for torch 2.14.1)
 #: and torch alone (2.13.0 is a local CPU wheel) for the packages that need no torchvision.
 LOWEST = {
-    "vision": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.3", "numpy==1.24.4"],
+    "vision": [
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "timm==1.0.3",
+        "numpy==1.24.4",
+        "scipy==1.10.1",
+    ],
     "torch": ["torch==2.13.0", "numpy==1.24.4", "scipy==1.10.1"],
 }
-#: Which lowest environment tests which package (``torch``: those that declare no torchvision).
+#: Which lowest environment tests which package (``torch``: gp-maml, which needs no torchvision;
+#: lab-common's own tests cover its vision and distill layers, so they run beside torchvision).
 LOWEST_ENV = {
-    "common": "torch",
+    "common": "vision",
     "gp-maml": "torch",
     "lavit": "vision",
     "clkd": "vision",
@@ -191,10 +198,15 @@ def lowest(session: nox.Session) -> None:
         _make_venv(session, venv, " ".join(pins), [pins])
         folders = [f for f in PACKAGES if LOWEST_ENV[f] == env_name]
         python = _bin(venv, "python")
-        # lab-common first, so that the method packages find it here and not on an index.
-        installs = ["common", *(f for f in folders if f != "common")]
-        for folder in installs:
-            _pip_install(session, venv, ["-e", f"{ROOT / 'packages' / folder}[test]"])
+        # lab-common first (its core alone beside torch 2.13: its test extra needs
+        # torchvision), so that the method packages find it here and not on an index.
+        common = ROOT / "packages" / "common"
+        _pip_install(
+            session, venv, ["-e", f"{common}[test]" if "common" in folders else str(common)]
+        )
+        for folder in folders:
+            if folder != "common":
+                _pip_install(session, venv, ["-e", f"{ROOT / 'packages' / folder}[test]"])
         session.run(python, "-m", "pip", "list", "--format=freeze", external=True)
         for folder in folders:
             with session.chdir(ROOT / "packages" / folder):
