@@ -343,7 +343,8 @@ def _resume_states(
         stored = states[newest].get("config")
         if stored is None:
             raise ValueError(
-                f"{paths[newest]} holds no run settings ('config'); not a resume state"
+                f"{paths[newest]} holds no run settings ('config'): not a resume state of this "
+                "version (0.1 stored 'args'); start the run again with --overwrite"
             )
         check_resume_settings(
             stored, asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY_SETTINGS
