@@ -4,6 +4,7 @@ checkpoint generations, CE-only path, DDP ranks identical, errors."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -178,6 +179,22 @@ def test_run_folder_rules_changed_settings_and_checkpoint_fallback(tmp_path, uni
     with pytest.raises(FileExistsError, match="holds no previous run"):
         run_distillation(config(tmp_path / "other"), ce_only, overwrite=True, datasets=data)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_between_the_phases_checks_the_teachers_settings(tmp_path, uninterrupted):
+    """Killed after the teacher finished, before the first student checkpoint."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("teacher.pt", "teacher_last.pt", "teacher_metrics.jsonl"):
+        shutil.copy(uninterrupted[0] / name, out / name)
+    # the checkpoint's out differs too (copied here): a run-only setting, not refused
+    with pytest.raises(ValueError, match=r"checkpoint's: lr: 0.05 -> 0.5\. .*--allow-changed lr$"):
+        run_distillation(config(out, lr=0.5), kd_factory, resume=True, datasets=synthetic())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "teacher.pt",
+        "teacher_last.pt",
+        "teacher_metrics.jsonl",
+    ]
 
 
 KILL_SCRIPT = """

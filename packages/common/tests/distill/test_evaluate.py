@@ -34,5 +34,6 @@ def test_accuracies_and_loss_match_hand_counts(monkeypatch):
     log_p = torch.log_softmax(torch.arange(7, 0, -1, dtype=torch.float64), 0)
     assert out["test_loss"] == pytest.approx(-log_p[y].mean().item(), rel=1e-6)
     assert model.training  # restored
+    assert evaluate(model, TensorDataset(torch.zeros(6, 1), y.int()), ctx, batch_size=4) == out
     small = evaluate(Fixed(3), TensorDataset(torch.zeros(2, 1), torch.tensor([0, 2])), ctx)
     assert set(small) == {"test_acc", "test_loss"} and math.isclose(small["test_acc"], 50.0)

@@ -323,31 +323,34 @@ def _resume_states(
     ctx: DistContext,
     allow_changed: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    """The phase checkpoints a resume continues from, their settings checked against ``cfg``.
+    """The phase checkpoints a resume continues from, ``{phase: state}``.
 
-    The student phase's when it has one; the teacher phase's too when the teacher is still to
-    be trained (no teacher file yet). Each falls back to its previous generation with a
-    warning when the newest file is unreadable.
+    The student phase's when it has one, the teacher phase's when the teacher is still to be
+    trained (no teacher file yet). The settings of the newest one (the student's if it exists)
+    are checked against ``cfg``. Each falls back to its previous generation with a warning
+    when the newest file is unreadable.
     """
-    out = Path(cfg.out)
-    phases = ["student"]
-    if not _teacher_path(cfg).is_file():
-        phases.insert(0, "teacher")
-    states = {}
-    for phase in phases:
-        path = out / f"{phase}_last.pt"
-        if not (path.is_file() or previous_generation(path).is_file()):
-            continue
-        state = load_checkpoint(path, map_location=ctx.device, fallback=True)
-        if "config" not in state:
-            raise ValueError(f"{path} holds no run settings ('config'); it is not a resume state")
+    paths = {phase: Path(cfg.out) / f"{phase}_last.pt" for phase in _PHASES}
+    present = [p for p, f in paths.items() if f.is_file() or previous_generation(f).is_file()]
+    teacher_done = _teacher_path(cfg).is_file()
+    states = {
+        phase: load_checkpoint(paths[phase], map_location=ctx.device, fallback=True)
+        for phase in present
+        if phase == "student" or not teacher_done or "student" not in present
+    }
+    if states:
+        newest = "student" if "student" in states else "teacher"
+        stored = states[newest].get("config")
+        if stored is None:
+            raise ValueError(
+                f"{paths[newest]} holds no run settings ('config'): not a resume state of this "
+                "version (0.1 stored 'args'); start the run again with --overwrite"
+            )
         check_resume_settings(
-            state["config"],
-            asdict(cfg),
-            allow_changed=allow_changed,
-            always_allowed=RUN_ONLY_SETTINGS,
+            stored, asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY_SETTINGS
         )
-        states[phase] = state
+    if teacher_done:
+        states.pop("teacher", None)  # the teacher is loaded from its file, not trained
     return states
 
 

@@ -34,7 +34,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, ce, count
     num_classes = 0
     for x, y in DataLoader(shard, batch_size=batch_size):
-        x, y = x.to(ctx.device), y.to(ctx.device)
+        x, y = x.to(ctx.device), y.to(ctx.device, torch.long)  # int32 labels too
         with autocast(ctx.device, enabled=amp):
             logits = model(x)
         logits = logits.float()
