@@ -298,7 +298,6 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
         "test_subset": args.test_images,
         "workers": 0,
         "seed": 0,
-        "resume": True,
     }
     # every row at the trainers' defaults, all with CE weight 1 (the project's one KD weighting)
     runs = {
@@ -312,7 +311,8 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
         run_dir = out / "distill" / name.split(" (")[0].lower().replace(" ", "-")
         log(f"distillation: {name} ({args.teacher} -> {args.student} on {label})")
         start = time.time()
-        result = train(config_cls(**common, method=method, out=run_dir))
+        started = any((run_dir / f"{phase}_last.pt").is_file() for phase in ("teacher", "student"))
+        result = train(config_cls(**common, method=method, out=run_dir), resume=started)
         rows.append(
             {
                 "method": name,

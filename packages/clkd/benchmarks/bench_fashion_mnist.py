@@ -4,7 +4,8 @@ Default (quick, CPU): Fashion-MNIST from ``../shared/datasets/fashion-mnist`` as
 tensors (random-crop + flip augmentation), a training subset, a ``cifar_resnet20`` teacher
 (``in_chans=1``, trained once with cross-entropy and cached in ``--work-dir``) and a
 ``cifar_resnet8`` student, the protocol schedule scaled to ``--epochs``. Every run goes
-through ``clkd.train.train`` (the ``lab_common.distill`` engine) with ``resume=True``, so an
+through ``clkd.train.train`` (the ``lab_common.distill`` engine), resuming where a run left
+checkpoints, so an
 interrupted benchmark continues where it stopped.
 
     nice -n 10 python packages/clkd/benchmarks/bench_fashion_mnist.py
@@ -66,6 +67,11 @@ PAIRS = {
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 
 
+def _started(out: Path) -> bool:
+    """Whether a run in ``out`` left a checkpoint to resume from."""
+    return any((Path(out) / f"{phase}_last.pt").is_file() for phase in ("teacher", "student"))
+
+
 def _subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
     if n is None or n >= n_total:
         return torch.arange(n_total)
@@ -114,7 +120,6 @@ def run_quick(a: argparse.Namespace) -> None:
         "workers": 0,
         "progress": False,
         "device": a.device,
-        "resume": True,
         "teacher_checkpoint": teacher_ckpt,
         "dkd_warmup": a.dkd_warmup,
     }
@@ -124,7 +129,7 @@ def run_quick(a: argparse.Namespace) -> None:
         for seed in a.seeds:
             cfg = TrainConfig(**shared, **METHODS[name], seed=seed, out=work / name / f"seed{seed}")
             try:
-                acc = train(cfg, datasets=data).metrics["test_acc"]
+                acc = train(cfg, datasets=data, resume=_started(cfg.out)).metrics["test_acc"]
             except (ValueError, FloatingPointError) as err:  # non-finite logits / loss
                 if "non-finite" not in str(err):
                     raise
@@ -181,13 +186,12 @@ def run_full(a: argparse.Namespace) -> None:
                     student=student,
                     device=a.device,
                     seed=seed,
-                    resume=True,
                     amp=True,
                     teacher_checkpoint=work / "teachers" / f"{teacher}.pt",
                     out=work / f"{teacher}-{student}" / name / f"seed{seed}",
                     **METHODS[name],
                 )
-                accs.append(train(cfg).metrics["test_acc"])
+                accs.append(train(cfg, resume=_started(cfg.out)).metrics["test_acc"])
             rows.append(
                 {
                     "pair": f"{teacher} -> {student}",

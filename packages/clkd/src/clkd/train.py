@@ -36,6 +36,7 @@ from lab_common.cli import (
     non_negative_int,
     positive_float,
     run_console,
+    start_options,
 )
 from lab_common.distill import (
     DistillConfig,
@@ -239,12 +240,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`; returns the engine's result."""
     args = build_parser().parse_args(argv)
-    return train(
-        config_from_args(TrainConfig, args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        allow_changed=args.allow_changed,
-    )
+    return train(config_from_args(TrainConfig, args), **start_options(args))
 
 
 def cli() -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "positive_float",
     "non_negative_float",
     "run_console",
+    "start_options",
 ]
 
 C = TypeVar("C")
@@ -179,6 +180,11 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
             values[f.name] = tuple(values[f.name])
     values.update(overrides)
     return cls(**values)
+
+
+def start_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How a run starts (``resume``, ``overwrite``, ``allow_changed``), as ``train(...)`` keywords."""
+    return {"resume": args.resume, "overwrite": args.overwrite, "allow_changed": args.allow_changed}
 
 
 def run_console(

@@ -42,6 +42,7 @@ from lab_common.cli import (
     positive_float,
     positive_int,
     run_console,
+    start_options,
 )
 from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
 
@@ -432,12 +433,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, train, print the final metrics as one JSON line and return them."""
     args = _parser().parse_args(argv)
-    result = train(
-        config_from_args(TrainConfig, args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        allow_changed=args.allow_changed,
-    )
+    result = train(config_from_args(TrainConfig, args), **start_options(args))
     print(json.dumps(result))
     return result
 

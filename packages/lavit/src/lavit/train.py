@@ -64,6 +64,7 @@ from lab_common.cli import (
     positive_float,
     positive_int,
     run_console,
+    start_options,
 )
 from lab_common.data import build_image_dataset, dataset_num_classes
 from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
@@ -520,12 +521,7 @@ def train(
 def main(argv: Sequence[str] | None = None) -> nn.Module:
     """``lavit-train`` without the exit status: parse ``argv``, build the config, train."""
     args = build_parser().parse_args(argv)
-    return train(
-        config_from_args(TrainConfig, args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        allow_changed=args.allow_changed,
-    )
+    return train(config_from_args(TrainConfig, args), **start_options(args))
 
 
 def cli() -> int:

@@ -46,6 +46,7 @@ from lab_common.cli import (
     positive_float,
     positive_int,
     run_console,
+    start_options,
 )
 from lab_common.distill import (
     DistillConfig,
@@ -397,12 +398,7 @@ def train(
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`; returns the engine's result."""
     args = build_parser().parse_args(argv)
-    return train(
-        config_from_args(TrainConfig, args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        allow_changed=args.allow_changed,
-    )
+    return train(config_from_args(TrainConfig, args), **start_options(args))
 
 
 def cli() -> int:
