@@ -269,15 +269,15 @@ torch.save(result.student.state_dict(), f"{{out}}/rank{{os.environ['RANK']}}.pt"
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gathered_graph_and_identical_ranks(tmp_path):
-    script = tmp_path / "ddp.py"
+    script, out = tmp_path / "ddp.py", tmp_path / "run"  # the run folder starts empty
     script.write_text(
-        textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(tmp_path)))
+        textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(out)))
     )
     run_torchrun([script])
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
     assert r0.keys() == r1.keys()
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
-    saved = load_checkpoint(tmp_path / "student.pt")["model"]
+    saved = load_checkpoint(out / "student.pt")["model"]
     for key in r0:
         assert torch.equal(saved[key], r0[key]), key

@@ -287,17 +287,17 @@ torch.save(result.student.state_dict(), f"{{out}}/rank{{os.environ['RANK']}}.pt"
 
 @pytest.mark.slow
 def test_torchrun_two_processes_keep_ranks_identical(tmp_path):
-    script = tmp_path / "ddp.py"
+    script, out = tmp_path / "ddp.py", tmp_path / "run"  # the run folder starts empty
     script.write_text(
-        textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(tmp_path)))
+        textwrap.dedent(DDP_SCRIPT.format(test_dir=str(Path(__file__).parent), out=str(out)))
     )
     run_torchrun([script], timeout=240)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
     _assert_same(r0, r1)
     # the ranks trained: their weights left the seeded initialisation the engine starts from
     seed_everything(0)
     init = timm.create_model("cifar_wrn_16_1", num_classes=4, in_chans=1).state_dict()
     moved = [k for k in init if init[k].is_floating_point() and not torch.equal(init[k], r0[k])]
     assert "stem.conv.weight" in moved
-    saved = _weights(tmp_path / "student.pt")
+    saved = _weights(out / "student.pt")
     _assert_same(saved, r0)
