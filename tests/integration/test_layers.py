@@ -1,7 +1,9 @@
 """The house rules: which layer may import what (see the root README's Layout).
 
-core ``lab_common`` -> ``lab_common.data`` / ``lab_common.distill`` -> method packages -> demo.
-A layer imports only layers to its left; method packages never import each other.
+core ``lab_common`` -> ``lab_common.data`` / ``lab_common.distill`` -> method packages -> demo
+and benchmarks. A layer imports only layers to its left; method packages (their ``src/`` and
+``tests/``) never import each other; benchmark scripts that compare methods side by side (not
+installed) sit on top with the demo.
 """
 
 from __future__ import annotations
@@ -83,10 +85,12 @@ def test_distill_layer_does_not_import_methods():
 
 @pytest.mark.parametrize("folder", list(METHODS))
 def test_no_method_package_imports_another(folder):
+    """The installed code and its tests; ``benchmarks/`` sits with the demo, on top."""
     others = set(METHODS.values()) - {METHODS[folder]}
+    package = ROOT / "packages" / folder
     offenders = {
         str(f.relative_to(ROOT)): sorted({m.split(".")[0] for m, _ in _imports(f)} & others)
-        for f in _py_files(ROOT / "packages" / folder)
+        for f in [*_py_files(package / "src"), *_py_files(package / "tests")]
     }
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"method packages must not import each other: {offenders}"
