@@ -47,10 +47,10 @@ LOWEST_ENV = {
     "trg-kd": "vision",
 }
 SHARED_VENV = ROOT / ".nox" / "_shared"
-TORCH_BASE_VENV = ROOT / ".nox" / "_torch_base"
 DEMO_REQUIREMENTS = ROOT / "demo" / "requirements.txt"
-#: What the tools in ``tools/`` need besides the packages (the wheel check builds sdists).
-TOOL_REQUIREMENTS = ["build>=1.0"]
+#: What the tools in ``tools/`` and the test runner need besides the packages (the wheel check
+#: builds sdists; ``tests`` spreads each package's files over processes with pytest-xdist).
+TOOL_REQUIREMENTS = ["build>=1.0", "pytest-xdist>=3.5"]
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
@@ -82,6 +82,7 @@ def _make_venv(
 
 def _pip_install(session: nox.Session, venv: Path, args: list[str]) -> None:
     pip = [_bin(venv, "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip.append("--no-compile")  # .pyc files are written as modules are imported
     session.run(*pip, *args, external=True)
 
 
@@ -108,50 +109,53 @@ def shared_env(session: nox.Session) -> str:
     return _bin(SHARED_VENV, "python")
 
 
-def torch_base_env(session: nox.Session) -> Path:
-    """An environment holding only torch (and what it needs): the wheels' shared base."""
-    _make_venv(session, TORCH_BASE_VENV, TORCH[0], [TORCH[:1]])
-    return TORCH_BASE_VENV
-
-
-def _env() -> dict[str, str]:
-    env = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+def _env(threads: int = 2) -> dict[str, str]:
+    """Environment of every session: fixed hash seed, ``threads`` torch threads."""
+    env = {
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+    }
     env.setdefault(
         "LAB_DATASETS", os.environ.get("LAB_DATASETS", str(ROOT.parent / "shared" / "datasets"))
     )
     return env
 
 
+def _test_workers(posargs: list[str]) -> int:
+    """pytest-xdist processes: ``$LAB_TEST_WORKERS``, else one per core up to 4; 1 with ``-n``."""
+    if any(a.startswith(("-n", "--numprocesses")) for a in posargs):
+        return 1  # the caller chose
+    return int(os.environ.get("LAB_TEST_WORKERS", min(4, os.cpu_count() or 1)))
+
+
 @nox.session(venv_backend="none")
 @nox.parametrize("package", [*PACKAGES, "integration"])
 def tests(session: nox.Session, package: str) -> None:
-    """Unit tests of one package (or the cross-package integration tests)."""
+    """Unit tests of one package (or the cross-package integration tests).
+
+    Test files are spread over pytest-xdist workers (``--dist loadfile``: a file's tests and
+    its module fixtures stay in one process), each with its share of the cores as threads.
+    """
     python = shared_env(session)
     path = (
         ROOT / "tests" / "integration" if package == "integration" else ROOT / "packages" / package
     )
+    workers = _test_workers(session.posargs)
+    spread = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pytest = [python, "-m", "pytest", "-q", "-rs", *spread, *session.posargs]
     with session.chdir(path):
-        session.run(
-            python, "-m", "pytest", "-q", "-rs", *session.posargs, external=True, env=_env()
-        )
+        session.run(*pytest, external=True, env=_env(threads))
     if package == "integration":
         _check_wheels(session, python)
 
 
 def _check_wheels(session: nox.Session, python: str) -> None:
-    base = torch_base_env(session)
+    """Each wheel alone in a fresh venv; torch is linked from the shared environment."""
     script = ROOT / "tools" / "check_wheels.py"
     work = ROOT / ".nox" / "_wheels"
-    session.run(
-        python,
-        str(script),
-        "--torch-base",
-        str(base),
-        "--work",
-        str(work),
-        external=True,
-        env=_env(),
-    )
+    args = ["--torch-from", python, "--work", str(work)]
+    session.run(python, str(script), *args, external=True, env=_env())
 
 
 @nox.session(venv_backend="none")

@@ -1,9 +1,9 @@
 """Build each package's wheel and install it alone into a fresh environment, then run it.
 
 Every method package must install with only its declared dependencies (plus lab-common)
-and must not find any other method package. torch comes from a shared base environment
-through a ``.pth`` file, so the check does not copy several GB of torch per package;
-everything else the wheel needs (torchvision and timm included, where declared) is
+and must not find any other method package. torch comes through a ``.pth`` file from a
+folder of links to torch and its own requirements (nothing else) in an environment that has
+it, so the check installs no torch at all; everything else the wheel needs (torchvision and timm included, where declared) is
 installed by pip from its metadata. Packages that declare no vision stack (core
 ``lab-common``, ``gp-maml``) must install and run without timm or torchvision. Every wheel
 and sdist carries the LICENSE file.
@@ -12,6 +12,7 @@ and sdist carries the LICENSE file.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import textwrap
 import time
 import venv
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from monorepo import PACKAGES, ROOT
@@ -97,59 +99,112 @@ def _has_license(artifact: Path) -> bool:
         return any(n.count("/") == 1 and n.endswith("/LICENSE") for n in sdist.getnames())
 
 
-def fresh_env(path: Path, torch_base: Path) -> Path:
+#: Run in the source environment: the top-level entries of torch's distribution and of its
+#: requirements, recursively (markers evaluated there), as JSON ``[site-packages, [names]]``.
+_TORCH_CLOSURE = """
+import importlib.metadata as md, json, sysconfig
+from packaging.requirements import Requirement
+seen, todo, names = set(), ["torch"], set()
+while todo:
+    dist = md.distribution(todo.pop())
+    key = dist.metadata["Name"].lower().replace("_", "-")
+    if key in seen:
+        continue
+    seen.add(key)
+    names.update(f.parts[0] for f in dist.files or () if f.parts[0] != "..")
+    for text in dist.requires or ():
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(req.name)
+print(json.dumps([sysconfig.get_paths()["purelib"], sorted(names)]))
+"""
+
+
+def torch_site(source_python: str, dest: Path) -> Path:
+    """``dest`` filled with links to torch's distribution closure in ``source_python``'s env."""
+    out = subprocess.run(
+        [source_python, "-c", _TORCH_CLOSURE], check=True, capture_output=True, text=True
+    ).stdout
+    purelib, names = json.loads(out)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in names:
+        target = Path(purelib, name)
+        if target.exists() and name != "__pycache__" and target.suffix != ".pth":
+            (dest / name).symlink_to(target, target_is_directory=target.is_dir())
+    return dest
+
+
+def fresh_env(path: Path, site: Path) -> Path:
+    """A new venv that sees ``site`` (torch alone) through a ``.pth`` file."""
     if path.exists():
         shutil.rmtree(path)
     venv.EnvBuilder(with_pip=True).create(path)
-    purelib = subprocess.run(
-        [_python(torch_base), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    site = subprocess.run(
+    own = subprocess.run(
         [_python(path), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    Path(site, "_torch_base.pth").write_text(purelib + "\n")
+    Path(own, "_torch_base.pth").write_text(f"{site}\n")
     return path
 
 
 def check(import_name: str, wheel: Path, common_wheel: Path, env: Path) -> None:
+    """Install ``wheel`` (with lab-common's) into ``env``, probe what is absent, run its smoke."""
     pip = [_python(env), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(common_wheel), str(wheel)], check=True)
     absent = [m for m in METHOD_PACKAGES.values() if m != import_name]
     if import_name in WITHOUT_VISION:
         absent += ["timm", "torchvision"]
     probe = f"import importlib.util as u; bad = [m for m in {absent!r} if u.find_spec(m)]; assert not bad, bad"
-    subprocess.run([_python(env), "-c", probe], check=True)
-    subprocess.run([_python(env), "-c", textwrap.dedent(SMOKE[import_name])], check=True)
+    steps = [
+        [*pip, "--no-compile", str(common_wheel), str(wheel)],  # .pyc: written when imported
+        [_python(env), "-c", probe],
+        [_python(env), "-c", textwrap.dedent(SMOKE[import_name])],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout, end="", flush=True)
+        if proc.returncode:
+            raise RuntimeError(
+                f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+            )
+
+
+def _check_one(import_name: str, wheels: dict[str, Path], work: Path, site: Path) -> str:
+    start = time.time()
+    env = fresh_env(work / f"env-{import_name}", site)
+    try:
+        check(import_name, wheels[import_name], wheels["lab_common"], env)
+        status = "ok"
+    except RuntimeError as err:
+        status = f"FAILED ({err})"
+    finally:
+        shutil.rmtree(env, ignore_errors=True)
+    return f"wheel {import_name}: {status} in {time.time() - start:.0f}s"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--torch-base", type=Path, required=True, help="venv holding torch alone")
+    parser.add_argument(
+        "--torch-from",
+        required=True,
+        help="python of an environment that has torch (its torch closure is linked, not copied)",
+    )
     parser.add_argument(
         "--work", type=Path, required=True, help="scratch folder for wheels and envs"
     )
     parser.add_argument("--only", nargs="*", help="import names to check (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="environments built at once")
     args = parser.parse_args()
     wheels = build_wheels(args.work / "dist")
+    site = torch_site(args.torch_from, args.work / "torch-site")
     names = args.only or ["lab_common", *METHOD_PACKAGES.values()]
-    failures = 0
-    for import_name in names:
-        start = time.time()
-        env = fresh_env(args.work / f"env-{import_name}", args.torch_base)
-        try:
-            check(import_name, wheels[import_name], wheels["lab_common"], env)
-            status = "ok"
-        except subprocess.CalledProcessError as err:
-            failures += 1
-            status = f"FAILED ({err})"
-        print(f"wheel {import_name}: {status} in {time.time() - start:.0f}s", flush=True)
-        shutil.rmtree(env, ignore_errors=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        lines = list(pool.map(lambda n: _check_one(n, wheels, args.work, site), names))
+    failures = sum("FAILED" in line for line in lines)
+    print("\n".join(lines))
     print(f"wheels: {len(names) - failures} passed, {failures} failed")
     return 1 if failures else 0
 

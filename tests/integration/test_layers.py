@@ -1,7 +1,8 @@
 """The house rules: which layer may import what (see the root README's Layout).
 
-core ``lab_common`` -> ``lab_common.data`` / ``lab_common.distill`` -> method packages -> demo
-and benchmarks. A layer imports only layers to its left; method packages (their ``src/`` and
+core ``lab_common`` -> ``lab_common.cli`` / ``lab_common.testing`` / ``lab_common.data`` ->
+``lab_common.distill`` -> method packages -> demo and benchmarks. A layer imports only layers to
+its left; the core stays under 1,000 lines; method packages (their ``src/`` and
 ``tests/``) never import each other; benchmark scripts that compare methods side by side (not
 installed) sit on top with the demo.
 """
@@ -22,19 +23,40 @@ COMMON = ROOT / "packages" / "common" / "src" / "lab_common"
 #: Third-party imports core ``lab_common`` may not make at all, or only inside a function.
 CORE_NEVER = {"timm", "torchvision"}
 CORE_ONLY_LAZY = {"matplotlib", "PIL", "tqdm"}
+#: The layers above the core inside lab_common (subpackages, and the pytest helpers' module).
+UPPER = ("cli", "data", "distill", "testing.py")
+CORE_MAX_LINES = 1000
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """``(dotted module, at module level)`` for every absolute import in ``path``."""
+    """``(dotted module, at module level)`` for every import in ``path``.
+
+    Relative imports are resolved for files under a ``src/`` folder (``from ..cli import x``
+    in ``lab_common/distill/engine.py`` is ``lab_common.cli``) and skipped elsewhere.
+    """
     tree = ast.parse(path.read_text(), filename=str(path))
     top_level = {id(node) for node in tree.body}
+    package = _package_of(path)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(a.name, id(node) in top_level) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.module, id(node) in top_level))
+        elif isinstance(node, ast.ImportFrom) and package is not None:
+            base = package[: len(package) - node.level + 1]
+            found.append(
+                (".".join([*base, *([node.module] if node.module else [])]), id(node) in top_level)
+            )
     return found
+
+
+def _package_of(path: Path) -> list[str] | None:
+    """The package ``path`` belongs to, as name parts, when it sits under a ``src/`` folder."""
+    parts = path.resolve().parts
+    if "src" not in parts:
+        return None
+    return list(parts[len(parts) - parts[::-1].index("src") : -1])
 
 
 def _py_files(folder: Path) -> list[Path]:
@@ -44,9 +66,12 @@ def _py_files(folder: Path) -> list[Path]:
 
 
 def _core_files() -> list[Path]:
-    return [
-        f for f in _py_files(COMMON) if f.relative_to(COMMON).parts[0] not in ("data", "distill")
-    ]
+    return [f for f in _py_files(COMMON) if f.relative_to(COMMON).parts[0] not in UPPER]
+
+
+def test_core_stays_small():
+    lines = sum(len(f.read_text().splitlines()) for f in _core_files())
+    assert lines < CORE_MAX_LINES, f"the lab_common core has grown to {lines} lines"
 
 
 def test_core_imports_no_vision_stack_and_no_upper_layer():
@@ -54,12 +79,26 @@ def test_core_imports_no_vision_stack_and_no_upper_layer():
     for f in _core_files():
         for module, top in _imports(f):
             root = module.split(".")[0]
-            if root in CORE_NEVER or module.startswith(("lab_common.data", "lab_common.distill")):
+            upper = module.startswith(tuple(f"lab_common.{u.removesuffix('.py')}" for u in UPPER))
+            if root in CORE_NEVER or upper:
                 offenders.append(f"{f.relative_to(ROOT)}: {module}")
             elif root in CORE_ONLY_LAZY and top:
                 offenders.append(f"{f.relative_to(ROOT)}: {module} at module level")
             elif root in METHODS.values():
                 offenders.append(f"{f.relative_to(ROOT)}: {module}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("layer", ["cli", "testing.py"])
+def test_cli_and_testing_layers_need_only_the_core(layer):
+    files = _py_files(COMMON / layer) if layer == "cli" else [COMMON / layer]
+    offenders = [
+        f"{f.relative_to(ROOT)}: {module}"
+        for f in files
+        for module, _ in _imports(f)
+        if module.split(".")[0] in CORE_NEVER | set(METHODS.values())
+        or module.startswith(("lab_common.data", "lab_common.distill"))
+    ]
     assert not offenders, offenders
 
 

@@ -27,9 +27,7 @@ continues where it stopped; ``--methods`` picks rows (see :data:`METHODS`).
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +38,9 @@ from torch import nn
 
 from clkd import CLKDLoss, DKDLoss, dkd_beta_for
 from lab_common import cache_dir, mean_confidence_interval, seed_everything, write_benchmark
-from lab_common.data import class_balanced_split, load_fashion_mnist_tensors
+from lab_common.data import class_balanced_split, load_cifar10_tensors, load_fashion_mnist_tensors
 from lab_common.distill import KDLoss, create_model, default_milestones
 from lab_common.distill.kd import KD_DEFAULTS
-from lab_common.paths import shared_datasets_root
 from trg_kd import TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,40 +52,10 @@ STATS = {
 
 
 # --------------------------------------------------------------------------- data
-def cifar10_uint8(root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 50,000 CIFAR-10 training JPEGs as ``(N, 3, 32, 32)`` uint8 and ``(N,)`` labels.
-
-    Decoded once from ``cifar10-train-jpg.tar.gz`` (read straight from the archive) and cached
-    as one tensor file in :func:`lab_common.cache_dir`.
-    """
-    from PIL import Image
-
-    cached = cache_dir() / "cifar10" / "train_uint8.pt"
-    if cached.is_file():
-        blob = torch.load(cached)
-        return blob["images"], blob["labels"]
-    archive = (root or shared_datasets_root() / "cifar10") / "cifar10-train-jpg.tar.gz"
-    images, names = [], []
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            if not member.isfile() or not member.name.endswith(".jpg"):
-                continue
-            cls = Path(member.name).parent.name
-            img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-            images.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
-            names.append(cls)
-    classes = sorted(set(names))
-    x = torch.stack(images).view(-1, 32, 32, 3).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor([classes.index(n) for n in names])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": x, "labels": y, "classes": classes}, cached)
-    return x, y
-
-
 def load_split(dataset: str, val_fraction: float) -> dict[str, torch.Tensor]:
     """Normalised float ``train`` / ``val`` images and labels of the validation split (seed 0)."""
     if dataset == "cifar10":
-        x, y = cifar10_uint8()
+        x, y, _ = load_cifar10_tensors()
     else:
         x, y = load_fashion_mnist_tensors(None, train=True)
         x = x.unsqueeze(1)

@@ -146,4 +146,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_console(main))
+    raise SystemExit(run_console(main, prog="python -m clkd.teachers"))

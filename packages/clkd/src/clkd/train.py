@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> DistillResult:
 
 def cli() -> int:
     """Console-script entry point (``clkd-train``): exit status 0 on success."""
-    return run_console(main)
+    return run_console(main, prog="clkd-train")
 
 
 if __name__ == "__main__":

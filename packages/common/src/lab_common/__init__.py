@@ -2,11 +2,11 @@
 
 The core (this package; torch, numpy and scipy only): seeding, device/autocast selection,
 accuracy and confidence intervals, benchmark timing and tables, metrics logging and progress,
-atomic checkpoints, torch.distributed helpers, dataset and cache locations, the trainer
-command line (:mod:`lab_common.cli`) and pytest conventions (:mod:`lab_common.testing`).
-Two optional layers build on it: :mod:`lab_common.data` (image-dataset readers; extra
-``vision``) and :mod:`lab_common.distill` (the distillation engine, ``Distiller``, the KD
-baseline and the CIFAR zoo; extra ``distill``).
+atomic checkpoints, torch.distributed helpers, dataset and cache locations. Layers on top:
+:mod:`lab_common.cli` (the trainer dialect and run-folder rules), :mod:`lab_common.testing`
+(pytest conventions), :mod:`lab_common.data` (image-dataset readers; extra ``vision``) and
+:mod:`lab_common.distill` (the distillation engine, ``Distiller``, the KD baseline and the
+CIFAR zoo; extra ``distill``).
 """
 
 from __future__ import annotations

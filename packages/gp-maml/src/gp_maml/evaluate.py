@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def cli() -> int:
     """Console-script entry point: exit status 0 on success, 2 on a user error."""
-    return run_console(main)
+    return run_console(main, prog="gp-maml-evaluate")
 
 
 if __name__ == "__main__":

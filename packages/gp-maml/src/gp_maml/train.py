@@ -44,7 +44,7 @@ from lab_common.cli import (
     run_console,
     start_options,
 )
-from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
+from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .backbones import create_backbone
 from .batching import BATCHING
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def cli() -> int:
     """Console-script entry point: exit status 0 on success, 2 on a user error."""
-    return run_console(main)
+    return run_console(main, prog="gp-maml-train")
 
 
 if __name__ == "__main__":

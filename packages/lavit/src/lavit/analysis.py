@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
 
 def cli() -> int:
     """Console script ``lavit-analysis``: 0 on success, 2 with one line on a user error."""
-    return run_console(main)
+    return run_console(main, prog="lavit-analysis")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ masks as tv_tensors), the format torchvision's detectors train on.
 
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lab_common import cache_dir, shared_datasets_root
-from lab_common.data import load_fashion_mnist_tensors
+from lab_common import shared_datasets_root
+from lab_common.data import load_cifar10_tensors, load_fashion_mnist_tensors
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -61,37 +60,15 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-#: backgrounds kept per split in the cache (the archive is read once)
+#: backgrounds available per split (evenly spaced over the class-ordered archive)
 POOL_SIZE = 2500
 
 
-def _background_pools(base: Path) -> dict[str, np.ndarray]:
-    """``{"train", "val"}`` -> ``(POOL_SIZE, 32, 32, 3)`` uint8, cached in ``cache_dir()``."""
-    archive = base / "cifar10" / "cifar10-train-jpg.tar.gz"
-    if not archive.is_file():
-        raise FileNotFoundError(f"CIFAR-10 archive not found: {archive}")
-    cache = cache_dir() / f"lavit-cifar10-backgrounds-{archive.stat().st_size}-{POOL_SIZE}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return {k: z[k] for k in SPLITS}
-    with tarfile.open(archive) as tar:
-        members = sorted(
-            (m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")),
-            key=lambda m: m.name,
-        )
-        pools = {}
-        for offset, split in enumerate(SPLITS):
-            half = members[offset::2]  # even / odd members: disjoint splits
-            picks = np.linspace(0, len(half) - 1, min(POOL_SIZE, len(half))).round().astype(int)
-            images = []
-            for i in picks:
-                with tar.extractfile(half[i]) as f:
-                    images.append(np.asarray(Image.open(f).convert("RGB")))
-            pools[split] = np.stack(images)
-    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **pools)
-    os.replace(tmp, cache)
-    return pools
+def _background_pool(base: Path, split: str) -> np.ndarray:
+    """``(POOL_SIZE, 32, 32, 3)`` uint8 photographs of ``split`` (even / odd archive members)."""
+    images = load_cifar10_tensors(base)[0][SPLITS.index(split) :: 2]  # disjoint splits
+    picks = np.linspace(0, len(images) - 1, min(POOL_SIZE, len(images))).round().astype(int)
+    return images[torch.from_numpy(picks)].permute(0, 2, 3, 1).numpy()
 
 
 def load_cifar10_backgrounds(
@@ -102,13 +79,13 @@ def load_cifar10_backgrounds(
     Reads ``cifar10/cifar10-train-jpg.tar.gz`` under ``root`` (default: the shared datasets)
     without unpacking it: ``"train"`` draws from even-numbered members, ``"val"`` from
     odd-numbered ones, evenly spaced over the class-ordered archive (at most ``POOL_SIZE``
-    per split, kept in ``lab_common.cache_dir()`` after the first read).
+    per split; :func:`lab_common.data.load_cifar10_tensors` decodes the archive once).
     """
     _check_split(split)
     if not 1 <= count <= POOL_SIZE:
         raise ValueError(f"count must be in 1..{POOL_SIZE} backgrounds per split, got {count}")
     base = Path(root).expanduser() if root is not None else shared_datasets_root()
-    pool = _background_pools(base)[split]
+    pool = _background_pool(base, split)
     return pool[np.linspace(0, len(pool) - 1, count).round().astype(int)]
 
 

@@ -1138,40 +1138,46 @@ default_cfgs = generate_default_cfgs(
 PAPER_LAYOUT = dict(window_sizes=(7, 7, 7, 7), sr_ratios=(1, 1, 1, 1), la_input="softmax")
 
 
-@register_model
-def lavit_tiny(pretrained: bool = False, **kwargs) -> LaViT:
-    args = dict(
-        PAPER_LAYOUT,
+#: Per-preset settings on top of PAPER_LAYOUT (Table 1 of the paper).
+PRESETS: dict[str, dict] = {
+    "lavit_tiny": dict(
         depths=(2, 2, 3, 2),
         la_depths=(1, 1, 2, 1),
         embed_dims=(64, 128, 256, 448),
         num_heads=(1, 2, 4, 7),
         mlp_ratios=(5, 4, 4, 6),
-    )
-    return _create_lavit("lavit_tiny", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def lavit_small(pretrained: bool = False, **kwargs) -> LaViT:
-    args = dict(
-        PAPER_LAYOUT,
+    ),
+    "lavit_small": dict(
         depths=(2, 3, 6, 3),
         la_depths=(1, 2, 3, 2),
         embed_dims=(64, 128, 320, 512),
         num_heads=(1, 2, 5, 8),
         mlp_ratios=(8, 6, 4, 6),
-    )
-    return _create_lavit("lavit_small", pretrained, **dict(args, **kwargs))
-
-
-@register_model
-def lavit_base(pretrained: bool = False, **kwargs) -> LaViT:
-    args = dict(
-        PAPER_LAYOUT,
+    ),
+    "lavit_base": dict(
         depths=(3, 4, 16, 3),
         la_depths=(1, 2, 8, 2),
         embed_dims=(64, 128, 320, 576),
         num_heads=(1, 2, 5, 9),
         mlp_ratios=(6, 6, 4, 7),
-    )
-    return _create_lavit("lavit_base", pretrained, **dict(args, **kwargs))
+    ),
+}
+
+
+def _create_preset(variant: str, pretrained: bool, kwargs: dict) -> LaViT:
+    return _create_lavit(variant, pretrained, **{**PAPER_LAYOUT, **PRESETS[variant], **kwargs})
+
+
+@register_model
+def lavit_tiny(pretrained: bool = False, **kwargs) -> LaViT:
+    return _create_preset("lavit_tiny", pretrained, kwargs)
+
+
+@register_model
+def lavit_small(pretrained: bool = False, **kwargs) -> LaViT:
+    return _create_preset("lavit_small", pretrained, kwargs)
+
+
+@register_model
+def lavit_base(pretrained: bool = False, **kwargs) -> LaViT:
+    return _create_preset("lavit_base", pretrained, kwargs)

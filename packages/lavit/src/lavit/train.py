@@ -67,7 +67,7 @@ from lab_common.cli import (
     start_options,
 )
 from lab_common.data import build_image_dataset, dataset_num_classes
-from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
+from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .losses import DP_LOSS_VARIANTS
 
@@ -334,7 +334,7 @@ def train(
     ends bit-identical to an uninterrupted one), falling back to ``last.prev.pt`` with a warning
     when ``last.pt`` is unreadable. At the end ``<out>/model.pth`` holds the EMA weights if EMA
     is on, else the model's, loadable by timm. The output-folder and resume rules are
-    :mod:`lab_common.run`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``; a
+    :mod:`lab_common.cli.run_dir`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``; a
     resume refuses settings that differ from the checkpoint's unless ``allow_changed`` names
     them.
 
@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> nn.Module:
 
 def cli() -> int:
     """Console script ``lavit-train``: 0 on success, 2 with one line on a user error."""
-    return run_console(main)
+    return run_console(main, prog="lavit-train")
 
 
 if __name__ == "__main__":

@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> DistillResult:
 
 def cli() -> int:
     """Console-script entry point (``trg-kd-train``): exit status 0 on success."""
-    return run_console(main)
+    return run_console(main, prog="trg-kd-train")
 
 
 if __name__ == "__main__":

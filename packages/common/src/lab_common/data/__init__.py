@@ -2,10 +2,12 @@
 
 ``build_image_dataset`` reads Fashion-MNIST, MNIST, CIFAR-10/100 (torchvision's readers, from
 disk only; gzipped IDX files are unpacked once into :func:`lab_common.cache_dir`) or an
-ImageNet-style folder. The dataset *location* helpers, :func:`lab_common.shared_datasets_root`
+ImageNet-style folder; ``load_cifar10_tensors`` reads the shared CIFAR-10 JPEG archive
+(training images only) into one cached uint8 tensor. The dataset *location* helpers, :func:`lab_common.shared_datasets_root`
 and :func:`lab_common.cache_dir`, are in the core: they need no torchvision.
 """
 
+from .cifar10 import CIFAR10_ARCHIVE, load_cifar10_tensors
 from .readers import (
     DATASET_NAMES,
     build_image_dataset,
@@ -15,9 +17,11 @@ from .readers import (
 from .splits import class_balanced_split
 
 __all__ = [
+    "CIFAR10_ARCHIVE",
     "DATASET_NAMES",
     "build_image_dataset",
     "class_balanced_split",
     "dataset_num_classes",
+    "load_cifar10_tensors",
     "load_fashion_mnist_tensors",
 ]

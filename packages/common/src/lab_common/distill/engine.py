@@ -18,7 +18,7 @@ before it (also with DataLoader workers); the checkpoint holds the trainable wei
 optimiser, scheduler, grad scaler and epoch counter. A run killed at any point (even
 ``SIGKILL`` mid-epoch) and resumed ends bit-identical to an uninterrupted one.
 
-The output folder follows :mod:`lab_common.run`: a fresh run refuses a non-empty ``out``
+The output folder follows :mod:`lab_common.cli.run_dir`: a fresh run refuses a non-empty ``out``
 unless ``overwrite``; ``resume`` needs a phase checkpoint there and refuses settings that
 differ from the checkpoint's ``config`` unless ``allow_changed`` names them (where and how the
 run runs, :data:`RUN_ONLY_SETTINGS`, may always change); the metrics records a killed run wrote
@@ -51,7 +51,7 @@ from ..distributed import (
     init_distributed,
 )
 from ..logging import MetricsLogger, plot_metrics, progress
-from ..run import check_resume_settings, prepare_run_dir, truncate_metrics
+from ..cli import check_resume_settings, prepare_run_dir, truncate_metrics
 from ..seeding import seed_everything
 from .config import DistillConfig, default_milestones
 from .data import DistillDatasets, build_datasets
@@ -355,7 +355,7 @@ def _resume_states(
 
 
 def _prepare_out(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> None:
-    """Apply :func:`lab_common.run.prepare_run_dir` to ``cfg.out`` with the engine's files."""
+    """Apply :func:`lab_common.cli.prepare_run_dir` to ``cfg.out`` with the engine's files."""
     out = Path(cfg.out)
     exists = {
         phase: any(

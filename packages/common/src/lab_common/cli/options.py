@@ -1,22 +1,4 @@
-"""The trainer dialect: option names every console script of the project shares.
-
-Each trainer keeps its settings in a frozen dataclass; argparse only builds it.
-:func:`add_run_arguments` adds the shared options (same names, same meanings in
-``lavit-train``, ``clkd-train``, ``trg-kd-train`` and ``gp-maml-train``) with defaults read
-from that dataclass, :func:`config_from_args` turns the parsed namespace back into the
-dataclass, and :func:`run_console` makes a console script exit 0 on success and non-zero with
-one clear line on a user error.
-
-Shared options (``--batch-size`` is per process: a ``torchrun`` job of ``P`` processes
-trains on ``P × batch-size`` images a step)::
-
-    --out DIR  --resume  --overwrite  --allow-changed SETTING...  --epochs N | --iterations N
-    --batch-size N  --seed N  --device {auto,cpu,cuda,cuda:N}  --amp  --workers N
-    --no-progress  --data-root DIR
-
-``--resume``, ``--overwrite`` and ``--allow-changed`` are how a run is started, not settings
-of the run: they are not config fields (see :mod:`lab_common.run` for their rules).
-"""
+"""The trainer options: shared names, range-checked types, deprecated aliases, exit codes."""
 
 from __future__ import annotations
 
@@ -25,6 +7,7 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
@@ -188,16 +171,21 @@ def start_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_console(
-    main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None
+    main: Callable[[Sequence[str] | None], Any],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
 ) -> int:
     """Run a trainer's ``main(argv)`` as a console script; return its exit status.
 
     0 on success whatever ``main`` returns; on a user error (``ValueError``,
     ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``,
     including :class:`lab_common.CheckpointError`) one line ``<prog>: error: <message>`` on
-    stderr and status 2; interrupted by Ctrl-C, status 130.
+    stderr and status 2; interrupted by Ctrl-C, status 130. ``prog`` is the console script's
+    name (default: the basename of ``sys.argv[0]``).
     """
-    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "lab"
+    if prog is None:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lab"
     try:
         main(argv)
     except KeyboardInterrupt:

@@ -82,6 +82,16 @@ def test_run_console_exit_codes(capsys):
         run_console(bug)
 
 
+def test_run_console_names_the_console_script(capsys):
+    """``python -m pkg.train`` would otherwise print ``train.py: error: ...``."""
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_console(interrupted, prog="demo-train") == 130
+    assert capsys.readouterr().err.strip() == "demo-train: interrupted"
+
+
 def test_no_warning_without_old_names():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

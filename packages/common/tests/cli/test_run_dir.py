@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lab_common.checkpoint import previous_generation, save_checkpoint
-from lab_common.run import check_resume_settings, prepare_run_dir, truncate_metrics
+from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
 
 
 def test_fresh_run_creates_the_folder(tmp_path):

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import previous_generation
+from ..checkpoint import previous_generation
 
 __all__ = ["check_resume_settings", "prepare_run_dir", "truncate_metrics"]
 

@@ -1,0 +1,47 @@
+"""The trainer layer: the command-line dialect every console script of the project shares.
+
+Each trainer keeps its settings in a frozen dataclass; argparse only builds it.
+:func:`add_run_arguments` adds the shared options (same names, same meanings in
+``lavit-train``, ``clkd-train``, ``trg-kd-train`` and ``gp-maml-train``) with defaults read
+from that dataclass, :func:`config_from_args` turns the parsed namespace back into the
+dataclass, and :func:`run_console` makes a console script exit 0 on success and non-zero with
+one clear line on a user error.
+
+Shared options (``--batch-size`` is per process: a ``torchrun`` job of ``P`` processes
+trains on ``P × batch-size`` images a step)::
+
+    --out DIR  --resume  --overwrite  --allow-changed SETTING...  --epochs N | --iterations N
+    --batch-size N  --seed N  --device {auto,cpu,cuda,cuda:N}  --amp  --workers N
+    --no-progress  --data-root DIR
+
+``--resume``, ``--overwrite`` and ``--allow-changed`` are how a run is started, not settings
+of the run: they are not config fields (see :mod:`lab_common.cli.run_dir` for their rules).
+"""
+
+from .options import (
+    add_deprecated_alias,
+    add_run_arguments,
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_console,
+    start_options,
+)
+from .run_dir import check_resume_settings, prepare_run_dir, truncate_metrics
+
+__all__ = [
+    "add_deprecated_alias",
+    "add_run_arguments",
+    "check_resume_settings",
+    "config_from_args",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "prepare_run_dir",
+    "run_console",
+    "start_options",
+    "truncate_metrics",
+]
