@@ -24,6 +24,31 @@ TINY = dict(
 )
 
 
+#: a small paper-layout LaViT (7x7 windows, VA + LA per stage) for the dense-prediction tests
+SMALL_BACKBONE = dict(
+    depths=(2, 2, 2, 2),
+    la_depths=(1, 1, 1, 1),
+    embed_dims=(32, 64, 96, 128),
+    num_heads=(1, 2, 3, 4),
+    mlp_ratios=(2, 2, 2, 2),
+    img_size=128,
+)
+
+
+@pytest.fixture
+def small_backbone() -> dict:
+    return dict(SMALL_BACKBONE)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> tuple:
+    """Six training and four validation scenes (folders), made once per test file."""
+    from lavit.dense_data import make_scenes
+
+    root = tmp_path_factory.mktemp("scenes")
+    return make_scenes(root / "train", 6, "train", seed=0), make_scenes(root / "val", 4, "val")
+
+
 @pytest.fixture
 def tiny_kwargs() -> dict:
     return dict(TINY)

@@ -1,0 +1,145 @@
+"""lavit.detection: FPN backbones, RetinaNet / Mask R-CNN builders, COCO AP, a short training."""
+
+import numpy as np
+import pytest
+import torch
+
+from lavit.dense_data import coco_scenes, make_scenes
+from lavit.detection import (
+    FPNBackbone,
+    evaluate_detector,
+    maskrcnn_fpn,
+    retinanet_fpn,
+    retinanet_lavit_tiny,
+    train_detector,
+)
+
+
+def _det(backbone: dict) -> dict:
+    """Detector settings for CPU tests on 128x128 scenes."""
+    return dict(backbone_kwargs=backbone, fpn_channels=64, min_size=128, max_size=128)
+
+
+def test_fpn_backbone_levels_any_size(small_backbone):
+    body = FPNBackbone("lavit_tiny", out_channels=32, **small_backbone)
+    out = body(torch.randn(1, 3, 96, 160))
+    assert list(out) == ["0", "1", "2", "3"]
+    assert [tuple(v.shape) for v in out.values()] == [
+        (1, 32, 24, 40),
+        (1, 32, 12, 20),
+        (1, 32, 6, 10),
+        (1, 32, 3, 5),
+    ]
+    with pytest.raises(ValueError, match="apply to a timm name"):
+        FPNBackbone(torch.nn.Identity(), depths=(1,))
+
+
+def test_retinanet_train_losses_and_eval_boxes(small_backbone, scenes):
+    torch.manual_seed(0)
+    model = retinanet_lavit_tiny(num_classes=4, **_det(small_backbone))
+    ds = coco_scenes(scenes[0], train=True, with_masks=False)
+    images, targets = zip(*(ds[i] for i in range(2)), strict=True)
+    losses = model.train()(list(images), list(targets))
+    assert set(losses) == {"classification", "bbox_regression"}
+    sum(losses.values()).backward()
+    assert all(v.isfinite() for v in losses.values())
+    out = model.eval()([images[0], torch.rand(3, 100, 150)])  # any size: resized + padded
+    assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
+    assert out[1]["boxes"].shape[0] == out[1]["scores"].shape[0] == out[1]["labels"].shape[0]
+
+
+def test_maskrcnn_train_losses_and_eval_masks(small_backbone, scenes):
+    torch.manual_seed(0)
+    model = maskrcnn_fpn(
+        "lavit_tiny",
+        num_classes=4,
+        box_score_thresh=0.0,
+        box_batch_size_per_image=32,
+        **_det(small_backbone),
+    )
+    ds = coco_scenes(scenes[0], train=True)
+    images, targets = zip(*(ds[i] for i in range(2)), strict=True)
+    losses = model.train()(list(images), list(targets))
+    assert set(losses) == {
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+    }
+    sum(losses.values()).backward()
+    out = model.eval()([images[0]])[0]
+    assert out["masks"].shape[1:] == (1, 128, 128) and len(out["masks"]) == len(out["boxes"])
+
+
+def test_same_builders_take_timm_pvt_v2():
+    model = retinanet_fpn("pvt_v2_b0", num_classes=3, fpn_channels=32, min_size=64, max_size=64)
+    assert model.backbone.body.feature_info.channels() == [64, 160, 256]
+    losses = model.train()(
+        [torch.rand(3, 64, 64)],
+        [dict(boxes=torch.tensor([[4.0, 4.0, 40.0, 30.0]]), labels=torch.tensor([1]))],
+    )
+    assert set(losses) == {"classification", "bbox_regression"}
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the ground truth (the evaluation loader runs in dataset order)."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.truth = [dataset[i][1] for i in range(len(dataset))]
+
+    def forward(self, images):
+        outs = []
+        for _ in images:
+            t = self.truth.pop(0)
+            outs.append(
+                dict(
+                    boxes=t["boxes"].as_subclass(torch.Tensor),
+                    labels=t["labels"],
+                    scores=torch.ones(len(t["boxes"])),
+                    masks=t["masks"].as_subclass(torch.Tensor)[:, None].float(),
+                )
+            )
+        return outs
+
+
+def test_evaluate_detector_scores_perfect_predictions_as_ap_one(small_backbone, scenes):
+    ds = coco_scenes(scenes[1])
+    metrics = evaluate_detector(_Oracle(ds), ds, scenes[1] / "annotations.json", batch_size=2)
+    assert metrics["bbox_AP"] == pytest.approx(1.0) and metrics["bbox_AP50"] == pytest.approx(1.0)
+    assert metrics["segm_AP"] == pytest.approx(1.0)
+    # an untrained detector scores (near) zero
+    torch.manual_seed(0)
+    untrained = retinanet_lavit_tiny(num_classes=4, **_det(small_backbone))
+    low = evaluate_detector(
+        untrained, coco_scenes(scenes[1], with_masks=False), scenes[1] / "annotations.json"
+    )
+    assert low["bbox_AP"] < 0.05
+
+
+@pytest.mark.slow
+def test_short_training_raises_box_ap_on_held_out_scenes(small_backbone, tmp_path):
+    """300 RetinaNet steps from scratch on 128x128 scenes raise held-out box AP50 from 0.
+
+    Measured (seed 0, CPU): AP50 0.000 untrained -> 0.069 after 300 steps (AP 0.017).
+    """
+    train = make_scenes(tmp_path / "train", 96, "train", classes=(1, 8), objects_per_image=(1, 2))
+    val = make_scenes(tmp_path / "val", 24, "val", classes=(1, 8), objects_per_image=(1, 2))
+    torch.manual_seed(0)
+    model = retinanet_fpn("lavit_tiny", num_classes=3, **_det(small_backbone))
+    val_ds = coco_scenes(val, with_masks=False)
+    before = evaluate_detector(model, val_ds, val / "annotations.json")
+    history = train_detector(
+        model,
+        coco_scenes(train, train=True, with_masks=False),
+        steps=300,
+        batch_size=8,
+        lr=1e-3,
+        show_progress=False,
+    )
+    after = evaluate_detector(model, val_ds, val / "annotations.json")
+    assert np.mean([h["loss"] for h in history[-20:]]) < np.mean([h["loss"] for h in history[:20]])
+    # held-out AP50 0.000 untrained; 0.069 and 0.038 after 300 steps in two runs (thread
+    # scheduling changes the float sums): learning, not yet "well above" (issue 14)
+    assert before["bbox_AP50"] < 0.01 and after["bbox_AP50"] > 0.02, (before, after)

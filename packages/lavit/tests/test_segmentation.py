@@ -1,0 +1,48 @@
+"""lavit.segmentation: Semantic FPN shapes and training steps, the mIoU confusion matrix."""
+
+import numpy as np
+import pytest
+import torch
+
+from lavit.dense_data import SegmentationFolder
+from lavit.segmentation import SemanticFPN, evaluate_segmenter, train_segmenter
+
+
+def test_semantic_fpn_shapes_loss_and_miou(small_backbone, scenes):
+    torch.manual_seed(0)
+    model = SemanticFPN(
+        "lavit_tiny",
+        num_classes=4,
+        fpn_channels=32,
+        head_channels=32,
+        backbone_kwargs=small_backbone,
+    )
+    logits = model(torch.rand(2, 3, 100, 70))  # padded to 128x96 inside, cropped back
+    assert logits.shape == (2, 4, 100, 70)
+    ds = SegmentationFolder(scenes[0], train=True)
+    img, mask = ds[0]
+    assert img.shape == (3, 128, 128) and mask.dtype == torch.int64 and mask.max() <= 3
+    history = train_segmenter(model, ds, steps=2, batch_size=2, show_progress=False)
+    assert len(history) == 2 and all(np.isfinite(history))
+    metrics = evaluate_segmenter(model, SegmentationFolder(scenes[1]))
+    assert 0 <= metrics["mIoU"] <= 1 and set(metrics) >= {"pixel_acc", "IoU_0", "IoU_3"}
+
+
+def test_evaluate_segmenter_confusion_matrix():
+    class Fixed(torch.nn.Module):
+        num_classes, ignore_index = 3, 255
+
+        def forward(self, images):  # predicts class 1 on the left half, 0 elsewhere
+            out = torch.zeros(images.shape[0], 3, *images.shape[-2:])
+            out[:, 1, :, : images.shape[-1] // 2] = 1
+            out[:, 0, :, images.shape[-1] // 2 :] = 1
+            return out
+
+    mask = torch.zeros(4, 4, dtype=torch.int64)
+    mask[:, :2] = 1
+    mask[0, 0] = 2  # one class-2 pixel predicted as 1
+    mask[3, 3] = 255  # ignored
+    metrics = evaluate_segmenter(Fixed(), [(torch.zeros(3, 4, 4), mask)], batch_size=1)
+    assert metrics["IoU_1"] == pytest.approx(7 / 8) and metrics["IoU_0"] == pytest.approx(1.0)
+    assert metrics["IoU_2"] == 0.0 and metrics["mIoU"] == pytest.approx((1 + 7 / 8 + 0) / 3)
+    assert metrics["pixel_acc"] == pytest.approx(14 / 15)
