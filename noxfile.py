@@ -133,15 +133,16 @@ def _test_workers(posargs: list[str]) -> int:
 def tests(session: nox.Session, package: str) -> None:
     """Unit tests of one package (or the cross-package integration tests).
 
-    Test files are spread over pytest-xdist workers (``--dist loadfile``: a file's tests and
-    its module fixtures stay in one process), each with its share of the cores as threads.
+    Tests are spread over pytest-xdist workers, each with its share of the cores as threads
+    (``--dist worksteal``: an idle worker takes queued tests from a busy one, so one long test
+    does not hold the others back).
     """
     python = shared_env(session)
     path = (
         ROOT / "tests" / "integration" if package == "integration" else ROOT / "packages" / package
     )
     workers = _test_workers(session.posargs)
-    spread = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    spread = ["-n", str(workers), "--dist", "worksteal"] if workers > 1 else []
     threads = max(1, (os.cpu_count() or 1) // workers)
     pytest = [python, "-m", "pytest", "-q", "-rs", *spread, *session.posargs]
     with session.chdir(path):
