@@ -203,15 +203,18 @@ def lowest(session: nox.Session) -> None:
         _make_venv(session, venv, " ".join(pins), [pins])
         folders = [f for f in PACKAGES if LOWEST_ENV[f] == env_name]
         python = _bin(venv, "python")
+        # the pins constrain every later install: a package cannot pull a newer numpy in
+        constraints = venv / "constraints.txt"
+        constraints.write_text("\n".join(pins) + "\n")
+        pinned = ["-c", str(constraints)]
         # lab-common first (its core alone beside torch 2.13: its test extra needs
         # torchvision), so that the method packages find it here and not on an index.
         common = ROOT / "packages" / "common"
-        _pip_install(
-            session, venv, ["-e", f"{common}[test]" if "common" in folders else str(common)]
-        )
+        first = f"{common}[test]" if "common" in folders else str(common)
+        _pip_install(session, venv, [*pinned, "-e", first])
         for folder in folders:
             if folder != "common":
-                _pip_install(session, venv, ["-e", f"{ROOT / 'packages' / folder}[test]"])
+                _pip_install(session, venv, [*pinned, "-e", f"{ROOT / 'packages' / folder}[test]"])
         session.run(python, "-m", "pip", "list", "--format=freeze", external=True)
         for folder in folders:
             with session.chdir(ROOT / "packages" / folder):

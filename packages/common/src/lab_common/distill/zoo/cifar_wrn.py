@@ -6,10 +6,11 @@ WRN-d-w: pre-activation basic blocks, ``n = (d - 4) / 6`` per stage, widths
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
-from timm.layers import BatchNormAct2d, ConvNormAct
+from timm.layers import BatchNormAct2d
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
@@ -60,7 +61,10 @@ class CifarWideResNet(CifarClassifier):
             raise ValueError(f"WRN width must be >= 1, got {width}")
         blocks = (depth - 4) // 6
         widths = (16 * width, 32 * width, 64 * width)
-        self.stem = ConvNormAct(in_chans, 16, 3, apply_norm=False, apply_act=False)
+        # a bare conv (pre-activation blocks follow), named like ConvNormAct's: stem.conv.weight
+        self.stem = nn.Sequential(
+            OrderedDict(conv=nn.Conv2d(in_chans, 16, 3, padding=1, bias=False))
+        )
         stages: list[nn.Module] = []
         in_chs = 16
         for i, out_chs in enumerate(widths):
