@@ -207,7 +207,10 @@ def _train_classifier(model: str, kwargs: dict, args: argparse.Namespace, data: 
         workers=0,
         out=str(run),
     )
-    trained = train(cfg, resume=(run / "last.pt").is_file())
+    resume = (
+        run / "last.pt"
+    ).is_file()  # an interrupted demo continues; a stale folder is replaced
+    trained = train(cfg, resume=resume, overwrite=not resume)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return trained, records
 
@@ -312,7 +315,8 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
         log(f"distillation: {name} ({args.teacher} -> {args.student} on {label})")
         start = time.time()
         started = any((run_dir / f"{phase}_last.pt").is_file() for phase in ("teacher", "student"))
-        result = train(config_cls(**common, method=method, out=run_dir), resume=started)
+        config = config_cls(**common, method=method, out=run_dir)
+        result = train(config, resume=started, overwrite=not started)
         rows.append(
             {
                 "method": name,
@@ -359,7 +363,8 @@ def section_fewshot(args: argparse.Namespace, data: dict, out: Path) -> tuple[st
             milestones=(10 * args.meta_iterations,),
         )
         start = time.time()
-        train(cfg, resume=(run / "last.pt").is_file())
+        resume = (run / "last.pt").is_file()
+        train(cfg, resume=resume, overwrite=not resume)
         result = evaluate(
             run / "last.pt", test_root, alphabets=test_alphabets, tasks=args.test_tasks
         )

@@ -179,6 +179,17 @@ def _tiny(root, out, **kw):
     return _cfg(root, out, **{**small, **kw})
 
 
+def test_a_run_killed_before_its_first_checkpoint_can_be_overwritten(omniglot_zip, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # all a run killed before iteration 1 leaves
+    cfg = _tiny(omniglot_zip, out)
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(cfg)
+    train(cfg, overwrite=True)
+    assert (out / "last.pt").is_file()
+
+
 def test_run_folder_rules_and_checkpoint_fallback(omniglot_zip, tmp_path):
     out = tmp_path / "run"
     cfg = _tiny(omniglot_zip, out)

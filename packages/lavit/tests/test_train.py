@@ -136,6 +136,17 @@ def test_train_errors(image_folder, tmp_path):
         train(_config(image_folder, tmp_path / "z"), resume=True)
 
 
+def test_a_run_killed_before_its_first_checkpoint_can_be_overwritten(image_folder, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # all a run killed in its first epoch leaves
+    cfg = _config(image_folder, out, epochs=1)
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(cfg)
+    train(cfg, overwrite=True)
+    assert (out / "last.pt").is_file()
+
+
 def test_run_folder_rules_and_checkpoint_fallback(image_folder, tmp_path):
     out = tmp_path / "run"
     cut = _config(image_folder, out, stop_after_epoch=1, epochs=3)

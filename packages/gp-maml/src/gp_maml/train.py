@@ -36,15 +36,17 @@ from lab_common import (
 )
 from lab_common.cli import (
     add_run_arguments,
+    check_resume_settings,
     config_from_args,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_run_dir,
     run_console,
     start_options,
+    truncate_metrics,
 )
-from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .backbones import create_backbone
 from .batching import BATCHING
@@ -56,6 +58,8 @@ __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "tra
 
 BACKBONES = ("conv4-32", "conv4-64", "resnet12")
 RUN_ONLY = ("device", "progress", "threads", "out")
+#: Files that show a folder holds a run (``--overwrite`` may replace it): config.json comes first.
+RUN_MARKERS = ("config.json", "metrics.jsonl")
 """Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
 run's numbers)."""
 
@@ -251,7 +255,7 @@ def train(
         FileExistsError: a fresh run into a non-empty ``cfg.out`` without ``overwrite``.
         ValueError: changed settings on resume, or a corrupt checkpoint (``CheckpointError``).
     """
-    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite)
+    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite, markers=RUN_MARKERS)
     last_path = out / "last.pt"
     state = None
     if resume:  # before any data is read: a refused resume fails at once

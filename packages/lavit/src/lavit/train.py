@@ -58,16 +58,18 @@ from lab_common import (
 )
 from lab_common.cli import (
     add_run_arguments,
+    check_resume_settings,
     config_from_args,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_run_dir,
     run_console,
     start_options,
+    truncate_metrics,
 )
 from lab_common.data import build_image_dataset, dataset_num_classes
-from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
 
 from .losses import DP_LOSS_VARIANTS
 
@@ -165,6 +167,8 @@ class ToRGB:
         return img.convert("RGB")
 
 
+#: Files that show a folder holds a run (``--overwrite`` may replace it): config.json comes first.
+RUN_MARKERS = ("config.json", "metrics.jsonl")
 #: Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch")
 
@@ -350,7 +354,7 @@ def train(
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
-        prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        prepare_run_dir(out, resume=resume, overwrite=overwrite, markers=RUN_MARKERS)
         if not resume:
             (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     barrier()

@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
+from ..cli import check_resume_settings, prepare_run_dir, truncate_metrics
 from ..device import autocast
 from ..distributed import (
     DistContext,
@@ -51,7 +52,6 @@ from ..distributed import (
     init_distributed,
 )
 from ..logging import MetricsLogger, plot_metrics, progress
-from ..cli import check_resume_settings, prepare_run_dir, truncate_metrics
 from ..seeding import seed_everything
 from .config import DistillConfig, default_milestones
 from .data import DistillDatasets, build_datasets
