@@ -1,4 +1,5 @@
 import json
+import mmap
 import time
 
 import pytest
@@ -17,10 +18,11 @@ def test_measure_counts_calls_and_orders_stats():
 
 def test_measure_sees_memory_growth():
     def allocate():
-        buf = bytearray(64 * 2**20)
+        # a fresh anonymous mapping: malloc could reuse resident heap a previous test freed
+        buf = mmap.mmap(-1, 64 * 2**20)
         buf[::4096] = b"x" * len(buf[::4096])  # touch every page so it is resident
         time.sleep(0.5)  # hold it long enough for the sampler thread on a loaded machine
-        return buf
+        buf.close()
 
     m = measure(allocate, warmup=0, repeats=1)
     assert m.peak_memory_mb > 30
