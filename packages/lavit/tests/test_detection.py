@@ -1,5 +1,7 @@
 """lavit.detection: FPN backbones, RetinaNet / Mask R-CNN builders, COCO AP, a short training."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -126,18 +128,25 @@ def test_short_training_raises_box_ap_on_held_out_scenes(small_backbone, tmp_pat
     """
     train = make_scenes(tmp_path / "train", 96, "train", classes=(1, 8), objects_per_image=(1, 2))
     val = make_scenes(tmp_path / "val", 24, "val", classes=(1, 8), objects_per_image=(1, 2))
-    torch.manual_seed(0)
-    model = retinanet_fpn("lavit_tiny", num_classes=3, **_det(small_backbone))
-    val_ds = coco_scenes(val, with_masks=False)
-    before = evaluate_detector(model, val_ds, val / "annotations.json")
-    history = train_detector(
-        model,
-        coco_scenes(train, train=True, with_masks=False),
-        steps=300,
-        batch_size=8,
-        lr=1e-3,
-        show_progress=False,
-    )
+    # the suite's longest test: it may use every core (pytest-xdist workers get one thread
+    # each; the others finish their shorter tests long before this one)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, min(2, os.cpu_count() or 1)))
+    try:
+        torch.manual_seed(0)
+        model = retinanet_fpn("lavit_tiny", num_classes=3, **_det(small_backbone))
+        val_ds = coco_scenes(val, with_masks=False)
+        before = evaluate_detector(model, val_ds, val / "annotations.json")
+        history = train_detector(
+            model,
+            coco_scenes(train, train=True, with_masks=False),
+            steps=300,
+            batch_size=8,
+            lr=1e-3,
+            show_progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
     after = evaluate_detector(model, val_ds, val / "annotations.json")
     assert np.mean([h["loss"] for h in history[-20:]]) < np.mean([h["loss"] for h in history[:20]])
     # held-out AP50 0.000 untrained; 0.069 and 0.038 after 300 steps in two runs (thread
