@@ -82,7 +82,6 @@ def _make_venv(
 
 def _pip_install(session: nox.Session, venv: Path, args: list[str]) -> None:
     pip = [_bin(venv, "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    pip.append("--no-compile")  # .pyc files are written as modules are imported
     session.run(*pip, *args, external=True)
 
 

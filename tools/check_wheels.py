@@ -159,7 +159,8 @@ def check(import_name: str, wheel: Path, common_wheel: Path, env: Path) -> None:
         absent += ["timm", "torchvision"]
     probe = f"import importlib.util as u; bad = [m for m in {absent!r} if u.find_spec(m)]; assert not bad, bad"
     steps = [
-        [*pip, "--no-compile", str(common_wheel), str(wheel)],  # .pyc: written when imported
+        # no .pyc at install: each environment imports its package once, then is deleted
+        [*pip, "--no-compile", str(common_wheel), str(wheel)],
         [_python(env), "-c", probe],
         [_python(env), "-c", textwrap.dedent(SMOKE[import_name])],
     ]
