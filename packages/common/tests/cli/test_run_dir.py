@@ -23,6 +23,16 @@ def test_fresh_run_into_a_previous_run_is_refused_unless_overwrite(tmp_path):
     assert out.is_dir() and not any(out.iterdir())
 
 
+def test_overwrite_replaces_a_run_killed_before_its_first_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # all such a run has written
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare_run_dir(out, resume=False)
+    prepare_run_dir(out, resume=False, overwrite=True)
+    assert out.is_dir() and not any(out.iterdir())
+
+
 def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     with pytest.raises(FileExistsError, match="holds no previous run"):

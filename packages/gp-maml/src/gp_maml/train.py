@@ -58,8 +58,6 @@ __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "tra
 
 BACKBONES = ("conv4-32", "conv4-64", "resnet12")
 RUN_ONLY = ("device", "progress", "threads", "out")
-#: Files that show a folder holds a run (``--overwrite`` may replace it): config.json comes first.
-RUN_MARKERS = ("config.json", "metrics.jsonl")
 """Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
 run's numbers)."""
 
@@ -255,7 +253,7 @@ def train(
         FileExistsError: a fresh run into a non-empty ``cfg.out`` without ``overwrite``.
         ValueError: changed settings on resume, or a corrupt checkpoint (``CheckpointError``).
     """
-    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite, markers=RUN_MARKERS)
+    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite)
     last_path = out / "last.pt"
     state = None
     if resume:  # before any data is read: a refused resume fails at once

@@ -167,8 +167,6 @@ class ToRGB:
         return img.convert("RGB")
 
 
-#: Files that show a folder holds a run (``--overwrite`` may replace it): config.json comes first.
-RUN_MARKERS = ("config.json", "metrics.jsonl")
 #: Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch")
 
@@ -354,7 +352,7 @@ def train(
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
-        prepare_run_dir(out, resume=resume, overwrite=overwrite, markers=RUN_MARKERS)
+        prepare_run_dir(out, resume=resume, overwrite=overwrite)
         if not resume:
             (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     barrier()

@@ -33,14 +33,15 @@ def prepare_run_dir(
     resume: bool,
     overwrite: bool = False,
     checkpoint: str = "last.pt",
-    markers: Iterable[str] = ("metrics.jsonl",),
+    markers: Iterable[str] = ("config.json", "metrics.jsonl"),
 ) -> Path:
     """Check (and create) a run's output folder by the rules above; returns it as a Path.
 
     Args:
         checkpoint: the file ``--resume`` continues from.
         markers: other files whose presence shows a folder holds a previous run (only such
-            a folder may be replaced by ``overwrite``).
+            a folder may be replaced by ``overwrite``); the default covers a run killed before
+            its first checkpoint, which has written only its ``config.json``.
 
     Raises:
         ValueError: ``resume`` and ``overwrite`` together.
