@@ -44,10 +44,11 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.module, id(node) in top_level))
         elif isinstance(node, ast.ImportFrom) and package is not None:
-            base = package[: len(package) - node.level + 1]
-            found.append(
-                (".".join([*base, *([node.module] if node.module else [])]), id(node) in top_level)
-            )
+            base = ".".join(package[: len(package) - node.level + 1])
+            if node.module:  # from ..cli import x -> lab_common.cli
+                found.append((f"{base}.{node.module}", id(node) in top_level))
+            else:  # from . import cli -> lab_common.cli (each name may be a module)
+                found += [(f"{base}.{a.name}", id(node) in top_level) for a in node.names]
     return found
 
 
@@ -174,3 +175,14 @@ def test_import_detector_sees_imports(tmp_path):
         "def lazy():\n    import matplotlib\n"
     )
     assert _imports(f) == [("clkd.losses", True), ("trg_kd", True), ("matplotlib", False)]
+
+
+def test_import_detector_resolves_relative_imports(tmp_path):
+    f = tmp_path / "src" / "lab_common" / "distill" / "engine.py"
+    f.parent.mkdir(parents=True)
+    f.write_text("from ..cli import run_console\nfrom . import zoo\nfrom .. import data\n")
+    assert [m for m, _ in _imports(f)] == [
+        "lab_common.cli",
+        "lab_common.distill.zoo",
+        "lab_common.data",
+    ]
