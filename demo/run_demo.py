@@ -25,14 +25,13 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
-import lavit  # noqa: F401  (registers lavit_* with timm)
+import lavit  # registers lavit_* with timm
 from lab_common import (
     load_checkpoint,
     machine_description,
     markdown_table,
-    measure,
+    measure_interleaved,
     seed_everything,
     shared_datasets_root,
 )
@@ -153,29 +152,35 @@ def bar_plot(
 
 
 def section_models(args: argparse.Namespace) -> str:
+    """Params, MACs (attention included) and 224² throughput; each LaViT timed interleaved
+    with its PVTv2 counterpart like ``benchmarks/bench_backbone.py`` (median of the repeats)."""
+    pairs = {"lavit_tiny": "pvt_v2_b1", "lavit_small": "pvt_v2_b2", "lavit_base": None}
+    x = torch.randn(args.bench_batch, 3, 224, 224)
+    column = f"img/s (batch {args.bench_batch})"
     rows = []
-    for name in ["lavit_tiny", "lavit_small", "lavit_base", "pvt_v2_b1", "pvt_v2_b2"]:
-        model = timm.create_model(name, num_classes=1000).eval()
-        x = torch.randn(args.bench_batch, 3, 224, 224)
+    for name, ref in pairs.items():
+        names = [name] + ([ref] if ref else [])
+        models = {n: timm.create_model(n, num_classes=1000).eval() for n in names}
         with torch.no_grad():
-            with FlopCounterMode(display=False) as counter:
-                model(x[:1])
-            m = measure(lambda m=model, x=x: m(x), warmup=2, repeats=args.bench_repeats)
-        rows.append(
-            {
-                "model": name,
-                "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
-                "GMACs": counter.get_total_flops() / 2e9,
-                f"img/s (batch {args.bench_batch})": args.bench_batch / m.median_s,
-            }
-        )
-        log(f"{name}: {rows[-1]}")
-    base = {r["model"]: r[f"img/s (batch {args.bench_batch})"] for r in rows}
-    for r in rows:
-        ref = {"lavit_tiny": "pvt_v2_b1", "lavit_small": "pvt_v2_b2"}.get(r["model"])
-        r["speed vs PVTv2"] = (
-            f"{r[f'img/s (batch {args.bench_batch})'] / base[ref]:.2f}x ({ref})" if ref else ""
-        )
+            res = measure_interleaved(
+                {n: (lambda m=m: m(x)) for n, m in models.items()},
+                warmup=1,
+                repeats=args.bench_repeats,
+            )
+        speed = {n: args.bench_batch / r.median_s for n, r in res.items()}
+        for n in names:
+            rows.append(
+                {
+                    "model": n,
+                    "params (M)": sum(p.numel() for p in models[n].parameters()) / 1e6,
+                    "GMACs": lavit.count_macs(models[n], x[:1]) / 1e9,
+                    column: speed[n],
+                    "speed vs PVTv2": f"{speed[n] / speed[ref]:.2f}x ({ref})"
+                    if n == name and ref
+                    else "",
+                }
+            )
+            log(f"{n}: {rows[-1]}")
     return markdown_table(rows)
 
 
@@ -409,8 +414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student-epochs", type=int, default=3)
     p.add_argument("--meta-iterations", type=int, default=200)
     p.add_argument("--test-tasks", type=int, default=600)
-    p.add_argument("--bench-batch", type=int, default=8)
-    p.add_argument("--bench-repeats", type=int, default=3)
+    p.add_argument("--bench-batch", type=int, default=32)
+    p.add_argument("--bench-repeats", type=int, default=5)
     return p.parse_args(argv)
 
 

@@ -4,7 +4,13 @@ import time
 
 import pytest
 
-from lab_common import machine_description, markdown_table, measure, write_benchmark
+from lab_common import (
+    machine_description,
+    markdown_table,
+    measure,
+    measure_interleaved,
+    write_benchmark,
+)
 
 
 def test_measure_counts_calls_and_orders_stats():
@@ -26,6 +32,17 @@ def test_measure_sees_memory_growth():
 
     m = measure(allocate, warmup=0, repeats=1)
     assert m.peak_memory_mb > 30
+
+
+def test_measure_interleaved_alternates_the_order():
+    calls = []
+    fast, slow = (lambda: calls.append("a")), (lambda: (calls.append("b"), time.sleep(0.02)))
+    m = measure_interleaved({"a": fast, "b": slow}, warmup=1, repeats=4)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then A B, B A
+    assert m["a"].repeats == m["b"].repeats == 4
+    assert m["b"].median_s > 0.015 > m["a"].median_s
+    with pytest.raises(ValueError, match="repeats"):
+        measure_interleaved({"a": fast}, repeats=0)
 
 
 def test_measure_bad_args():

@@ -22,35 +22,20 @@ Usage:
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 import lavit  # noqa: F401  (registers lavit_* with timm)
-from lab_common import measure, write_benchmark
+from lab_common import measure, measure_interleaved, write_benchmark
 
 PAIRS = [("lavit_tiny", "pvt_v2_b1"), ("lavit_small", "pvt_v2_b2")]
 SIZES = [(224, 224), (512, 512), (800, 1216)]
 BATCHES = [8, 32]
 TARGETS = {(224, 224): 1.3, (512, 512): 1.2, (800, 1216): 1.0}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_once(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    model.forward_features(x)
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def _cpu_peak_mb(name: str, size: tuple[int, int], batch: int, threads: int) -> float:
@@ -84,34 +69,22 @@ def measure_pair(
     memory_in_process: bool = False,
 ) -> dict[str, dict]:
     """Interleaved timing (and peak memory) of the models of one pair at one size/batch."""
-    names = list(models)
     x = torch.randn(batch, 3, *size, device=device)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    peaks: dict[str, float] = {}
     with torch.inference_mode():
-        for n in names:
-            for _ in range(warmup):
-                _time_once(models[n], x, device)
-        for r in range(repeats):
-            for n in names if r % 2 == 0 else names[::-1]:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                times[n].append(_time_once(models[n], x, device))
-                if device.type == "cuda":
-                    peaks[n] = max(
-                        peaks.get(n, 0.0), torch.cuda.max_memory_allocated(device) / 2**20
-                    )
-    if device.type != "cuda" and memory_in_process:
-        peaks = {n: _peak_mb(models[n], size, batch) for n in names}
-    elif device.type != "cuda":
-        peaks = {n: _cpu_peak_mb(n, size, batch, threads) for n in names}
-    return {
-        n: dict(
-            median_s=statistics.median(times[n]),
-            img_s=batch / statistics.median(times[n]),
-            peak_mem_MB=peaks[n],
+        res = measure_interleaved(
+            {n: (lambda m=m: m.forward_features(x)) for n, m in models.items()},
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
         )
-        for n in names
+    peaks = {n: r.peak_memory_mb for n, r in res.items()}  # CUDA: max_memory_allocated
+    if device.type != "cuda" and memory_in_process:
+        peaks = {n: _peak_mb(models[n], size, batch) for n in models}
+    elif device.type != "cuda":
+        peaks = {n: _cpu_peak_mb(n, size, batch, threads) for n in models}
+    return {
+        n: dict(median_s=r.median_s, img_s=batch / r.median_s, peak_mem_MB=peaks[n])
+        for n, r in res.items()
     }
 
 

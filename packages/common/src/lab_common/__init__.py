@@ -11,7 +11,14 @@ CIFAR zoo; extra ``distill``).
 
 from __future__ import annotations
 
-from .benchmarking import Measurement, machine_description, markdown_table, measure, write_benchmark
+from .benchmarking import (
+    Measurement,
+    machine_description,
+    markdown_table,
+    measure,
+    measure_interleaved,
+    write_benchmark,
+)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .device import autocast, resolve_device
 from .distributed import (
@@ -25,7 +32,7 @@ from .distributed import (
 from .logging import MetricsLogger, plot_metrics, progress, read_metrics
 from .metrics import mean_confidence_interval, topk_accuracy
 from .paths import cache_dir, shared_datasets_root
-from .seeding import seed_everything
+from .seeding import get_rng_state, seed_everything, set_rng_state
 
 __version__ = "0.2.0"
 
@@ -39,6 +46,7 @@ __all__ = [
     "barrier",
     "cache_dir",
     "cleanup_distributed",
+    "get_rng_state",
     "init_distributed",
     "is_main_process",
     "load_checkpoint",
@@ -46,12 +54,14 @@ __all__ = [
     "markdown_table",
     "mean_confidence_interval",
     "measure",
+    "measure_interleaved",
     "plot_metrics",
     "progress",
     "read_metrics",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",
+    "set_rng_state",
     "shared_datasets_root",
     "topk_accuracy",
     "write_benchmark",

@@ -8,14 +8,21 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Measurement", "measure", "machine_description", "markdown_table", "write_benchmark"]
+__all__ = [
+    "Measurement",
+    "machine_description",
+    "markdown_table",
+    "measure",
+    "measure_interleaved",
+    "write_benchmark",
+]
 
 
 @dataclass(frozen=True)
@@ -95,35 +102,58 @@ def measure(
     """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeats`` timed calls.
 
     On CUDA the device is synchronised around each call and the peak is
-    ``torch.cuda.max_memory_allocated``; on CPU the peak is the growth of the process's
-    resident memory over its level before the timed calls (sampled every 2 ms).
+    ``torch.cuda.max_memory_allocated``; on CPU the peak is the largest growth of the process's
+    resident memory during a call (sampled every 2 ms).
+    """
+    return measure_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, device=device)["fn"]
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: torch.device | str | None = None,
+) -> dict[str, Measurement]:
+    """Time several ``fn()`` side by side: ``warmup`` calls each, then ``repeats`` rounds.
+
+    Rounds alternate the order (A B, B A, ...), so drift in the machine's load hits every
+    function alike; each gets the median of its calls. Peak memory is per call (CUDA:
+    ``max_memory_allocated``; CPU: resident growth during the call, which allocator caches
+    can hide — compare CPU memory in fresh processes).
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     dev = torch.device(device) if device is not None else None
-    for _ in range(warmup):
-        fn()
-    _synchronize(dev)
-    times: list[float] = []
-    if dev is not None and dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    with _RssPeakSampler() as sampler:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
+    cuda = dev is not None and dev.type == "cuda"
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks = dict.fromkeys(names, 0.0)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
             _synchronize(dev)
-            times.append(time.perf_counter() - start)
-    if dev is not None and dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = (sampler.peak - sampler.start) / 2**20
-    return Measurement(
-        median_s=statistics.median(times),
-        mean_s=statistics.fmean(times),
-        min_s=min(times),
-        repeats=repeats,
-        peak_memory_mb=peak,
-    )
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            with _RssPeakSampler() as sampler:
+                start = time.perf_counter()
+                fns[name]()
+                _synchronize(dev)
+                times[name].append(time.perf_counter() - start)
+            used = torch.cuda.max_memory_allocated(dev) if cuda else sampler.peak - sampler.start
+            peaks[name] = max(peaks[name], used / 2**20)
+    return {
+        n: Measurement(
+            median_s=statistics.median(times[n]),
+            mean_s=statistics.fmean(times[n]),
+            min_s=min(times[n]),
+            repeats=repeats,
+            peak_memory_mb=peaks[n],
+        )
+        for n in names
+    }
 
 
 def machine_description() -> str:

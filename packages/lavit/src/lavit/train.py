@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 import torch.nn as nn
@@ -49,12 +47,14 @@ from lab_common import (
     autocast,
     barrier,
     cleanup_distributed,
+    get_rng_state,
     init_distributed,
     load_checkpoint,
     plot_metrics,
     progress,
     save_checkpoint,
     seed_everything,
+    set_rng_state,
 )
 from lab_common.cli import (
     add_run_arguments,
@@ -181,7 +181,7 @@ def check_model_name(name: str) -> None:
         )
 
 
-def _json_dict(text: str) -> dict[str, Any]:
+def json_dict(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", default=d.model, help="any timm model name (lavit_* after import lavit)")
     a(
         "--model-kwargs",
-        type=_json_dict,
+        type=json_dict,
         default=d.model_kwargs,
         help="JSON dict passed to timm.create_model, e.g. '{\"depths\": [1,1,1,1]}'",
     )
@@ -283,25 +283,6 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
     train_ds = _subset(train_ds, cfg.max_train_samples, cfg.seed)
     val_ds = _subset(val_ds, cfg.max_val_samples, cfg.seed + 1)
     return train_ds, val_ds, num_classes
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 (the global state Mixup draws from)
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002 (timm Mixup uses it)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
@@ -429,7 +410,7 @@ def train(
                 raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
         start_epoch, step = state["epoch"], state["step"]
-        _set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
         if ctx.is_main:  # records a killed run wrote after its last checkpoint
             truncate_metrics(out / "metrics.jsonl", "epoch", start_epoch)
 
@@ -488,10 +469,10 @@ def train(
         if ema is not None:
             ema_metrics = evaluate(ema.module, val_loader, device, cfg.amp)
             record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
-        rng = [_rng_state()]
+        rng = [get_rng_state()]
         if ctx.distributed:
             rng = [None] * ctx.world_size
-            torch.distributed.all_gather_object(rng, _rng_state())
+            torch.distributed.all_gather_object(rng, get_rng_state())
         if ctx.is_main:
             logger.log(**record)
             save_checkpoint(
