@@ -39,6 +39,9 @@ from . import lavit as _lavit  # noqa: F401  (registers lavit_* with timm)
 
 __all__ = [
     "FPNBackbone",
+    "collate_detection",
+    "dense_optimizer",
+    "detection_losses",
     "evaluate_detector",
     "maskrcnn_fpn",
     "maskrcnn_lavit_small",
@@ -158,15 +161,53 @@ def maskrcnn_lavit_small(num_classes: int = 91, **kwargs) -> MaskRCNN:
     return maskrcnn_fpn("lavit_small", num_classes, **kwargs)
 
 
-def _collate(batch: list) -> tuple[list, list]:
+def collate_detection(batch: list) -> tuple[list, list]:
+    """``DataLoader`` collate for detection: ``[(image, target), ...] -> (images, targets)``."""
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
-def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
-    return [
+def detection_losses(
+    model: nn.Module, images: list[torch.Tensor], targets: list[dict], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """torchvision's training loss dict of one batch, moved to ``device`` first."""
+    targets = [
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
         for t in targets
     ]
+    return model([im.to(device) for im in images], targets)
+
+
+def dense_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    steps: int,
+    warmup_steps: int | None = None,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its per-step schedule for dense-prediction training.
+
+    No weight decay on norms, biases, position embeddings and Theta/Psi; linear warm-up over
+    ``warmup_steps`` (default 10 % of ``steps``), then cosine decay to 0 at ``steps``. Call
+    ``scheduler.step()`` after every optimizer step.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", ".theta", ".psi"))
+        (no_decay if skip else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+        lr=lr,
+    )
+    warm = max(1, steps // 10) if warmup_steps is None else max(1, warmup_steps)
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def train_detector(
@@ -185,39 +226,21 @@ def train_detector(
 ) -> list[dict[str, float]]:
     """Train a torchvision detector for ``steps`` optimizer steps; returns per-step losses.
 
-    AdamW (no decay on norms, biases, position embeddings and Theta/Psi), linear warm-up
-    (default 10 % of the steps) then cosine decay, gradient clipping. ``dataset`` yields
+    :func:`dense_optimizer` (AdamW, warm-up then cosine), gradient clipping. ``dataset`` yields
     ``(image, target)`` pairs as from :func:`lavit.dense_data.coco_scenes`.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
     device = torch.device(device)
     model.to(device).train()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", ".theta", ".psi"))
-        (no_decay if skip else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
-        lr=lr,
-    )
-    warm = max(1, steps // 10) if warmup_steps is None else warmup_steps
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = dense_optimizer(model, lr, weight_decay, steps, warmup_steps)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(dataset) >= batch_size,
-        collate_fn=_collate,
+        collate_fn=collate_detection,
         generator=gen,
         num_workers=workers,
     )
@@ -230,8 +253,7 @@ def train_detector(
         except StopIteration:
             batches = iter(loader)
             images, targets = next(batches)
-        images = [im.to(device) for im in images]
-        losses = model(images, _to_device(targets, device))
+        losses = detection_losses(model, images, targets, device)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite detector loss {loss.item()} ({losses})")
@@ -286,7 +308,7 @@ def evaluate_detector(
     was_training = model.training
     model.to(device).eval()
     boxes, segms, has_masks = [], [], False
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
     try:
         for images, targets in progress(loader, enabled=show_progress, desc="eval"):
             outputs = model([im.to(device) for im in images])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lab_common import progress
 
-from .detection import FPNBackbone
+from .detection import FPNBackbone, dense_optimizer
 
 __all__ = [
     "SemanticFPN",
@@ -135,7 +135,7 @@ def train_segmenter(
     seed: int = 0,
     show_progress: bool = True,
 ) -> list[float]:
-    """Train for ``steps`` AdamW steps (warm-up 10 %, cosine); returns the per-step losses.
+    """Train for ``steps`` steps of :func:`~lavit.detection.dense_optimizer`; per-step losses.
 
     ``dataset`` yields ``(image (3, H, W), mask (H, W))`` pairs, e.g. from
     :class:`lavit.dense_data.SegmentationFolder`.
@@ -144,16 +144,7 @@ def train_segmenter(
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = torch.device(device)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warm = max(1, steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warm
-            if s < warm
-            else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
-        ),
-    )
+    optimizer, scheduler = dense_optimizer(model, lr, weight_decay, steps)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
     batches, history = iter(loader), []

@@ -1,0 +1,146 @@
+"""lavit.train_dense: the detection / segmentation trainer (``lavit-train-dense``)."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lab_common import read_metrics
+from lab_common.testing import run_torchrun
+from lavit.train_dense import DenseTrainConfig, build_parser, train_dense
+
+#: a very small paper-layout LaViT (7x7 windows, VA + LA in every stage)
+BACKBONE = dict(
+    depths=(2, 2, 2, 2),
+    la_depths=(1, 1, 1, 1),
+    embed_dims=(16, 32, 48, 64),
+    num_heads=(1, 2, 3, 4),
+    mlp_ratios=(2, 2, 2, 2),
+    img_size=128,
+)
+
+
+def _config(task: str, scenes, out, **overrides) -> DenseTrainConfig:
+    train_root, val_root = map(str, scenes)
+    settings = dict(
+        task=task,
+        train_root=train_root,
+        val_root=val_root,
+        backbone="lavit_tiny",
+        backbone_kwargs=BACKBONE,
+        fpn_channels=32,
+        min_size=128,
+        max_size=128,
+        epochs=2,
+        batch_size=2,
+        workers=0,
+        seed=1,
+        out=str(out),
+        progress=False,
+    )
+    return DenseTrainConfig(**(settings | overrides))
+
+
+def test_retinanet_run_and_exact_resume(scenes, tmp_path):
+    full = _config("retinanet", scenes, tmp_path / "full")
+    train_dense(full)
+    records = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 6
+    assert {"train_classification", "train_bbox_regression", "train_loss"} <= set(records[-1])
+    assert {"val_bbox_AP", "val_bbox_AP50", "val_bbox_AP75"} <= set(records[-1])
+    assert (tmp_path / "full" / "model.pth").is_file()
+    cut = _config("retinanet", scenes, tmp_path / "cut", stop_after_epoch=1)
+    train_dense(cut)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    train_dense(replace(cut, stop_after_epoch=None), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6 and a["num_classes"] == b["num_classes"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    assert resumed[-1]["train_loss"] == pytest.approx(records[-1]["train_loss"], rel=1e-6)
+
+
+def test_maskrcnn_reports_mask_ap(scenes, tmp_path):
+    cfg = _config("maskrcnn", scenes, tmp_path / "run", epochs=1)
+    train_dense(cfg)
+    (record,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert {"train_loss_mask", "train_loss_objectness", "val_segm_AP", "val_bbox_AP"} <= set(record)
+
+
+def test_semantic_fpn_reports_miou(scenes, tmp_path):
+    cfg = _config("semantic_fpn", scenes, tmp_path / "run", epochs=1, num_classes=4)
+    train_dense(cfg)
+    (record,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert 0.0 <= record["val_mIoU"] <= 1.0 and 0.0 < record["val_pixel_acc"] <= 1.0
+    assert record["train_ce"] == pytest.approx(record["train_loss"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(task="yolo"), "task must be one of"),
+        (dict(task="semantic_fpn"), "semantic_fpn needs num_classes"),
+        (dict(num_classes=1), "counts the background"),
+        (dict(train_root=""), "train_root is required"),
+    ],
+)
+def test_bad_settings_are_named(scenes, tmp_path, overrides, message):
+    overrides = dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        _config(overrides.pop("task", "retinanet"), scenes, tmp_path, **overrides)
+
+
+def test_parser_builds_the_config(scenes, tmp_path):
+    argv = ["--task", "semantic_fpn", "--train-root", str(scenes[0]), "--num-classes", "4"]
+    argv += ["--backbone-kwargs", json.dumps({"depths": [1, 1, 1, 1]}), "--epochs", "3"]
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path), "--weight-decay", "0"])
+    assert (args.task, args.num_classes, args.epochs, args.weight_decay) == (
+        "semantic_fpn",
+        4,
+        3,
+        0.0,
+    )
+    assert args.backbone_kwargs == {"depths": [1, 1, 1, 1]}
+
+
+def test_console_script_exit_status(scenes, tmp_path, run_modules):
+    common = ["--train-root", str(scenes[0]), "--backbone", "lavit_tiny"]
+    common += ["--backbone-kwargs", json.dumps(BACKBONE), "--fpn-channels", "32"]
+    common += ["--min-size", "128", "--max-size", "128", "--epochs", "1", "--workers", "0"]
+    ok, missing = run_modules(
+        ("lavit.train_dense", "--task", "retinanet", *common, "--out", tmp_path / "ok"),
+        (
+            "lavit.train_dense",
+            *("--task", "retinanet", "--train-root", tmp_path / "nowhere"),
+            *("--out", tmp_path / "bad"),
+        ),
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / "ok" / "model.pth").is_file()
+    assert missing.returncode == 2, missing.stderr[-3000:]
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.startswith("lavit-train-dense: error:") and "annotations.json not found" in last
+
+
+@pytest.mark.slow
+def test_two_processes_shard_the_data(scenes, tmp_path):
+    argv = ["-m", "lavit.train_dense", "--task", "retinanet", "--train-root", str(scenes[0])]
+    argv += ["--backbone-kwargs", json.dumps(BACKBONE), "--fpn-channels", "32", "--seed", "1"]
+    argv += ["--min-size", "128", "--max-size", "128", "--epochs", "1", "--batch-size", "1"]
+    argv += ["--workers", "0", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
+    run_torchrun(argv)
+    (record,) = read_metrics(tmp_path / "metrics.jsonl")  # one line: rank 0 logs
+    assert record["step"] == 3  # 6 images / (2 processes x batch 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_run(scenes, tmp_path):
+    cfg = _config("maskrcnn", scenes, tmp_path, epochs=1, device="cuda", amp=True)
+    train_dense(cfg)
+    (record,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert math.isfinite(record["train_loss"]) and "val_segm_AP" in record
