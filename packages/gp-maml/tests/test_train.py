@@ -233,6 +233,8 @@ def test_evaluation_refuses_the_training_classes(omniglot_zip, tmp_path):
         evaluate(ckpt, omniglot_zip, **few)
     held_out = evaluate(ckpt, omniglot_zip, alphabets=("alpha1",), **few)
     assert held_out["tasks"] == 4 and held_out["alphabets"] == ["alpha1"]
+    assert held_out["queries"] == 1  # the training queries by default
+    assert evaluate(ckpt, omniglot_zip, alphabets=("alpha1",), queries=3, **few)["queries"] == 3
     assert evaluate(ckpt, omniglot_zip, allow_train_classes=True, **few)["tasks"] == 4
     with pytest.raises(SystemExit):  # no fallback to the training root
         evaluate_main(["--checkpoint", str(ckpt)])
@@ -241,6 +243,16 @@ def test_evaluation_refuses_the_training_classes(omniglot_zip, tmp_path):
     os.truncate(ckpt, 20000)
     with pytest.warns(UserWarning, match="previous generation"):
         assert evaluate(ckpt, omniglot_zip, alphabets=("alpha1",), **few)["iteration"] == 1
+
+
+def test_evaluation_reports_gp_picks_at_one_query_per_class(omniglot_zip, tmp_path):
+    cfg = _tiny(omniglot_zip, tmp_path / "gp", method="gp-maml", alphabets=("alpha0",))
+    train(cfg)
+    few = dict(tasks=6, min_tasks=1, batch_size=3, show_progress=False, alphabets=("alpha1",))
+    res = evaluate(tmp_path / "gp" / "last.pt", omniglot_zip, queries=1, **few)
+    assert res["queries"] == 1 and 0.0 <= res["picked_mean"] <= 2  # 2 ways x 1 query
+    # class-balanced picking picks k per class: 0 or 2 of the 2 queries, never 1
+    assert res["fallback_rate"] == pytest.approx(1 - res["picked_mean"] / 2)
 
 
 def test_evaluate_checks_out_before_evaluating(tmp_path):

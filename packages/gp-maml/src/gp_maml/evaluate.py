@@ -39,6 +39,7 @@ def evaluate(
     split: str = "test",
     alphabets: Sequence[str] = (),
     tasks: int = 10000,
+    queries: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -57,6 +58,8 @@ def evaluate(
         split: ``"train"``, ``"val"`` or ``"test"``.
         alphabets: Omniglot: test on these alphabets of ``data_root`` only (``()``: all).
         tasks: test episodes (at least ``min_tasks``).
+        queries: test queries per class (default: the training ``queries``); 1 is a user
+            classifying one new item of each class.
         batch_size: tasks per forward (default: the training ``batch_size``).
         seed: seed of the test episodes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -102,9 +105,10 @@ def evaluate(
     dev = resolve_device(device)
     learner = build_learner(cfg, data).to(dev)
     learner.load_state_dict(state["learner"])
-    sampler = EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, seed=seed)
+    queries = queries or cfg.queries
+    sampler = EpisodeSampler(data, cfg.ways, cfg.shots, queries, seed=seed)
     batch = batch_size or cfg.batch_size
-    acc, ci = evaluate_tasks(learner, sampler, tasks, batch, dev, show_progress)
+    acc, ci, picks = evaluate_tasks(learner, sampler, tasks, batch, dev, show_progress)
     return {
         "method": cfg.method,
         "dataset": cfg.dataset,
@@ -113,9 +117,13 @@ def evaluate(
         "alphabets": list(alphabets),
         "ways": cfg.ways,
         "shots": cfg.shots,
+        "queries": queries,
         "tasks": tasks,
         "accuracy": acc,
         "ci95": ci,
+        # GP learners: mean pseudo-labelled queries per task, and how often none was picked
+        "picked_mean": picks.mean().item(),
+        "fallback_rate": (picks == 0).float().mean().item() if learner.gp else 0.0,
         "iteration": state["iteration"],
     }
 
@@ -175,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tasks", type=positive_int, default=10000, help="test episodes (>= 600)")
     p.add_argument(
+        "--queries",
+        type=positive_int,
+        default=None,
+        help="test queries per class (default: the training --queries)",
+    )
+    p.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
@@ -201,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         split=a.split,
         alphabets=a.alphabets,
         tasks=a.tasks,
+        queries=a.queries,
         batch_size=a.batch_size,
         seed=a.seed,
         device=a.device,
@@ -210,7 +225,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print(
         f"{result['method']} {result['ways']}-way {result['shots']}-shot: "
-        f"{result['accuracy']:.2f} +- {result['ci95']:.2f} % over {result['tasks']} tasks"
+        f"{result['accuracy']:.2f} +- {result['ci95']:.2f} % over {result['tasks']} tasks, "
+        f"{result['queries']} queries per class"
+        + (
+            f"; {result['picked_mean']:.1f} queries picked per task, no pick (theta' kept) in "
+            f"{100 * result['fallback_rate']:.1f} % of tasks"
+            if result["method"].startswith("gp-")
+            else ""
+        )
     )
     if out is not None:
         _write_atomic(out, json.dumps(result, indent=2))

@@ -208,19 +208,22 @@ def evaluate_tasks(
     batch_size: int,
     device: torch.device,
     show_progress: bool = False,
-) -> tuple[float, float]:
+) -> tuple[float, float, torch.Tensor]:
     """Mean query accuracy (percent) over ``tasks`` episodes, ``batch_size`` tasks per forward,
-    and its 95% CI half-width."""
+    its 95% CI half-width, and the ``(tasks,)`` pseudo-labelled queries picked per task (zeros
+    for base learners; a GP task with 0 picks fell back to ``theta'``)."""
     learner.eval()
     accs: list[torch.Tensor] = []
+    picks: list[torch.Tensor] = []
     steps = range(0, tasks, batch_size)
     for start in progress(steps, enabled=show_progress, desc="eval", leave=False):
         ep = sampler.sample_batch(min(batch_size, tasks - start)).to(device)
         with torch.no_grad():
             out = learner(ep.xs, ep.ys, ep.xq, ep.yq)
         accs.append((out.logits.argmax(-1) == ep.yq).float().mean(1).cpu() * 100)
+        picks.append(out.picked.reshape(-1).cpu().float())
     learner.train()
-    return mean_confidence_interval(torch.cat(accs))
+    return (*mean_confidence_interval(torch.cat(accs)), torch.cat(picks))
 
 
 def _load_data(cfg: TrainConfig, split: str) -> FewShotDataset:
@@ -335,7 +338,7 @@ def train(
             val_sampler = EpisodeSampler(
                 val_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1
             )
-            acc, ci = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
+            acc, ci, _ = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
             record = logger.log(step=step, val_acc=acc, val_ci=ci)
             if acc > best:
                 best = acc
