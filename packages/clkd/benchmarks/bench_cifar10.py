@@ -20,6 +20,14 @@ Protocol (sized for a loaded 2-core CPU, so small on purpose):
     OMP_NUM_THREADS=1 python packages/clkd/benchmarks/bench_cifar10.py --dataset cifar10
     OMP_NUM_THREADS=1 python packages/clkd/benchmarks/bench_cifar10.py --dataset fashion-mnist
 
+Long-tailed variant (``--imbalance-ratio 100``): teacher and students train on one
+long-tailed subset of the training split (Cao et al. profile, ``--lt-n-max`` images of the
+largest class; the teacher sees exactly the students' images) and the balanced validation split
+is scored overall and on the many- (> 100 training images), medium- and few-shot (< 20) classes:
+
+    OMP_NUM_THREADS=1 python packages/clkd/benchmarks/bench_cifar10.py --imbalance-ratio 100 \
+        --lt-n-max 1000 --teacher-epochs 40 --epochs 8 --methods ce kd clkd trg dkd
+
 Finished runs are cached in ``--work-dir`` (one JSON per method/seed), so an interrupted study
 continues where it stopped; ``--methods`` picks rows (see :data:`METHODS`).
 """
@@ -42,6 +50,7 @@ from lab_common.data import class_balanced_split, load_cifar10_tensors, load_fas
 from lab_common.distill import KDLoss, create_model, default_milestones
 from lab_common.distill.kd import KD_DEFAULTS
 from trg_kd import TRGLoss
+from trg_kd.longtail import longtail_indices, shot_splits, split_accuracy
 
 RESULTS = Path(__file__).parent / "results"
 TEACHER, STUDENT = "cifar_resnet20", "cifar_resnet8"
@@ -93,17 +102,18 @@ def sgd(params, epochs: int, steps_per_epoch: int, lr: float = 0.05):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """``(N,)`` predicted classes of ``x`` (eval mode)."""
     model.eval()
-    correct = sum(
-        (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
-        for i in range(0, len(x), batch)
-    )
-    return 100.0 * correct / len(x)
+    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
-def train_teacher(data: dict, n_images: int, epochs: int, work: Path) -> nn.Module:
-    """The CE-trained teacher (cached in ``work``), on ``n_images`` training-split images."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (predict(model, x) == y).float().mean().item()
+
+
+def train_teacher(data: dict, idx: torch.Tensor, epochs: int, work: Path) -> nn.Module:
+    """The CE-trained teacher (cached in ``work``), on the training-split images ``idx``."""
     in_chans = data["x_train"].shape[1]
     teacher = create_model(TEACHER, num_classes=10, in_chans=in_chans)
     path = work / "teacher.pt"
@@ -111,7 +121,6 @@ def train_teacher(data: dict, n_images: int, epochs: int, work: Path) -> nn.Modu
         teacher.load_state_dict(torch.load(path)["model"])
         return teacher.eval()
     seed_everything(0)
-    idx = balanced_subset(data["y_train"], n_images, seed=1)
     x, y = data["x_train"][idx], data["y_train"][idx]
     steps = len(x) // 64
     opt, sched = sgd(teacher.parameters(), epochs, steps)
@@ -127,9 +136,10 @@ def train_teacher(data: dict, n_images: int, epochs: int, work: Path) -> nn.Modu
             opt.step()
             sched.step()
         print(f"teacher epoch {epoch + 1}/{epochs}", flush=True)
-    acc = accuracy(teacher, data["x_val"], data["y_val"])
+    preds = predict(teacher, data["x_val"])
+    acc = 100.0 * (preds == data["y_val"]).float().mean().item()
     work.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": teacher.state_dict(), "val_acc": acc}, path)
+    torch.save({"model": teacher.state_dict(), "val_acc": acc, "val_preds": preds}, path)
     print(f"teacher val acc {acc:.2f}", flush=True)
     return teacher.eval()
 
@@ -186,8 +196,8 @@ METHODS: dict[str, tuple[str, Callable[[int], nn.Module | None]]] = {
 
 def train_student(
     data: dict, teach: dict, idx: torch.Tensor, method: str, seed: int, epochs: int
-) -> float:
-    """One student run; returns its validation accuracy after the last epoch."""
+) -> torch.Tensor:
+    """One student run; returns its ``(N_val,)`` validation predictions after the last epoch."""
     seed_everything(seed)
     in_chans = data["x_train"].shape[1]
     student = create_model(STUDENT, num_classes=10, in_chans=in_chans)
@@ -223,7 +233,7 @@ def train_student(
             loss.backward()
             opt.step()
             sched.step()
-    return accuracy(student, data["x_val"], data["y_val"])
+    return predict(student, data["x_val"])
 
 
 def ci(values: list[float]) -> str:
@@ -244,6 +254,8 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--student-images", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--imbalance-ratio", type=float, default=1.0, help="ρ > 1: long-tailed")
+    p.add_argument("--lt-n-max", type=int, default=1000, help="long-tailed: largest class")
     p.add_argument("--work-dir", default=None, help="default: <cache>/kd02-study/<dataset>")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--teacher-only", action="store_true")
@@ -252,73 +264,111 @@ def main() -> None:
     unknown = set(a.methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    longtail = a.imbalance_ratio > 1
     work = Path(a.work_dir or cache_dir() / "kd02-study" / a.dataset)
+    if longtail:
+        work = work / f"lt-rho{a.imbalance_ratio:g}-n{a.lt_n_max}-t{a.teacher_epochs}"
     data = load_split(a.dataset, a.val_fraction)
     keep = balanced_subset(data["y_val"], a.val_images, seed=2)
     data["x_val"], data["y_val"] = data["x_val"][keep], data["y_val"][keep]
     tic = time.perf_counter()
-    teacher = train_teacher(data, a.teacher_images, a.teacher_epochs, work)
-    teacher_acc = torch.load(work / "teacher.pt")["val_acc"]
+    if longtail:  # teacher and students share one long-tailed subset
+        idx = longtail_indices(data["y_train"], a.imbalance_ratio, n_max=a.lt_n_max, seed=1)
+        counts = torch.bincount(data["y_train"][idx], minlength=10)
+        splits = shot_splits(counts)
+        print(f"long-tailed counts {counts.tolist()}; splits {splits}", flush=True)
+    else:  # the students' images are a subset of the teacher's
+        idx = balanced_subset(data["y_train"], a.teacher_images, seed=1)
+    teacher = train_teacher(data, idx, a.teacher_epochs, work)
+    teacher_state = torch.load(work / "teacher.pt")
+    teacher_acc = teacher_state["val_acc"]
     print(
         f"teacher {TEACHER}: val {teacher_acc:.2f} ({time.perf_counter() - tic:.0f}s)", flush=True
     )
     if a.teacher_only:
         return
-    # the students' images are a subset of the teacher's (a teacher sees at least their data)
-    idx = balanced_subset(data["y_train"], a.teacher_images, seed=1)
-    idx = idx[balanced_subset(data["y_train"][idx], a.student_images, seed=3)]
-    teach_path = work / f"teacher_outputs_n{a.student_images}.pt"
+    if not longtail:
+        idx = idx[balanced_subset(data["y_train"][idx], a.student_images, seed=3)]
+    teach_path = work / f"teacher_outputs_n{len(idx) if longtail else a.student_images}.pt"
     if teach_path.is_file():
         teach = torch.load(teach_path)
     else:
         teach = teacher_outputs(teacher, data["x_train"][idx])  # the student images, both flips
         torch.save(teach, teach_path)
     accs: dict[str, dict[int, float]] = {}
+    by_split: dict[str, dict[int, dict[str, float]]] = {}
     for seed in a.seeds:  # seeds outer: an interrupted study has whole seeds of every method
         for method in a.methods:
             done = work / "runs" / f"{method}-e{a.epochs}-n{a.student_images}-s{seed}.json"
             if done.is_file():
-                acc = json.loads(done.read_text())["val_acc"]
+                record = json.loads(done.read_text())
             elif a.report_only:
                 continue
             else:
                 t0 = time.perf_counter()
-                acc = train_student(data, teach, idx, method, seed, a.epochs)
+                preds = train_student(data, teach, idx, method, seed, a.epochs)
+                record = {"val_acc": 100.0 * (preds == data["y_val"]).float().mean().item()}
+                if longtail:
+                    record["splits"] = split_accuracy(preds, data["y_val"], splits)
+                record["wall_s"] = time.perf_counter() - t0
                 done.parent.mkdir(parents=True, exist_ok=True)
-                done.write_text(json.dumps({"val_acc": acc, "wall_s": time.perf_counter() - t0}))
+                done.write_text(json.dumps(record))
+            acc = record["val_acc"]
             accs.setdefault(method, {})[seed] = acc
+            if longtail:
+                by_split.setdefault(method, {})[seed] = record["splits"]
             print(f"{method} seed {seed}: {acc:.2f} ({time.perf_counter() - tic:.0f}s)", flush=True)
+    n_teacher = len(idx) if longtail else a.teacher_images
     rows = [
         {
             "method": f"teacher {TEACHER} (CE 1)",
             "val acc (%)": f"{teacher_acc:.2f}",
-            "per seed": f"trained once on {a.teacher_images} images",
+            "per seed": f"trained once on {n_teacher} images",
             "Δ vs KD (paired)": "",
         }
     ]
+    if longtail:
+        t_split = split_accuracy(teacher_state["val_preds"], data["y_val"], splits)
+        rows[0] |= {f"{k} (%)": f"{t_split[k]:.2f}" for k in ("many", "medium", "few")}
+        rows[0]["Δ few vs KD"] = ""
     for method, by_seed in accs.items():
         values = list(by_seed.values())
         paired = [s for s in by_seed if s in accs.get("kd", {})]
         delta = ""
         if method != "kd" and paired:
             delta = ci([by_seed[s] - accs["kd"][s] for s in paired])
-        rows.append(
-            {
-                "method": f"{method}: {METHODS[method][0]}",
-                "val acc (%)": ci(values),
-                "per seed": ", ".join(f"{v:.2f}" for v in values),
-                "Δ vs KD (paired)": delta,
-            }
-        )
+        row = {
+            "method": f"{method}: {METHODS[method][0]}",
+            "val acc (%)": ci(values),
+            "per seed": ", ".join(f"{v:.2f}" for v in values),
+            "Δ vs KD (paired)": delta,
+        }
+        if longtail:
+            seeds = by_split[method]
+            for k in ("many", "medium", "few"):
+                row[f"{k} (%)"] = ci([seeds[s][k] for s in seeds])
+            kd = by_split.get("kd", {})
+            few = [seeds[s]["few"] - kd[s]["few"] for s in seeds if s in kd]
+            row["Δ few vs KD"] = ci(few) if method != "kd" and few else ""
+        rows.append(row)
+    students = f"{len(idx)} long-tailed" if longtail else str(a.student_images)
+    lt_note = (
+        f"long-tailed ρ = {a.imbalance_ratio:g}, n_max {a.lt_n_max} (counts "
+        f"{counts.tolist()}; many {splits['many']}, medium {splits['medium']}, few "
+        f"{splits['few']}), "
+        if longtail
+        else ""
+    )
     title = (
-        f"{a.dataset} validation split ({len(data['y_val'])} of the held-out "
+        f"{lt_note}{a.dataset} validation split ({len(data['y_val'])} of the held-out "
         f"{a.val_fraction:.0%} of the training images scored), {TEACHER} teacher "
-        f"({a.teacher_epochs} epochs on {a.teacher_images} images) -> {STUDENT} students "
-        f"({a.epochs} epochs on {a.student_images} images), seeds {a.seeds} (fewer where a row "
+        f"({a.teacher_epochs} epochs on {n_teacher} images) -> {STUDENT} students "
+        f"({a.epochs} epochs on {students} images), seeds {a.seeds} (fewer where a row "
         "lists fewer), mean ± 95 % CI; "
         f"wall {(time.perf_counter() - tic) / 60:.1f} min"
     )
-    print(write_benchmark(rows, a.out_dir, f"study_{a.dataset}", title=title))
+    name = f"study_{a.dataset}" + (f"_lt{a.imbalance_ratio:g}" if longtail else "")
+    print(write_benchmark(rows, a.out_dir, name, title=title))
 
 
 if __name__ == "__main__":
