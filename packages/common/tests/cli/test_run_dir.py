@@ -1,9 +1,17 @@
 import json
 
 import pytest
+import torch
 
+from lab_common import DistContext
 from lab_common.checkpoint import previous_generation, save_checkpoint
-from lab_common.cli import check_resume_settings, prepare_run_dir, truncate_metrics
+from lab_common.cli import (
+    check_resume_settings,
+    prepare_run_dir,
+    resume_run_state,
+    save_run_state,
+    truncate_metrics,
+)
 
 
 def test_fresh_run_creates_the_folder(tmp_path):
@@ -76,3 +84,23 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
     assert [json.loads(line) for line in p.read_text().splitlines()] == [rows[0], rows[1], rows[3]]
     assert truncate_metrics(p, "step", 8) == 0
     assert truncate_metrics(tmp_path / "none.jsonl", "step", 0) == 0
+
+
+def test_save_then_resume_run_state_restores_rng_and_drops_later_records(tmp_path):
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    config = {"lr": 0.1, "epochs": 3}
+    last = tmp_path / "last.pt"
+    torch.manual_seed(5)
+    save_run_state({"epoch": 1, "config": config}, last, ctx)
+    expected = torch.rand(3)  # what the run drew next after its checkpoint
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # then killed
+    torch.manual_seed(99)
+    state = resume_run_state(last, config, ctx)
+    assert state["epoch"] == 1 and len(state["rng"]) == 1
+    assert torch.equal(torch.rand(3), expected)  # the same draws as the uninterrupted run
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    save_run_state({"epoch": 2, "config": config}, last, ctx)
+    assert previous_generation(last).is_file()  # the epoch-1 checkpoint is kept
+    with pytest.raises(ValueError, match="lr: 0.1 -> 0.5"):
+        resume_run_state(last, {**config, "lr": 0.5}, ctx)

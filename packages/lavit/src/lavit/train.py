@@ -47,27 +47,24 @@ from lab_common import (
     autocast,
     barrier,
     cleanup_distributed,
-    get_rng_state,
     init_distributed,
-    load_checkpoint,
     plot_metrics,
     progress,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
 )
 from lab_common.cli import (
     add_run_arguments,
-    check_resume_settings,
     config_from_args,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     prepare_run_dir,
+    resume_run_state,
     run_console,
+    save_run_state,
     start_options,
-    truncate_metrics,
 )
 from lab_common.data import build_image_dataset, dataset_num_classes
 
@@ -397,9 +394,8 @@ def train(
 
     start_epoch, step = 0, 0
     if resume:
-        state = load_checkpoint(last, map_location="cpu", fallback=True)
-        check_resume_settings(
-            state["config"], asdict(cfg), allow_changed=allow_changed, always_allowed=_RUN_ONLY
+        state = resume_run_state(
+            last, asdict(cfg), ctx, allow_changed=allow_changed, always_allowed=_RUN_ONLY
         )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -410,9 +406,6 @@ def train(
                 raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
         start_epoch, step = state["epoch"], state["step"]
-        set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
-        if ctx.is_main:  # records a killed run wrote after its last checkpoint
-            truncate_metrics(out / "metrics.jsonl", "epoch", start_epoch)
 
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
@@ -469,27 +462,21 @@ def train(
         if ema is not None:
             ema_metrics = evaluate(ema.module, val_loader, device, cfg.amp)
             record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
-        rng = [get_rng_state()]
-        if ctx.distributed:
-            rng = [None] * ctx.world_size
-            torch.distributed.all_gather_object(rng, get_rng_state())
-        if ctx.is_main:
-            logger.log(**record)
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "rng": rng,
-                    "config": asdict(cfg),
-                },
-                last,
-                keep_previous=True,
-            )
+        logger.log(**record)  # the main rank's logger writes
+        save_run_state(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch + 1,
+                "step": step,
+                "config": asdict(cfg),
+            },
+            last,
+            ctx,
+        )
         barrier()
         if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
             break

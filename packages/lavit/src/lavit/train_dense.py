@@ -42,27 +42,24 @@ from lab_common import (
     autocast,
     barrier,
     cleanup_distributed,
-    get_rng_state,
     init_distributed,
-    load_checkpoint,
     plot_metrics,
     progress,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
 )
 from lab_common.cli import (
     add_run_arguments,
-    check_resume_settings,
     config_from_args,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     prepare_run_dir,
+    resume_run_state,
     run_console,
+    save_run_state,
     start_options,
-    truncate_metrics,
 )
 
 from .dense_data import SegmentationFolder, coco_scenes
@@ -265,18 +262,14 @@ def train_dense(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     start_epoch, step = 0, 0
     if resume:
-        state = load_checkpoint(last, map_location="cpu", fallback=True)
-        check_resume_settings(
-            state["config"], asdict(cfg), allow_changed=allow_changed, always_allowed=_RUN_ONLY
+        state = resume_run_state(
+            last, asdict(cfg), ctx, allow_changed=allow_changed, always_allowed=_RUN_ONLY
         )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
-        set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
-        if ctx.is_main:
-            truncate_metrics(out / "metrics.jsonl", "epoch", start_epoch)
     else:
         seed_everything(cfg.seed + ctx.rank)
     ddp = DistributedDataParallel(model) if ctx.distributed else model
@@ -314,27 +307,22 @@ def train_dense(
         record["epoch_time_s"] = time.perf_counter() - t0
         if ctx.is_main and val_ds is not None:
             record |= {f"val_{k}": v for k, v in evaluate(cfg, model, val_ds, device).items()}
-        rng = [get_rng_state()]  # after evaluation (its DataLoader draws a seed)
-        if ctx.distributed:
-            rng = [None] * ctx.world_size
-            torch.distributed.all_gather_object(rng, get_rng_state())
-        if ctx.is_main:
-            logger.log(**record)
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "rng": rng,
-                    "num_classes": num_classes,
-                    "config": asdict(cfg),
-                },
-                last,
-                keep_previous=True,
-            )
+        logger.log(**record)  # the main rank's logger writes
+        # RNG states saved after evaluation: its DataLoader draws a seed
+        save_run_state(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "num_classes": num_classes,
+                "config": asdict(cfg),
+            },
+            last,
+            ctx,
+        )
         barrier()
         if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
             break

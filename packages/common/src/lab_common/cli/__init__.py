@@ -29,7 +29,13 @@ from .options import (
     run_console,
     start_options,
 )
-from .run_dir import check_resume_settings, prepare_run_dir, truncate_metrics
+from .run_dir import (
+    check_resume_settings,
+    prepare_run_dir,
+    resume_run_state,
+    save_run_state,
+    truncate_metrics,
+)
 
 __all__ = [
     "add_deprecated_alias",
@@ -41,7 +47,9 @@ __all__ = [
     "positive_float",
     "positive_int",
     "prepare_run_dir",
+    "resume_run_state",
     "run_console",
+    "save_run_state",
     "start_options",
     "truncate_metrics",
 ]

@@ -8,6 +8,10 @@ Every trainer of the project follows the same rules:
   checkpoint's unless ``--allow-changed`` names them;
 - on resume, metrics records written after the checkpoint (by a run that was killed) are
   dropped, so ``metrics.jsonl`` reads as one uninterrupted run.
+
+:func:`save_run_state` and :func:`resume_run_state` are the checkpoint side of those rules for
+an epoch-based trainer: every rank's RNG states saved with the trainer's state, and restored,
+checked and truncated in one call.
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import previous_generation
+import torch
 
-__all__ = ["check_resume_settings", "prepare_run_dir", "truncate_metrics"]
+from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
+from ..distributed import DistContext
+from ..seeding import get_rng_state, set_rng_state
+
+__all__ = [
+    "check_resume_settings",
+    "prepare_run_dir",
+    "resume_run_state",
+    "save_run_state",
+    "truncate_metrics",
+]
 
 _MISSING = object()
 
@@ -148,3 +162,47 @@ def truncate_metrics(path: str | os.PathLike[str], key: str, last: float) -> int
             f.write("".join(line + "\n" for line in kept))
         os.replace(tmp, p)
     return dropped
+
+
+def save_run_state(state: dict[str, Any], path: str | os.PathLike[str], ctx: DistContext) -> None:
+    """Save ``state`` plus every rank's RNG states (``state["rng"]``, a list by rank) to ``path``.
+
+    Call it on every rank (the RNG states are gathered); the main rank writes, atomically,
+    keeping the previous generation. ``state`` needs a ``"config"`` (a dict) for
+    :func:`resume_run_state`.
+    """
+    rng = [get_rng_state()]
+    if ctx.distributed:
+        rng = [None] * ctx.world_size
+        torch.distributed.all_gather_object(rng, get_rng_state())
+    if ctx.is_main:
+        save_checkpoint(state | {"rng": rng}, path, keep_previous=True)
+
+
+def resume_run_state(
+    path: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    ctx: DistContext,
+    *,
+    allow_changed: Iterable[str] = (),
+    always_allowed: Iterable[str] = (),
+    metrics_key: str = "epoch",
+) -> dict[str, Any]:
+    """Load a :func:`save_run_state` checkpoint to resume from; returns the state.
+
+    Falls back to the previous generation (with a warning) when ``path`` is unreadable, refuses
+    settings that differ from ``config`` (:func:`check_resume_settings`), restores this rank's
+    RNG states (rank 0's when the run had fewer ranks) and, on the main rank, drops the
+    ``metrics.jsonl`` records beside ``path`` written after the checkpoint (``metrics_key``
+    greater than ``state[metrics_key]``).
+    """
+    path = Path(path)
+    state = load_checkpoint(path, map_location="cpu", fallback=True)
+    check_resume_settings(
+        state["config"], config, allow_changed=allow_changed, always_allowed=always_allowed
+    )
+    rng = state["rng"]
+    set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
+    if ctx.is_main:
+        truncate_metrics(path.parent / "metrics.jsonl", metrics_key, state[metrics_key])
+    return state
