@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         help="64x64 and 64x96, batch 2, 2 repeats, memory measured in-process (approximate)",
     )
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--name", default="backbone", help="results file stem: <name>_speed, <name>_ratios"
+    )
     p.add_argument("--_memory", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         _memory_child(name, int(h), int(w), int(b))
         return
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-    batches, repeats, out, stem = args.batch_sizes, args.repeats, args.out, "backbone"
+    batches, repeats, out, stem = args.batch_sizes, args.repeats, args.out, args.name
     if args.quick:
         sizes, batches, repeats, args.warmup, stem = [(64, 64), (64, 96)], [2], 2, 1, "quick"
     device = torch.device(args.device)
