@@ -220,7 +220,7 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
 
 
 def saturation(data: dict, work: Path, out: Path, dataset: str) -> list[dict]:
-    """Consecutive-layer attention cosine of the trained seed-0 LaViT, PVTv2- and DeiT-style."""
+    """Consecutive-layer attention cosine of the trained seed-0 LaViTs, PVTv2- and DeiT-style."""
     from matplotlib.figure import Figure
 
     from lavit.analysis import capture_attention, consecutive_similarity
@@ -228,7 +228,8 @@ def saturation(data: dict, work: Path, out: Path, dataset: str) -> list[dict]:
     images = data["x_val"][:64]
     rows, fig = [], Figure(figsize=(6.5, 3.5))
     ax = fig.subplots()
-    for name, marker in zip(("LaViT", "PVTv2-style", "DeiT-style"), "osD", strict=True):
+    names = ("LaViT", "LaViT + dwconv MLP", "PVTv2-style", "DeiT-style")
+    for name, marker in zip(names, "o^sD", strict=True):
         path = work / f"{name}_seed0.pt"
         if not path.exists():
             continue
