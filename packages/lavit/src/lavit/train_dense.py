@@ -231,7 +231,6 @@ def train_dense(
     num_classes = cfg.num_classes or _coco_num_classes(cfg.train_root)
     ctx = init_distributed(device=cfg.device)
     device = ctx.device
-    seed_everything(cfg.seed + ctx.rank)
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
