@@ -159,6 +159,10 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
     with pytest.warns(FutureWarning, match="--meta-batch.*--batch-size"):
         old = _parser().parse_args(["--data-root", "x.zip", "--meta-batch", "8"])
     assert config_from_args(TrainConfig, old).batch_size == 8
+    picked = _parser().parse_args(["--data-root", "x.zip", "--pick-threshold", "0.7"])
+    assert config_from_args(TrainConfig, picked).pick_threshold == 0.7
+    with pytest.raises(ValueError, match=r"pick_threshold must be in \(0, 1\]"):
+        TrainConfig(data_root="x.zip", pick_threshold=1.5)
     # numbers are range-checked by the parser
     bad_numbers = (["--inner-lr", "-5"], ["--lr", "-1"], ["--batch-size", "0"], ["--gamma", "0"])
     for bad in (*bad_numbers, ["--val-every", "-1"], ["--iterations", "0"]):
@@ -253,6 +257,13 @@ def test_evaluation_reports_gp_picks_at_one_query_per_class(omniglot_zip, tmp_pa
     assert res["queries"] == 1 and 0.0 <= res["picked_mean"] <= 2  # 2 ways x 1 query
     # class-balanced picking picks k per class: 0 or 2 of the 2 queries, never 1
     assert res["fallback_rate"] == pytest.approx(1 - res["picked_mean"] / 2)
+    # per-task accuracies of the same seeded episodes: paired comparisons across rules
+    assert len(res["per_task_accuracy"]) == 6
+    assert sum(res["per_task_accuracy"]) / 6 == pytest.approx(res["accuracy"], abs=1e-3)
+    # a threshold of 1/C at test time picks every query of every task
+    low = evaluate(tmp_path / "gp" / "last.pt", omniglot_zip, queries=1, pick_threshold=0.5, **few)
+    assert low["pick_threshold"] == 0.5 and low["picked_mean"] == 2 and low["fallback_rate"] == 0
+    assert res["pick_threshold"] is None  # the checkpoint's (class-balanced) rule
 
 
 def test_evaluate_checks_out_before_evaluating(tmp_path):

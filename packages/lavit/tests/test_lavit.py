@@ -11,7 +11,7 @@ import lavit
 from lab_common import autocast
 from lab_common.testing import DEVICES
 from lavit import LaViT, checkpoint_filter_fn, resample_token_matrix
-from lavit.analysis import capture_attention
+from lavit.analysis import capture_attention, consecutive_similarity
 from lavit.flops import count_macs
 from lavit.lavit import (
     AttentionDownsample,
@@ -181,6 +181,18 @@ def test_padded_keys_get_no_attention():
     assert p.shape == (9, 1, 49, 49)
     assert torch.all(p[~geom.valid[:, None, None, :].expand_as(p)] == 0)
     assert torch.allclose(p.sum(-1), torch.ones(9, 1, 49))
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_softmax_input_init_reuses_the_attention_in_padded_windows(size):
+    """Psi = N_k * I is rescaled to the real keys of a padded window: at 64x64 (every stage
+    pads) and 512x512 (border windows) an untrained first LA block still re-uses its VA map
+    (before the rescale: cosine 0.68 at stage 3 at 64x64, 0.96 at 512x512)."""
+    torch.manual_seed(0)
+    model = timm.create_model("lavit_tiny").eval()
+    with torch.no_grad():
+        sims = consecutive_similarity(capture_attention(model, torch.randn(1, 3, size, size)))
+    assert min(s["cosine"] for s in sims) > 0.98
 
 
 def test_tiny_forward_224():

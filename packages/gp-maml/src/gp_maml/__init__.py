@@ -30,7 +30,7 @@ from .learners import (
     create_learner,
     paper_rules,
 )
-from .picking import pick_pseudo_labels
+from .picking import pick_confident, pick_pseudo_labels
 
 __version__ = "0.2.0"
 
@@ -61,6 +61,7 @@ __all__ = [
     "gaussian_affinity",
     "label_propagation",
     "paper_rules",
+    "pick_confident",
     "pick_pseudo_labels",
     "resnet12",
     "swap_layers",

@@ -22,8 +22,14 @@ from pathlib import Path
 
 import torch
 
-from lab_common import load_checkpoint, resolve_device, seed_everything
-from lab_common.cli import add_deprecated_alias, non_negative_int, positive_int, run_console
+from lab_common import load_checkpoint, mean_confidence_interval, resolve_device, seed_everything
+from lab_common.cli import (
+    add_deprecated_alias,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_console,
+)
 
 from .data import EpisodeSampler
 from .datasets import load_split
@@ -40,6 +46,7 @@ def evaluate(
     alphabets: Sequence[str] = (),
     tasks: int = 10000,
     queries: int | None = None,
+    pick_threshold: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -60,6 +67,8 @@ def evaluate(
         tasks: test episodes (at least ``min_tasks``).
         queries: test queries per class (default: the training ``queries``); 1 is a user
             classifying one new item of each class.
+        pick_threshold: GP learners: test with confidence-threshold picking at this share
+            (``MetaLearner``'s ``pick_threshold``; default: the checkpoint's rule).
         batch_size: tasks per forward (default: the training ``batch_size``).
         seed: seed of the test episodes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -82,6 +91,8 @@ def evaluate(
         data_root=str(data_root),
         alphabets=tuple(alphabets),
     )
+    if pick_threshold is not None:
+        cfg = dataclasses.replace(cfg, pick_threshold=pick_threshold)
     data = load_split(cfg.dataset, cfg.data_root, split, alphabets=cfg.alphabets)
     trained = state.get("train_classes")
     if trained is None:
@@ -108,7 +119,8 @@ def evaluate(
     queries = queries or cfg.queries
     sampler = EpisodeSampler(data, cfg.ways, cfg.shots, queries, seed=seed)
     batch = batch_size or cfg.batch_size
-    acc, ci, picks = evaluate_tasks(learner, sampler, tasks, batch, dev, show_progress)
+    accs, picks = evaluate_tasks(learner, sampler, tasks, batch, dev, show_progress)
+    acc, ci = mean_confidence_interval(accs)
     return {
         "method": cfg.method,
         "dataset": cfg.dataset,
@@ -118,6 +130,7 @@ def evaluate(
         "ways": cfg.ways,
         "shots": cfg.shots,
         "queries": queries,
+        "pick_threshold": cfg.pick_threshold,
         "tasks": tasks,
         "accuracy": acc,
         "ci95": ci,
@@ -125,6 +138,8 @@ def evaluate(
         "picked_mean": picks.mean().item(),
         "fallback_rate": (picks == 0).float().mean().item() if learner.gp else 0.0,
         "iteration": state["iteration"],
+        # the same seed gives the same episodes: paired differences between checkpoints
+        "per_task_accuracy": [round(a, 4) for a in accs.tolist()],
     }
 
 
@@ -189,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
         help="test queries per class (default: the training --queries)",
     )
     p.add_argument(
+        "--pick-threshold",
+        type=positive_float,
+        default=None,
+        help="GP learners: pick queries by this confidence share instead of the checkpoint's "
+        "rule (see gp-maml-train --pick-threshold)",
+    )
+    p.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
@@ -216,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         alphabets=a.alphabets,
         tasks=a.tasks,
         queries=a.queries,
+        pick_threshold=a.pick_threshold,
         batch_size=a.batch_size,
         seed=a.seed,
         device=a.device,

@@ -55,7 +55,7 @@ from .meta_gradient import (
     compile_loss,
     cross_entropy_and_logits,
 )
-from .picking import pick_pseudo_labels
+from .picking import check_pick_threshold, pick_confident, pick_pseudo_labels
 
 __all__ = [
     "METHODS",
@@ -161,6 +161,10 @@ class MetaLearner(nn.Module):
         class_mass_norm: pick pseudo-labels from class-mass-normalised query scores
             (``class_mass_normalize``) instead of the raw ``F`` (see the README's design
             choices: with raw ``F`` the class-balanced rule almost never picks anything).
+        pick_threshold: GP methods: ``None`` picks class-balanced (``pick_pseudo_labels``, the
+            paper's rule); a share in (0, 1] picks every query whose propagated mass is at least
+            that much on one class (``pick_confident``; an option: with one query per class the
+            balanced rule often picks nothing, see the README).
         self_loops: keep each node's link to itself in the label-propagation graph (the
             paper's code; see ``gaussian_affinity``).
         separate_lp_encoder: GP methods: embed for label propagation with a separate copy of
@@ -192,6 +196,7 @@ class MetaLearner(nn.Module):
         lp_topk: int = 20,
         lp_loss_weight: float = 0.01,
         class_mass_norm: bool = True,
+        pick_threshold: float | None = None,
         self_loops: bool = False,
         separate_lp_encoder: bool = False,
         task_batching: str = "auto",
@@ -204,6 +209,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"task_batching must be one of {BATCHING}, got {task_batching!r}")
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        check_pick_threshold(pick_threshold)
         check_no_running_stats(model)
         names = [n for n, _ in model.named_parameters()]
         head_names = [n for n in names if n.startswith(head + ".")]
@@ -226,6 +232,7 @@ class MetaLearner(nn.Module):
         self.lp_topk = lp_topk
         self.lp_loss_weight = lp_loss_weight
         self.class_mass_norm = class_mass_norm
+        self.pick_threshold = pick_threshold
         self.self_loops = self_loops
         self.task_batching = task_batching
         self.compiled = compiled
@@ -402,7 +409,10 @@ class MetaLearner(nn.Module):
         query_scores = scores[n_s:]
         if self.class_mass_norm:
             query_scores = class_mass_normalize(query_scores)
-        mask, pseudo = pick_pseudo_labels(query_scores, ways)
+        if self.pick_threshold is None:
+            mask, pseudo = pick_pseudo_labels(query_scores, ways)
+        else:
+            mask, pseudo = pick_confident(query_scores, self.pick_threshold)
         use = mask.sum() > 0
         if mode == "func":  # fixed shapes: a 0/1 weight over all queries
             weight = torch.cat([torch.ones_like(ys, dtype=mask.dtype), mask])

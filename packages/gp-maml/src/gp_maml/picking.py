@@ -1,4 +1,5 @@
-"""Adaptive class-balanced picking of pseudo-labelled queries (GP-MAML step 3)."""
+"""Picking pseudo-labelled queries (GP-MAML step 3): class-balanced (the paper) or by a
+confidence threshold (an option)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pick_pseudo_labels"]
+__all__ = ["check_pick_threshold", "pick_confident", "pick_pseudo_labels"]
 
 
 def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -38,3 +39,34 @@ def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor
     rank = (same & before).sum(1)
     mask = (rank < k).to(scores.dtype)
     return mask, labels
+
+
+def check_pick_threshold(threshold: float | None) -> None:
+    """Raise ``ValueError`` unless ``threshold`` is ``None`` (class-balanced) or in (0, 1]."""
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(
+            f"pick_threshold must be in (0, 1] (a share of a query's propagated mass), or None "
+            f"for class-balanced picking; got {threshold!r}"
+        )
+
+
+def pick_confident(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Pick every query whose propagated mass falls ``>= threshold`` on one class.
+
+    The confidence of query ``i`` is its top class share ``max_c s_ic / sum_c s_ic`` of the
+    non-negative scores (``F`` or its class-mass-normalised rows): scale-free, ``1/C`` for a
+    query the graph cannot tell apart, 1 for one reached by a single class. Unlike
+    ``pick_pseudo_labels`` a class nobody predicts does not empty the pick, so it still picks
+    with one query per class; the pick is not class-balanced. ``vmap``-able.
+
+    Args:
+        scores: ``(N_q, C)`` non-negative propagated scores of the queries.
+        threshold: minimum top share, in (0, 1]; ``<= 1/C`` picks every query.
+
+    Returns:
+        ``(mask, labels)`` as ``pick_pseudo_labels``.
+    """
+    check_pick_threshold(threshold)
+    mass = scores.detach().clamp_min(0)
+    share, labels = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).max(-1)
+    return (share >= threshold).to(scores.dtype), labels

@@ -53,6 +53,7 @@ from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
 from .learners import METHODS, PRESETS, MetaLearner, create_learner
+from .picking import check_pick_threshold
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
 
@@ -98,6 +99,7 @@ class TrainConfig:
     first_order: bool = False
     lp_loss_weight: float = 0.01
     class_mass_norm: bool = True
+    pick_threshold: float | None = None
     lr: float = 1e-3
     milestones: tuple[int, ...] = (10000, 20000)
     gamma: float = 0.1
@@ -157,6 +159,7 @@ class TrainConfig:
         for name in ("lr", "lp_loss_weight", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_pick_threshold(self.pick_threshold)
         if self.val_every < 0:
             raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
         if not isinstance(self.milestones, tuple) or any(m < 0 for m in self.milestones):
@@ -196,6 +199,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         first_order=cfg.first_order,
         lp_loss_weight=cfg.lp_loss_weight,
         class_mass_norm=cfg.class_mass_norm,
+        pick_threshold=cfg.pick_threshold,
         task_batching=cfg.task_batching,
         compiled=cfg.compiled,
     )
@@ -208,10 +212,10 @@ def evaluate_tasks(
     batch_size: int,
     device: torch.device,
     show_progress: bool = False,
-) -> tuple[float, float, torch.Tensor]:
-    """Mean query accuracy (percent) over ``tasks`` episodes, ``batch_size`` tasks per forward,
-    its 95% CI half-width, and the ``(tasks,)`` pseudo-labelled queries picked per task (zeros
-    for base learners; a GP task with 0 picks fell back to ``theta'``)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query accuracy (percent) of each of ``tasks`` episodes, ``batch_size`` tasks per forward,
+    and the pseudo-labelled queries picked per task (zeros for base learners; a GP task with 0
+    picks fell back to ``theta'``); both ``(tasks,)``."""
     learner.eval()
     accs: list[torch.Tensor] = []
     picks: list[torch.Tensor] = []
@@ -223,7 +227,7 @@ def evaluate_tasks(
         accs.append((out.logits.argmax(-1) == ep.yq).float().mean(1).cpu() * 100)
         picks.append(out.picked.reshape(-1).cpu().float())
     learner.train()
-    return (*mean_confidence_interval(torch.cat(accs)), torch.cat(picks))
+    return torch.cat(accs), torch.cat(picks)
 
 
 def _load_data(cfg: TrainConfig, split: str) -> FewShotDataset:
@@ -338,7 +342,8 @@ def train(
             val_sampler = EpisodeSampler(
                 val_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1
             )
-            acc, ci, _ = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
+            accs, _ = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
+            acc, ci = mean_confidence_interval(accs)
             record = logger.log(step=step, val_acc=acc, val_ci=ci)
             if acc > best:
                 best = acc
@@ -405,6 +410,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="class_mass_norm",
         action="store_false",
         help="GP methods: pick pseudo-labels from the raw propagated scores",
+    )
+    g.add_argument(
+        "--pick-threshold",
+        type=positive_float,
+        default=d.pick_threshold,
+        help="GP methods: pick every query with at least this share of its propagated mass on "
+        "one class, instead of the class-balanced rule (default)",
     )
     g.add_argument("--task-batching", default=d.task_batching, choices=BATCHING)
     g.add_argument(

@@ -353,6 +353,11 @@ class LessAttention(nn.Module):
         v_in = x if self.sr is None else self.sr(x.squeeze(1), geom.grid).unsqueeze(1)
         v = self.v(v_in).reshape(b, w, -1, self.num_heads, self.head_dim).transpose(2, 3)
         scores = self.transform(prev)
+        if self.init_scale != 1.0 and geom.valid is not None:
+            # Psi's N_k * I is sized for full windows: rows of a window with n < N_k real keys
+            # are scaled by n / N_k, so there too Softmax(n P) = P to first order at the start
+            real = geom.valid.sum(-1).to(scores.dtype) / geom.valid.shape[-1]
+            scores = scores * real[:, None, None, None]
         probs = (scores if geom.key_mask is None else scores + geom.key_mask).softmax(dim=-1)
         loss = None
         if compute_aux:

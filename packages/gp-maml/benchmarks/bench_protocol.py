@@ -1,0 +1,194 @@
+"""Rules decided on a validation split, then tested on a disjoint protocol (Omniglot, CPU-sized).
+
+Every variant meta-trains with ``gp_maml.train`` (so: checkpoints, exact resume) on
+``images_background_small1``'s training characters (rotation-augmented; every 10th character
+is the validation split, ``omniglot_split``) with 15 queries per class, and validates every
+``--val-every`` iterations (the curve: ``results/<name>_val.png``). Then, from the final
+checkpoint (``last.pt``):
+
+- validation accuracy on ``--val-tasks`` episodes of the held-out small1 characters at 15 and 1
+  queries per class (``--val-queries``): the numbers the rules are decided on;
+- test accuracy on small2's three alphabets small1 lacks (``SMALL2_NEW_ALPHABETS``, 106
+  characters none of which small1 holds) at 15, 5 and 1 test queries per class, the same
+  episodes for every variant, so differences to the base learner are paired;
+- ``--threshold-variant`` (GP-MAML), ``--thresholds``: the same with confidence-threshold
+  picking (``pick_threshold``) at test time, the threshold to be chosen on the validation split.
+
+Every evaluation is cached as JSON in ``--work-dir``, so an interrupted study continues.
+
+    OMP_NUM_THREADS=1 python packages/gp-maml/benchmarks/bench_protocol.py --thresholds 0.4 0.6 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from gp_maml.datasets import SMALL2_NEW_ALPHABETS
+from gp_maml.evaluate import evaluate
+from gp_maml.train import TrainConfig, train
+from lab_common import cache_dir, mean_confidence_interval, shared_datasets_root, write_benchmark
+
+RESULTS = Path(__file__).parent / "results"
+# name -> (method, preset, TrainConfig overrides)
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "maml": ("maml", "default", {}),
+    "gp-maml": ("gp-maml", "default", {}),
+    "gp-maml, raw scores": ("gp-maml", "default", {"class_mass_norm": False}),
+    "gp-maml, LP weight 1": ("gp-maml", "default", {"lp_loss_weight": 1.0}),
+    "gp-maml, paper preset": ("gp-maml", "paper", {}),
+    "anil": ("anil", "default", {}),
+    "gp-anil": ("gp-anil", "default", {}),
+    "boil": ("boil", "default", {}),
+    "gp-boil": ("gp-boil", "default", {}),
+}
+
+
+def slug(name: str) -> str:
+    return name.replace(", ", "_").replace(" ", "-")
+
+
+def train_variant(name: str, a: argparse.Namespace, work: Path) -> Path:
+    """Meta-train ``name`` (resuming a previous run of the same settings); its ``last.pt``."""
+    method, preset, overrides = VARIANTS[name]
+    run = work / slug(name)
+    cfg = TrainConfig(
+        method=method,
+        preset=preset,
+        backbone=a.backbone,
+        data_root=str(a.train_root),
+        out=str(run),
+        ways=a.ways,
+        shots=a.shots,
+        queries=15,
+        batch_size=a.batch_size,
+        iterations=a.iterations,
+        val_every=a.val_every,
+        val_tasks=200,
+        seed=a.seed,
+        threads=a.threads,
+        progress=False,
+        **overrides,
+    )
+    done = run / "done"
+    if not done.exists():
+        resume = (run / "last.pt").is_file()
+        train(cfg, resume=resume, overwrite=not resume)
+        done.write_text("")
+    return run / "last.pt"
+
+
+def cached_eval(key: str, work: Path, **kwargs) -> dict:
+    """``gp_maml.evaluate.evaluate(**kwargs)``, cached in ``work/evals/<key>.json``."""
+    path = work / "evals" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(exist_ok=True)
+    result = evaluate(**kwargs, show_progress=False)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def val_curves(names: list[str], work: Path, out: Path, tag: str) -> None:
+    """Validation accuracy over meta-training of every variant (PNG)."""
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    for name in names:
+        path = work / slug(name) / "metrics.jsonl"
+        recs = [json.loads(line) for line in path.read_text().splitlines() if "val_acc" in line]
+        ax.plot([r["step"] for r in recs], [r["val_acc"] for r in recs], marker=".", label=name)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("validation accuracy (%), 200 tasks")
+    ax.set_title(f"Omniglot small1 held-out characters, {tag}, 15 queries")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"{tag}_val.png", dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:5], choices=list(VARIANTS))
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--backbone", default="conv4-32")
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--val-tasks", type=int, default=600)
+    p.add_argument("--test-tasks", type=int, default=1000)
+    p.add_argument("--test-queries", type=int, nargs="+", default=[15, 5, 1])
+    p.add_argument("--val-queries", type=int, nargs="+", default=[15, 1])
+    p.add_argument("--thresholds", type=float, nargs="*", default=[])
+    p.add_argument("--threshold-variant", default="gp-maml", choices=list(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-root", type=Path, default=None, help="default: the shared Omniglot")
+    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    root = a.data_root or shared_datasets_root() / "omniglot"
+    a.train_root, test_root = (
+        root / "images_background_small1.zip",
+        root / "images_background_small2.zip",
+    )
+    tag = f"protocol_{a.ways}w{a.shots}s_{a.backbone}_{a.iterations}it"
+    work = a.work_dir or cache_dir() / "gp-maml-protocol" / tag
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    val_kw = dict(data_root=a.train_root, split="val", tasks=a.val_tasks, threads=a.threads)
+    test_kw = dict(data_root=test_root, alphabets=SMALL2_NEW_ALPHABETS, tasks=a.test_tasks)
+    test_kw["threads"] = a.threads
+    rows, per_task = [], {}
+    for name in a.variants:
+        ckpt = train_variant(name, a, work)
+        print(f"[{time.time() - t0:.0f}s] {name}: trained", flush=True)
+        rules: list[float | None] = [None] + (a.thresholds if name == a.threshold_variant else [])
+        for rule in rules:
+            label = name if rule is None else f"{name}, threshold {rule:g}"
+            key = slug(label)
+            row = {"variant": label}
+            for q in a.val_queries:
+                val = cached_eval(
+                    f"{key}_val{q}", work, checkpoint=ckpt, queries=q, pick_threshold=rule, **val_kw
+                )
+                row[f"val @{q} (%)"] = f"{val['accuracy']:.2f} ± {val['ci95']:.2f}"
+            for q in a.test_queries:
+                res = cached_eval(
+                    f"{key}_test{q}",
+                    work,
+                    checkpoint=ckpt,
+                    queries=q,
+                    pick_threshold=rule,
+                    **test_kw,
+                )
+                accs = torch.tensor(res["per_task_accuracy"])
+                per_task[(label, q)] = accs
+                row[f"test @{q} (%)"] = f"{res['accuracy']:.2f} ± {res['ci95']:.2f}"
+                base = VARIANTS[name][0].removeprefix("gp-")
+                if base != VARIANTS[name][0] and (base, q) in per_task:
+                    d, h = mean_confidence_interval(accs - per_task[(base, q)])
+                    row[f"Δ vs {base} @{q}"] = f"{d:+.2f} ± {h:.2f}"
+                if VARIANTS[name][0].startswith("gp-"):
+                    row[f"no pick @{q} (%)"] = round(100 * res["fallback_rate"], 1)
+            rows.append(row)
+            print(f"[{time.time() - t0:.0f}s] {row}", flush=True)
+    title = (
+        f"{a.ways}-way {a.shots}-shot, {a.backbone}, {a.iterations} meta-iterations x "
+        f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, seed {a.seed}; validation: "
+        f"small1's held-out characters ({a.val_tasks} tasks); test: small2's "
+        f"{', '.join(SMALL2_NEW_ALPHABETS)} ({a.test_tasks} tasks, the same for every row); "
+        f"mean ± 95 % CI; Δ paired; {a.threads} thread(s)"
+    )
+    print(write_benchmark(rows, a.out, tag, title=title))
+    val_curves(a.variants, work, a.out, tag)
+
+
+if __name__ == "__main__":
+    main()
