@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="MetaLearner(compiled=True): compiled meta-gradients",
     )
-    p.add_argument("--lp-loss-weight", type=float, default=0.01)
+    p.add_argument("--lp-loss-weight", type=float, default=1.0)
     p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,8 @@ is the validation split, ``omniglot_split``) with 15 queries per class, and vali
 checkpoint (``last.pt``):
 
 - validation accuracy on ``--val-tasks`` episodes of the held-out small1 characters at 15 and 1
-  queries per class (``--val-queries``): the numbers the rules are decided on;
+  queries per class (``--val-queries``), and the paired difference of every GP variant to the
+  method's default rules: the numbers the rules are decided on;
 - test accuracy on small2's three alphabets small1 lacks (``SMALL2_NEW_ALPHABETS``, 106
   characters none of which small1 holds) at 15, 5 and 1 test queries per class, the same
   episodes for every variant, so differences to the base learner are paired;
@@ -39,8 +40,12 @@ RESULTS = Path(__file__).parent / "results"
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "maml": ("maml", "default", {}),
     "gp-maml": ("gp-maml", "default", {}),
-    "gp-maml, raw scores": ("gp-maml", "default", {"class_mass_norm": False}),
-    "gp-maml, LP weight 1": ("gp-maml", "default", {"lp_loss_weight": 1.0}),
+    "gp-maml, LP weight 0.01": ("gp-maml", "default", {"lp_loss_weight": 0.01}),
+    "gp-maml, LP weight 0.01, raw scores": (
+        "gp-maml",
+        "default",
+        {"lp_loss_weight": 0.01, "class_mass_norm": False},
+    ),
     "gp-maml, paper preset": ("gp-maml", "paper", {}),
     "anil": ("anil", "default", {}),
     "gp-anil": ("gp-anil", "default", {}),
@@ -159,6 +164,12 @@ def main() -> None:
                     f"{key}_val{q}", work, checkpoint=ckpt, queries=q, pick_threshold=rule, **val_kw
                 )
                 row[f"val @{q} (%)"] = f"{val['accuracy']:.2f} ± {val['ci95']:.2f}"
+                accs = torch.tensor(val["per_task_accuracy"])
+                per_task[(label, f"val{q}")] = accs
+                default = VARIANTS[name][0]  # the method's default rules: the variant so named
+                if label != default and (default, f"val{q}") in per_task:
+                    d, h = mean_confidence_interval(accs - per_task[(default, f"val{q}")])
+                    row[f"val Δ vs {default} @{q}"] = f"{d:+.2f} ± {h:.2f}"
             for q in a.test_queries:
                 res = cached_eval(
                     f"{key}_test{q}",

@@ -97,7 +97,7 @@ class TrainConfig:
     inner_lr: float = 0.5
     inner_steps: int = 1
     first_order: bool = False
-    lp_loss_weight: float = 0.01
+    lp_loss_weight: float = 1.0
     class_mass_norm: bool = True
     pick_threshold: float | None = None
     lr: float = 1e-3
@@ -129,7 +129,7 @@ class TrainConfig:
                 )
         if self.preset == "paper":
             for name, package, paper in (
-                ("lp_loss_weight", 0.01, 1.0),
+                ("lp_loss_weight", 1.0, 1.0),
                 ("class_mass_norm", True, False),
             ):
                 value = getattr(self, name)
