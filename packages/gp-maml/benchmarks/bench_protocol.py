@@ -99,7 +99,7 @@ def cached_eval(key: str, work: Path, **kwargs) -> dict:
     return result
 
 
-def val_curves(names: list[str], work: Path, out: Path, tag: str) -> None:
+def val_curves(names: list[str], work: Path, out: Path, tag: str, title: str) -> None:
     """Validation accuracy over meta-training of every variant (PNG)."""
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
@@ -109,7 +109,7 @@ def val_curves(names: list[str], work: Path, out: Path, tag: str) -> None:
         ax.plot([r["step"] for r in recs], [r["val_acc"] for r in recs], marker=".", label=name)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("validation accuracy (%), 200 tasks")
-    ax.set_title(f"Omniglot small1 held-out characters, {tag}, 15 queries")
+    ax.set_title(f"{title}: small1's held-out characters, 15 queries", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -198,7 +198,7 @@ def main() -> None:
         f"mean ± 95 % CI; Δ paired; {a.threads} thread(s)"
     )
     print(write_benchmark(rows, a.out, tag, title=title))
-    val_curves(a.variants, work, a.out, tag)
+    val_curves(a.variants, work, a.out, tag, f"{a.ways}-way {a.shots}-shot, {a.backbone}")
 
 
 if __name__ == "__main__":
