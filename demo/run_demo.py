@@ -66,6 +66,19 @@ def log(msg: str) -> None:
 # -- data -------------------------------------------------------------------------------
 
 
+def train_or_continue(train, config, started: bool):
+    """``train(config, ...)``: an interrupted demo continues its run; a run folder left by other
+    settings (e.g. an older version's defaults) is replaced."""
+    if started:
+        try:
+            return train(config, resume=True)
+        except ValueError as err:
+            if "differ from the checkpoint" not in str(err):
+                raise
+            log(f"{config.out}: {err.args[0].split(';')[0]}; starting it afresh")
+    return train(config, overwrite=True)
+
+
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -212,10 +225,7 @@ def _train_classifier(model: str, kwargs: dict, args: argparse.Namespace, data: 
         workers=0,
         out=str(run),
     )
-    resume = (
-        run / "last.pt"
-    ).is_file()  # an interrupted demo continues; a stale folder is replaced
-    trained = train(cfg, resume=resume, overwrite=not resume)
+    trained = train_or_continue(train, cfg, (run / "last.pt").is_file())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return trained, records
 
@@ -321,7 +331,7 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
         start = time.time()
         started = any((run_dir / f"{phase}_last.pt").is_file() for phase in ("teacher", "student"))
         config = config_cls(**common, method=method, out=run_dir)
-        result = train(config, resume=started, overwrite=not started)
+        result = train_or_continue(train, config, started)
         rows.append(
             {
                 "method": name,
@@ -368,8 +378,7 @@ def section_fewshot(args: argparse.Namespace, data: dict, out: Path) -> tuple[st
             milestones=(10 * args.meta_iterations,),
         )
         start = time.time()
-        resume = (run / "last.pt").is_file()
-        train(cfg, resume=resume, overwrite=not resume)
+        train_or_continue(train, cfg, (run / "last.pt").is_file())
         result = evaluate(
             run / "last.pt", test_root, alphabets=test_alphabets, tasks=args.test_tasks
         )
