@@ -35,6 +35,7 @@ from lab_common import (
     seed_everything,
     shared_datasets_root,
 )
+from lab_common.cli import ResumeSettingsError
 from lab_common.data import load_fashion_mnist_tensors
 
 matplotlib.use("Agg")
@@ -72,9 +73,7 @@ def train_or_continue(train, config, started: bool):
     if started:
         try:
             return train(config, resume=True)
-        except ValueError as err:
-            if "differ from the checkpoint" not in str(err):
-                raise
+        except ResumeSettingsError as err:
             log(f"{config.out}: {err.args[0].split(';')[0]}; starting it afresh")
     return train(config, overwrite=True)
 

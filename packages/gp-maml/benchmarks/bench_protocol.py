@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,10 +33,12 @@ from matplotlib.figure import Figure
 
 from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
-from gp_maml.train import TrainConfig, train
+from gp_maml.train import RUN_ONLY, TrainConfig, train
 from lab_common import cache_dir, mean_confidence_interval, shared_datasets_root, write_benchmark
+from lab_common.cli import check_resume_settings
 
 RESULTS = Path(__file__).parent / "results"
+GP_ONLY = ("lp_loss_weight", "class_mass_norm", "pick_threshold")
 # name -> (method, preset, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "maml": ("maml", "default", {}),
@@ -59,7 +62,10 @@ def slug(name: str) -> str:
 
 
 def train_variant(name: str, a: argparse.Namespace, work: Path) -> Path:
-    """Meta-train ``name`` (resuming a previous run of the same settings); its ``last.pt``."""
+    """Meta-train ``name`` (resuming a previous run of the same settings); its ``last.pt``.
+
+    A finished run is reused only with the same settings (the trainer's resume check), so a
+    ``--work-dir`` never mixes runs of other settings."""
     method, preset, overrides = VARIANTS[name]
     run = work / slug(name)
     cfg = TrainConfig(
@@ -81,7 +87,11 @@ def train_variant(name: str, a: argparse.Namespace, work: Path) -> Path:
         **overrides,
     )
     done = run / "done"
-    if not done.exists():
+    if done.exists():
+        stored = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        inert = () if method.startswith("gp-") else GP_ONLY  # no effect on a base learner
+        check_resume_settings(asdict(stored), asdict(cfg), always_allowed=(*RUN_ONLY, *inert))
+    else:
         resume = (run / "last.pt").is_file()
         train(cfg, resume=resume, overwrite=not resume)
         done.write_text("")
@@ -89,10 +99,13 @@ def train_variant(name: str, a: argparse.Namespace, work: Path) -> Path:
 
 
 def cached_eval(key: str, work: Path, **kwargs) -> dict:
-    """``gp_maml.evaluate.evaluate(**kwargs)``, cached in ``work/evals/<key>.json``."""
+    """``gp_maml.evaluate.evaluate(**kwargs)``, cached in ``work/evals/<key>.json`` (a cached
+    result of another task count, query count or picking rule is recomputed)."""
     path = work / "evals" / f"{key}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if all(cached[k] == kwargs[k] for k in ("tasks", "queries", "pick_threshold")):
+            return cached
     path.parent.mkdir(exist_ok=True)
     result = evaluate(**kwargs, show_progress=False)
     path.write_text(json.dumps(result))
@@ -148,8 +161,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     val_kw = dict(data_root=a.train_root, split="val", tasks=a.val_tasks, threads=a.threads)
-    test_kw = dict(data_root=test_root, alphabets=SMALL2_NEW_ALPHABETS, tasks=a.test_tasks)
-    test_kw["threads"] = a.threads
+    test_kw = dict(
+        data_root=test_root, alphabets=SMALL2_NEW_ALPHABETS, tasks=a.test_tasks, threads=a.threads
+    )
     rows, per_task = [], {}
     for name in a.variants:
         ckpt = train_variant(name, a, work)

@@ -6,6 +6,7 @@ import torch
 from lab_common import DistContext
 from lab_common.checkpoint import previous_generation, save_checkpoint
 from lab_common.cli import (
+    ResumeSettingsError,
     check_resume_settings,
     prepare_run_dir,
     resume_run_state,
@@ -64,8 +65,9 @@ def test_resume_needs_a_checkpoint(tmp_path):
 def test_changed_settings_are_refused_with_both_values():
     stored = {"method": "clkd", "lr": 0.05, "epochs": 2, "progress": True}
     current = {"method": "kd", "lr": 0.5, "epochs": 3, "progress": False}
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ResumeSettingsError) as err:  # a ValueError: run_console's status 2
         check_resume_settings(stored, current, always_allowed=["progress"])
+    assert isinstance(err.value, ValueError)
     msg = str(err.value)
     assert "epochs: 2 -> 3; lr: 0.05 -> 0.5; method: 'clkd' -> 'kd'" in msg
     assert msg.endswith("--allow-changed epochs lr method")

@@ -156,8 +156,9 @@ class MetaLearner(nn.Module):
         lp_alpha, lp_topk: label-propagation strength and neighbours per row.
         lp_loss_weight: weight of the label-propagation loss ``CE(F, [y_S; y_Q])`` in the
             meta-training objective (1, as the paper; 0.01, 0.1's default, tied with it on the
-            validation split, see the README). Under Adam the relation net, trained by this term alone, learns at
-            the same speed for any weight > 0; the weight sets its pull on the shared network.
+            validation split, see the README). Under Adam the relation net, trained by this term
+            alone, learns at the same speed for any weight > 0; the weight sets its pull on the
+            shared network.
         class_mass_norm: pick pseudo-labels from class-mass-normalised query scores
             (``class_mass_normalize``) instead of the raw ``F`` (see the README's design
             choices: with raw ``F`` the class-balanced rule almost never picks anything).

@@ -30,6 +30,7 @@ from .options import (
     start_options,
 )
 from .run_dir import (
+    ResumeSettingsError,
     check_resume_settings,
     prepare_run_dir,
     resume_run_state,
@@ -38,6 +39,7 @@ from .run_dir import (
 )
 
 __all__ = [
+    "ResumeSettingsError",
     "add_deprecated_alias",
     "add_run_arguments",
     "check_resume_settings",

@@ -92,6 +92,10 @@ def prepare_run_dir(
     return path
 
 
+class ResumeSettingsError(ValueError):
+    """A resume whose settings differ from the checkpoint's (see :func:`check_resume_settings`)."""
+
+
 def check_resume_settings(
     stored: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -109,7 +113,8 @@ def check_resume_settings(
         always_allowed: settings that may always differ (e.g. ``progress``, ``device``).
 
     Raises:
-        ValueError: naming each changed setting with both values, and the fix.
+        ResumeSettingsError: naming each changed setting with both values, and the fix.
+        ValueError: ``allow_changed`` names unknown settings.
     """
     names = {name.replace("-", "_") for name in allow_changed}
     unknown = names - set(stored) - set(current)
@@ -126,7 +131,7 @@ def check_resume_settings(
     ]
     if changed:
         keys = " ".join(c.split(":")[0] for c in changed)
-        raise ValueError(
+        raise ResumeSettingsError(
             "--resume with settings that differ from the checkpoint's: "
             f"{'; '.join(changed)}. Rerun with the checkpoint's settings, or pass "
             f"--allow-changed {keys}"
