@@ -38,7 +38,14 @@ from lab_common import cache_dir, mean_confidence_interval, shared_datasets_root
 from lab_common.cli import check_resume_settings
 
 RESULTS = Path(__file__).parent / "results"
-GP_ONLY = ("lp_loss_weight", "class_mass_norm", "pick_threshold")
+GP_ONLY = (
+    "lp_loss_weight",
+    "class_mass_norm",
+    "self_loops",
+    "relation_net",
+    "separate_lp_encoder",
+    "pick_threshold",
+)
 # name -> (method, preset, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "maml": ("maml", "default", {}),
@@ -49,11 +56,16 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         "default",
         {"lp_loss_weight": 0.01, "class_mass_norm": False},
     ),
+    "gp-maml, self-loops": ("gp-maml", "default", {"self_loops": True}),
+    "gp-maml, TPN relation net": ("gp-maml", "default", {"relation_net": "tpn"}),
     "gp-maml, paper preset": ("gp-maml", "paper", {}),
     "anil": ("anil", "default", {}),
     "gp-anil": ("gp-anil", "default", {}),
+    "gp-anil, separate LP encoder": ("gp-anil", "default", {"separate_lp_encoder": True}),
+    "gp-anil, paper preset": ("gp-anil", "paper", {}),
     "boil": ("boil", "default", {}),
     "gp-boil": ("gp-boil", "default", {}),
+    "gp-boil, paper preset": ("gp-boil", "paper", {}),
 }
 
 
@@ -131,7 +143,7 @@ def val_curves(names: list[str], work: Path, out: Path, tag: str, title: str) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:5], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--backbone", default="conv4-32")

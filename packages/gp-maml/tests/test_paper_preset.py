@@ -8,6 +8,8 @@ import torch
 
 from gp_maml import (
     Conv4,
+    FewShotDataset,
+    RelationNet,
     TPNRelationNet,
     class_mass_normalize,
     create_learner,
@@ -15,7 +17,7 @@ from gp_maml import (
     label_propagation,
     pick_pseudo_labels,
 )
-from gp_maml.train import TrainConfig, train
+from gp_maml.train import TrainConfig, build_learner, train
 
 
 def test_self_loops_keep_the_diagonal_and_count_among_the_top_k():
@@ -95,6 +97,33 @@ def test_paper_preset_sets_the_rules():
     assert _paper("gp-maml", lp_loss_weight=0.5).lp_loss_weight == 0.5  # explicit wins
     with pytest.raises(ValueError, match="unknown preset"):
         create_learner("gp-maml", Conv4(num_classes=3), preset="tpn")
+
+
+def test_each_paper_rule_can_be_switched_on_alone():
+    data = FewShotDataset(
+        torch.zeros(6, 1, 28, 28, dtype=torch.uint8), torch.arange(6), list("abcdef")
+    )
+    plain = build_learner(TrainConfig(method="gp-anil", backbone="conv4-32"), data)
+    assert not plain.self_loops and plain.lp_encoder is None
+    assert type(plain.relation_net) is RelationNet
+    for rule, check in (
+        ({"self_loops": True}, lambda m: m.self_loops),
+        ({"relation_net": "tpn"}, lambda m: isinstance(m.relation_net, TPNRelationNet)),
+        ({"separate_lp_encoder": True}, lambda m: m.lp_encoder is not None),
+    ):
+        cfg = TrainConfig(method="gp-anil", backbone="conv4-32", **rule)
+        learner = build_learner(cfg, data)
+        assert check(learner), rule
+        assert learner.class_mass_norm  # the other rules stay the package's
+    paper = TrainConfig(method="gp-anil", preset="paper")
+    assert (paper.self_loops, paper.relation_net, paper.separate_lp_encoder) == (True, "tpn", True)
+    assert not TrainConfig(method="gp-maml", preset="paper").separate_lp_encoder
+    base = TrainConfig(method="maml", preset="paper")  # nothing changes for base learners
+    assert (base.self_loops, base.relation_net) == (False, "mlp")
+    with pytest.raises(ValueError, match="separate_lp_encoder applies to GP methods only"):
+        TrainConfig(method="anil", separate_lp_encoder=True)
+    with pytest.raises(ValueError, match="unknown relation_net 'conv'"):
+        TrainConfig(relation_net="conv")
 
 
 def test_gp_anil_encoder_is_trained_by_the_label_propagation_loss_only():

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -194,8 +196,20 @@ def evaluate(model: nn.Module, data: dict) -> float:
     return 100.0 * correct / len(x)
 
 
+def seeds_to_separate(diffs: list[float], cap: int = 10_000) -> str:
+    """The fewest seeds whose paired 95 % CI would exclude 0 if the observed mean difference
+    and spread held (``t(n-1) * sd / sqrt(n) < |mean|``); ``f">{cap}"`` beyond ``cap``."""
+    d = np.asarray(diffs, dtype=np.float64)
+    mean, sd = abs(float(d.mean())), float(d.std(ddof=1))
+    for n in range(2, cap + 1):
+        if scipy.stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) < mean:
+            return str(n)
+    return f">{cap}"
+
+
 def summarise(runs: list[dict], names: list[str]) -> list[dict]:
-    """One row per model: mean ± CI and the paired difference to LaViT (same seeds)."""
+    """One row per model: mean ± CI, the paired difference to LaViT (same seeds) and the seeds
+    that difference would need for its CI to exclude 0."""
     base = {r["seed"]: r["val_acc"] for r in runs if r["model"] == "LaViT"}
     rows = []
     for name in names:
@@ -210,11 +224,13 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
             "val acc (%)": f"{mean:.2f} ± {h:.2f}",
             "per seed": ", ".join(f"{r['val_acc']:.2f}" for r in rs),
             "Δ vs LaViT (paired)": "",
+            "seeds to separate": "",
             "train s/run": round(sum(r["train_s"] for r in rs) / len(rs)),
         }
         if name != "LaViT" and len(diffs) > 1:
             d, dh = mean_confidence_interval(diffs)
             row["Δ vs LaViT (paired)"] = f"{d:+.2f} ± {dh:.2f}"
+            row["seeds to separate"] = seeds_to_separate(diffs)
         rows.append(row)
     return rows
 

@@ -29,6 +29,7 @@ from .learners import (
     check_no_running_stats,
     create_learner,
     paper_rules,
+    tpn_relation_net,
 )
 from .picking import pick_confident, pick_pseudo_labels
 
@@ -65,5 +66,6 @@ __all__ = [
     "pick_pseudo_labels",
     "resnet12",
     "swap_layers",
+    "tpn_relation_net",
     "weighted_cross_entropy",
 ]

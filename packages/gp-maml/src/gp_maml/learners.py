@@ -65,6 +65,7 @@ __all__ = [
     "check_no_running_stats",
     "create_learner",
     "paper_rules",
+    "tpn_relation_net",
 ]
 
 METHODS = ("maml", "anil", "boil", "gp-maml", "gp-anil", "gp-boil")
@@ -524,20 +525,25 @@ def paper_rules(method: str, model: nn.Module) -> dict:
     """
     if not method.startswith("gp-"):
         return {}
-    num_features = getattr(model, "num_features", None)
-    if num_features is None:
-        raise ValueError(
-            "preset='paper' builds TPN's relation net from model.num_features (and "
-            "model.feature_channels); the model has neither: pass relation_net"
-        )
-    channels = getattr(model, "feature_channels", num_features)
     return {
         "self_loops": True,
         "class_mass_norm": False,
         "lp_loss_weight": 1.0,
-        "relation_net": TPNRelationNet(num_features, channels),
+        "relation_net": tpn_relation_net(model),
         "separate_lp_encoder": method == "gp-anil",
     }
+
+
+def tpn_relation_net(model: nn.Module) -> TPNRelationNet:
+    """TPN's relation net sized for ``model``'s embedding (``model.num_features`` features on
+    ``model.feature_channels`` channels; a 1x1 map of the flat embedding without the latter)."""
+    num_features = getattr(model, "num_features", None)
+    if num_features is None:
+        raise ValueError(
+            "TPN's relation net is built from model.num_features (and model.feature_channels); "
+            "the model has neither: pass relation_net"
+        )
+    return TPNRelationNet(num_features, getattr(model, "feature_channels", num_features))
 
 
 def create_learner(

@@ -52,12 +52,13 @@ from .backbones import create_backbone
 from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
-from .learners import METHODS, PRESETS, MetaLearner, create_learner
+from .learners import METHODS, PRESETS, MetaLearner, create_learner, tpn_relation_net
 from .picking import check_pick_threshold
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
 
 BACKBONES = ("conv4-32", "conv4-64", "resnet12")
+RELATION_NETS = ("mlp", "tpn")
 RUN_ONLY = ("device", "progress", "threads", "out")
 """Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
 run's numbers)."""
@@ -73,11 +74,13 @@ class TrainConfig:
     (it also reads 0.1's ``meta_batch``).
 
     ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets
-    ``lp_loss_weight=1.0`` and ``class_mass_norm=False`` (a value other than the package
-    default or the paper's is refused as contradictory), self-loops, TPN's relation net,
-    GP-ANIL's separate label-propagation encoder, and meta-tests the final checkpoint: no
-    ``best.pt`` is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k
-    -> 1e-5 at 20k of 30k iterations, is the default one.
+    ``lp_loss_weight=1.0`` (another value than the package default or the paper's is refused
+    as contradictory), ``class_mass_norm=False``, ``self_loops=True``, ``relation_net="tpn"``,
+    ``separate_lp_encoder`` for GP-ANIL, and meta-tests the final checkpoint: no ``best.pt``
+    is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k -> 1e-5 at
+    20k of 30k iterations, is the default one. Under the default preset each of those rules
+    can be switched on alone (``self_loops``, ``relation_net="tpn"``, ``separate_lp_encoder``,
+    ``class_mass_norm=False``); GP methods only, they are inert for base learners.
 
     ``alphabets`` (Omniglot): train on these alphabets of ``data_root`` only (``()``: all).
     """
@@ -99,6 +102,9 @@ class TrainConfig:
     first_order: bool = False
     lp_loss_weight: float = 1.0
     class_mass_norm: bool = True
+    self_loops: bool = False
+    relation_net: str = "mlp"
+    separate_lp_encoder: bool = False
     pick_threshold: float | None = None
     lr: float = 1e-3
     milestones: tuple[int, ...] = (10000, 20000)
@@ -122,6 +128,7 @@ class TrainConfig:
             ("backbone", BACKBONES),
             ("dataset", DATASETS),
             ("task_batching", BATCHING),
+            ("relation_net", RELATION_NETS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -139,6 +146,15 @@ class TrainConfig:
                         "or use preset='default'"
                     )
                 object.__setattr__(self, name, paper)
+            if self.method.startswith("gp-"):  # paper_rules: nothing changes for base learners
+                object.__setattr__(self, "self_loops", True)
+                object.__setattr__(self, "relation_net", "tpn")
+                object.__setattr__(self, "separate_lp_encoder", self.method == "gp-anil")
+        if self.separate_lp_encoder and not self.method.startswith("gp-"):
+            raise ValueError(
+                f"separate_lp_encoder applies to GP methods only, not {self.method!r}; drop "
+                "--separate-lp-encoder or use a gp-* method"
+            )
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2, got {self.ways}")
         for name in (
@@ -190,6 +206,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
     """The learner of ``cfg`` sized for ``data``'s images."""
     _, chans, size, _ = data.images.shape
     model = create_backbone(cfg.backbone, in_chans=chans, num_classes=cfg.ways, img_size=size)
+    gp = cfg.method.startswith("gp-")
     return create_learner(
         cfg.method,
         model,
@@ -199,6 +216,9 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         first_order=cfg.first_order,
         lp_loss_weight=cfg.lp_loss_weight,
         class_mass_norm=cfg.class_mass_norm,
+        self_loops=cfg.self_loops,
+        relation_net=tpn_relation_net(model) if gp and cfg.relation_net == "tpn" else None,
+        separate_lp_encoder=cfg.separate_lp_encoder,
         pick_threshold=cfg.pick_threshold,
         task_batching=cfg.task_batching,
         compiled=cfg.compiled,
@@ -410,6 +430,23 @@ def _parser() -> argparse.ArgumentParser:
         dest="class_mass_norm",
         action="store_false",
         help="GP methods: pick pseudo-labels from the raw propagated scores",
+    )
+    g.add_argument(
+        "--self-loops",
+        action="store_true",
+        help="GP methods: keep each node's link to itself in the graph (the paper's code)",
+    )
+    g.add_argument(
+        "--relation-net",
+        default=d.relation_net,
+        choices=RELATION_NETS,
+        help="GP methods: the scale network of label propagation (tpn: TPN's, the paper's code)",
+    )
+    g.add_argument(
+        "--separate-lp-encoder",
+        action="store_true",
+        help="GP methods: embed for label propagation with a separate encoder trained by the "
+        "TPN loss only (the paper's code, for GP-ANIL)",
     )
     g.add_argument(
         "--pick-threshold",
