@@ -12,7 +12,9 @@ hide the other's). Targets (the issue's, for this CPU): speedup >= 1.3x at 224^2
 
 Writes ``backbone_speed.md/json`` (per model) and ``backbone_ratios.md/json`` (per pair) with
 ``lab_common.write_benchmark``; results are rewritten after each (size, batch), so an
-interrupted run keeps what it measured.
+interrupted run keeps what it measured. ``--memory-only`` skips the timing (peak memory does
+not depend on the machine's load); ``--lavit-kwargs`` builds the LaViTs with other arguments
+(e.g. ``'{"mlp_chunk_size": 0}'``).
 
 Usage:
     nice -n 10 python benchmarks/bench_backbone.py                 # the full grid (long on CPU)
@@ -38,10 +40,12 @@ BATCHES = [8, 32]
 TARGETS = {(224, 224): 1.3, (512, 512): 1.2, (800, 1216): 1.0}
 
 
-def _cpu_peak_mb(name: str, size: tuple[int, int], batch: int, threads: int) -> float:
+def _cpu_peak_mb(
+    name: str, size: tuple[int, int], batch: int, threads: int, lavit_kwargs: dict
+) -> float:
     """Peak RSS growth (MB) of one forward in a fresh process (after building the model)."""
     cmd = [sys.executable, __file__, "--_memory", name, str(size[0]), str(size[1]), str(batch)]
-    cmd += ["--threads", str(threads)]
+    cmd += ["--threads", str(threads), "--lavit-kwargs", json.dumps(lavit_kwargs)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["peak_mb"])
 
@@ -53,8 +57,13 @@ def _peak_mb(model: torch.nn.Module, size: tuple[int, int], batch: int) -> float
         return measure(lambda: model.forward_features(x), warmup=0, repeats=1).peak_memory_mb
 
 
-def _memory_child(name: str, h: int, w: int, batch: int) -> None:
-    model = timm.create_model(name, num_classes=0).eval()
+def _create(name: str, lavit_kwargs: dict) -> torch.nn.Module:
+    kwargs = lavit_kwargs if name.startswith("lavit") else {}
+    return timm.create_model(name, num_classes=0, **kwargs).eval()
+
+
+def _memory_child(name: str, h: int, w: int, batch: int, lavit_kwargs: dict) -> None:
+    model = _create(name, lavit_kwargs)
     print(json.dumps({"peak_mb": _peak_mb(model, (h, w), batch)}))
 
 
@@ -67,25 +76,33 @@ def measure_pair(
     device: torch.device,
     threads: int,
     memory_in_process: bool = False,
+    lavit_kwargs: dict | None = None,
+    memory_only: bool = False,
 ) -> dict[str, dict]:
-    """Interleaved timing (and peak memory) of the models of one pair at one size/batch."""
-    x = torch.randn(batch, 3, *size, device=device)
-    with torch.inference_mode():
-        res = measure_interleaved(
-            {n: (lambda m=m: m.forward_features(x)) for n, m in models.items()},
-            warmup=warmup,
-            repeats=repeats,
-            device=device,
+    """Interleaved timing (and peak memory) of the models of one pair at one size/batch;
+    ``memory_only`` (CPU): peak memory alone, timings ``nan``."""
+    nan = float("nan")
+    res = {n: dict(median_s=nan, img_s=nan, peak_mem_MB=nan) for n in models}
+    if not (memory_only and device.type != "cuda"):
+        x = torch.randn(batch, 3, *size, device=device)
+        with torch.inference_mode():
+            timed = measure_interleaved(
+                {n: (lambda m=m: m.forward_features(x)) for n, m in models.items()},
+                warmup=warmup,
+                repeats=repeats,
+                device=device,
+            )
+        for n, r in timed.items():  # CUDA peak: max_memory_allocated
+            res[n] = dict(
+                median_s=r.median_s, img_s=batch / r.median_s, peak_mem_MB=r.peak_memory_mb
+            )
+    for n in models if device.type != "cuda" else ():
+        res[n]["peak_mem_MB"] = (
+            _peak_mb(models[n], size, batch)
+            if memory_in_process
+            else _cpu_peak_mb(n, size, batch, threads, lavit_kwargs or {})
         )
-    peaks = {n: r.peak_memory_mb for n, r in res.items()}  # CUDA: max_memory_allocated
-    if device.type != "cuda" and memory_in_process:
-        peaks = {n: _peak_mb(models[n], size, batch) for n in models}
-    elif device.type != "cuda":
-        peaks = {n: _cpu_peak_mb(n, size, batch, threads) for n in models}
-    return {
-        n: dict(median_s=r.median_s, img_s=batch / r.median_s, peak_mem_MB=peaks[n])
-        for n, r in res.items()
-    }
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,12 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--name", default="backbone", help="results file stem: <name>_speed, <name>_ratios"
     )
+    p.add_argument("--memory-only", action="store_true", help="CPU: peak memory only, no timing")
+    p.add_argument(
+        "--lavit-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments for the LaViTs, e.g. '{\"mlp_chunk_size\": 0}'",
+    )
     p.add_argument("--_memory", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args._memory:
         name, h, w, b = args._memory
-        _memory_child(name, int(h), int(w), int(b))
+        _memory_child(name, int(h), int(w), int(b), args.lavit_kwargs)
         return
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
     batches, repeats, out, stem = args.batch_sizes, args.repeats, args.out, args.name
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows, ratios = [], []
-    models = {n: timm.create_model(n, num_classes=0).eval().to(device) for p in PAIRS for n in p}
+    models = {n: _create(n, args.lavit_kwargs).to(device) for p in PAIRS for n in p}
     for size in sizes:
         for batch in batches:
             for a, b in PAIRS:
@@ -131,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                     args.warmup,
                     device,
                     args.threads,
+                    memory_in_process=args.quick,
+                    lavit_kwargs=args.lavit_kwargs,
+                    memory_only=args.memory_only,
                 )
                 for n in (a, b):
                     rows.append(dict(size=f"{size[0]}x{size[1]}", batch=batch, model=n, **res[n]))
@@ -152,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(ratios[-1], flush=True)
             title = (
                 f"Backbone forward_features, {device.type}, {args.threads} threads, "
-                f"median of {repeats} interleaved"
+                + ("memory only" if args.memory_only else f"median of {repeats} interleaved")
+                + (f", LaViT {json.dumps(args.lavit_kwargs)}" if args.lavit_kwargs else "")
             )
             write_benchmark(rows, out, f"{stem}_speed", title=title)
             print(write_benchmark(ratios, out, f"{stem}_ratios", title="LaViT / PVTv2 ratios"))

@@ -587,6 +587,28 @@ def test_mlp_dwconv_option():
     assert _win_model().stages[0].blocks[0].mlp.dwconv is None
 
 
+def test_mlp_chunking_in_inference_gives_the_same_result():
+    x = torch.randn(2, 3, 64, 96)
+    ref = _win_model()
+    chunked = _win_model(mlp_chunk_size=37)  # stage 1 has 2 x 16 x 24 = 768 rows: 21 chunks
+    assert chunked.stages[0].blocks[0].mlp.chunk_size == 37
+    with torch.inference_mode():
+        torch.testing.assert_close(chunked.forward_features(x), ref.forward_features(x))
+    calls = []
+    fc1 = chunked.stages[0].blocks[0].mlp.fc1
+    handle = fc1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        chunked(x)
+    assert len(calls) == 21 and max(calls) == 37  # chunked ...
+    calls.clear()
+    out = chunked.train()(x)  # ... but not while autograd records (training is unchanged)
+    handle.remove()
+    assert len(calls) == 1
+    out.sum().backward()
+    with pytest.raises(ValueError, match="chunk_size must be >= 0"):
+        _win_model(mlp_chunk_size=-1)
+
+
 def test_channels_last_input(tiny_model, tiny_input):
     ref = tiny_model(tiny_input)
     out = tiny_model(tiny_input.contiguous(memory_format=torch.channels_last))

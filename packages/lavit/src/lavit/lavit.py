@@ -180,10 +180,18 @@ class Mlp(nn.Module):
 
     ``dwconv=True`` is PVTv2's MLP: the depthwise conv runs on the token grid (padding
     dropped, zero-padded at the image border) and mixes neighbours across window borders.
+    ``chunk_size > 0`` (plain MLP only): while no gradient is recorded, run the tokens
+    ``chunk_size`` at a time, so the ``hidden``-wide activations of a large input never exist
+    at once (the same result; training is unchanged, autograd keeps them anyway).
     """
 
-    def __init__(self, dim: int, hidden: int, dwconv: bool = False, drop: float = 0.0):
+    def __init__(
+        self, dim: int, hidden: int, dwconv: bool = False, drop: float = 0.0, chunk_size: int = 0
+    ):
         super().__init__()
+        if chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0 (0: no chunking), got {chunk_size}")
+        self.chunk_size = chunk_size
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else None
         self.act = nn.GELU()
@@ -192,6 +200,14 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
+        rows = x.shape[:-1].numel()
+        if self.dwconv is None and 0 < self.chunk_size < rows and not torch.is_grad_enabled():
+            out = x.new_empty(*x.shape[:-1], self.fc2.out_features)
+            flat_in, flat_out = x.reshape(rows, -1), out.view(rows, -1)
+            for start in range(0, rows, self.chunk_size):
+                part = flat_in[start : start + self.chunk_size]
+                flat_out[start : start + self.chunk_size] = self._mlp(part)
+            return out
         x = self.fc1(x)
         if self.dwconv is not None:
             t = geom.merge(x)
@@ -200,6 +216,9 @@ class Mlp(nn.Module):
             x = geom.partition(t.flatten(2).transpose(1, 2))
         x = self.drop1(self.act(x))
         return self.drop2(self.fc2(x))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
 def _flat_dropout(drop: nn.Dropout, p: torch.Tensor) -> torch.Tensor:
@@ -391,6 +410,7 @@ class Block(nn.Module):
         sr_ratio: int = 1,
         mlp_ratio: float = 4.0,
         mlp_dwconv: bool = False,
+        mlp_chunk_size: int = 0,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
@@ -426,7 +446,9 @@ class Block(nn.Module):
             self.attn = Attention(**common)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dwconv=mlp_dwconv, drop=proj_drop)
+        self.mlp = Mlp(
+            dim, int(dim * mlp_ratio), dwconv=mlp_dwconv, drop=proj_drop, chunk_size=mlp_chunk_size
+        )
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(
@@ -565,6 +587,7 @@ class LaViTStage(nn.Module):
         sr_ratio: int = 1,
         mlp_ratio: float = 4.0,
         mlp_dwconv: bool = False,
+        mlp_chunk_size: int = 0,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
@@ -610,6 +633,7 @@ class LaViTStage(nn.Module):
                     sr_ratio=sr_ratio,
                     mlp_ratio=mlp_ratio,
                     mlp_dwconv=mlp_dwconv,
+                    mlp_chunk_size=mlp_chunk_size,
                     qkv_bias=qkv_bias,
                     proj_drop=proj_drop,
                     attn_drop=attn_drop,
@@ -672,6 +696,9 @@ class LaViT(nn.Module):
     be any multiples of the total stride (32): the position embeddings are resampled to the
     run-time grid and ``Theta``/``Psi`` act per window. With global attention in any stage
     (``window_sizes`` ``0``), inputs must have ``img_size``.
+
+    ``mlp_chunk_size > 0``: without autograd (inference), the MLPs run that many tokens at a
+    time (the same output, less peak memory at large inputs; see :class:`Mlp`).
     """
 
     def __init__(
@@ -689,6 +716,7 @@ class LaViT(nn.Module):
         sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
         window_sizes: tuple[int, ...] | None = None,
         mlp_dwconv: bool = False,
+        mlp_chunk_size: int = 0,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -784,6 +812,7 @@ class LaViT(nn.Module):
                     sr_ratio=sr_ratios[i],
                     mlp_ratio=mlp_ratios[i],
                     mlp_dwconv=mlp_dwconv,
+                    mlp_chunk_size=mlp_chunk_size,
                     qkv_bias=qkv_bias,
                     proj_drop=proj_drop_rate,
                     attn_drop=attn_drop_rate,
