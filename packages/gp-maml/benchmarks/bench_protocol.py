@@ -195,7 +195,7 @@ def main() -> None:
                 default = VARIANTS[name][0]  # the method's default rules: the variant so named
                 if label != default and (default, f"val{q}") in per_task:
                     d, h = mean_confidence_interval(accs - per_task[(default, f"val{q}")])
-                    row[f"val Δ vs {default} @{q}"] = f"{d:+.2f} ± {h:.2f}"
+                    row[f"val Δ vs default @{q}"] = f"{d:+.2f} ± {h:.2f}"
             for q in a.test_queries:
                 res = cached_eval(
                     f"{key}_test{q}",
@@ -211,7 +211,7 @@ def main() -> None:
                 base = VARIANTS[name][0].removeprefix("gp-")
                 if base != VARIANTS[name][0] and (base, q) in per_task:
                     d, h = mean_confidence_interval(accs - per_task[(base, q)])
-                    row[f"Δ vs {base} @{q}"] = f"{d:+.2f} ± {h:.2f}"
+                    row[f"Δ vs base @{q}"] = f"{d:+.2f} ± {h:.2f}"
                 if VARIANTS[name][0].startswith("gp-"):
                     row[f"no pick @{q} (%)"] = round(100 * res["fallback_rate"], 1)
             rows.append(row)
@@ -221,7 +221,9 @@ def main() -> None:
         f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, seed {a.seed}; validation: "
         f"small1's held-out characters ({a.val_tasks} tasks); test: small2's "
         f"{', '.join(SMALL2_NEW_ALPHABETS)} ({a.test_tasks} tasks, the same for every row); "
-        f"mean ± 95 % CI; Δ paired; {a.threads} thread(s)"
+        f"mean ± 95 % CI; Δ paired: 'vs base' GP − its base learner on the test tasks, 'vs "
+        f"default' a variant − its method's default rules on the validation tasks; "
+        f"{a.threads} thread(s)"
     )
     print(write_benchmark(rows, a.out, tag, title=title))
     val_curves(a.variants, work, a.out, tag, f"{a.ways}-way {a.shots}-shot, {a.backbone}")

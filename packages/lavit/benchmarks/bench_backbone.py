@@ -24,6 +24,7 @@ Usage:
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
                         batch=batch,
                         speedup=speedup,
                         target="" if target is None else target,
-                        met="" if target is None else ("yes" if speedup >= target else "NO"),
+                        met=""
+                        if target is None or math.isnan(speedup)
+                        else ("yes" if speedup >= target else "NO"),
                         mem_ratio=mem_ratio,
                         mem_ok="yes" if mem_ratio <= 1.0 else "NO",
                     )
