@@ -97,12 +97,13 @@ def measure_pair(
             res[n] = dict(
                 median_s=r.median_s, img_s=batch / r.median_s, peak_mem_MB=r.peak_memory_mb
             )
-    for n in models if device.type != "cuda" else ():
-        res[n]["peak_mem_MB"] = (
-            _peak_mb(models[n], size, batch)
-            if memory_in_process
-            else _cpu_peak_mb(n, size, batch, threads, lavit_kwargs or {})
-        )
+    if device.type != "cuda":
+        for n in models:
+            res[n]["peak_mem_MB"] = (
+                _peak_mb(models[n], size, batch)
+                if memory_in_process
+                else _cpu_peak_mb(n, size, batch, threads, lavit_kwargs or {})
+            )
     return res
 
 

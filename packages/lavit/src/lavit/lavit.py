@@ -200,25 +200,25 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
-        rows = x.shape[:-1].numel()
-        if self.dwconv is None and 0 < self.chunk_size < rows and not torch.is_grad_enabled():
-            out = x.new_empty(*x.shape[:-1], self.fc2.out_features)
-            flat_in, flat_out = x.reshape(rows, -1), out.view(rows, -1)
-            for start in range(0, rows, self.chunk_size):
-                part = flat_in[start : start + self.chunk_size]
-                flat_out[start : start + self.chunk_size] = self._mlp(part)
-            return out
-        x = self.fc1(x)
-        if self.dwconv is not None:
-            t = geom.merge(x)
-            b, _, c = t.shape
-            t = self.dwconv(t.transpose(1, 2).reshape(b, c, *geom.grid))
-            x = geom.partition(t.flatten(2).transpose(1, 2))
-        x = self.drop1(self.act(x))
+        if self.dwconv is None:
+            return self._plain(x)
+        t = geom.merge(self.fc1(x))
+        b, _, c = t.shape
+        t = self.dwconv(t.transpose(1, 2).reshape(b, c, *geom.grid))
+        x = self.drop1(self.act(geom.partition(t.flatten(2).transpose(1, 2))))
         return self.drop2(self.fc2(x))
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The token-wise MLP, ``chunk_size`` rows at a time while no gradient is recorded."""
+        rows = x.shape[:-1].numel()
+        if not 0 < self.chunk_size < rows or torch.is_grad_enabled():
+            return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        out = x.new_empty(*x.shape[:-1], self.fc2.out_features)
+        flat_in, flat_out = x.reshape(rows, -1), out.view(rows, -1)
+        for start in range(0, rows, self.chunk_size):
+            chunk = slice(start, start + self.chunk_size)
+            flat_out[chunk] = self._plain(flat_in[chunk])  # rows <= chunk_size: one pass
+        return out
 
 
 def _flat_dropout(drop: nn.Dropout, p: torch.Tensor) -> torch.Tensor:
