@@ -589,7 +589,8 @@ def test_mlp_dwconv_option():
 
 def test_mlp_chunking_in_inference_gives_the_same_result():
     x = torch.randn(2, 3, 64, 96)
-    ref = _win_model()
+    ref = _win_model(mlp_chunk_size=0)
+    assert _win_model().stages[0].blocks[0].mlp.chunk_size == 16384  # on by default
     chunked = _win_model(mlp_chunk_size=37)  # stage 1 has 2 x 16 x 24 = 768 rows: 21 chunks
     assert chunked.stages[0].blocks[0].mlp.chunk_size == 37
     with torch.inference_mode():
@@ -629,11 +630,17 @@ def test_bf16_autocast():
 
 @pytest.mark.slow
 def test_torch_compile_cpu():
-    """Inductor on CPU, fullgraph (no graph breaks); 2-stage windowed model with padding."""
+    """Inductor on CPU, fullgraph (no graph breaks); 2-stage windowed model with padding, its
+    inference MLPs chunked (stage 1: 2 x 9 x 9 = 162 rows, 5 chunks)."""
     torch.manual_seed(0)
     kw = dict(img_size=32, num_classes=3, depths=(2, 2), la_depths=(1, 1), embed_dims=(16, 32))
     model = LaViT(
-        **kw, num_heads=(1, 2), mlp_ratios=(2, 2), sr_ratios=(1, 1), window_sizes=(3, 3)
+        **kw,
+        num_heads=(1, 2),
+        mlp_ratios=(2, 2),
+        sr_ratios=(1, 1),
+        window_sizes=(3, 3),
+        mlp_chunk_size=40,
     ).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True)
