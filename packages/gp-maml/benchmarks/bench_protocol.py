@@ -56,15 +56,17 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         "default",
         {"lp_loss_weight": 0.01, "class_mass_norm": False},
     ),
-    "gp-maml, self-loops": ("gp-maml", "default", {"self_loops": True}),
+    "gp-maml, zero diagonal": ("gp-maml", "default", {"self_loops": False}),
     "gp-maml, TPN relation net": ("gp-maml", "default", {"relation_net": "tpn"}),
     "gp-maml, paper preset": ("gp-maml", "paper", {}),
     "anil": ("anil", "default", {}),
     "gp-anil": ("gp-anil", "default", {}),
+    "gp-anil, zero diagonal": ("gp-anil", "default", {"self_loops": False}),
     "gp-anil, separate LP encoder": ("gp-anil", "default", {"separate_lp_encoder": True}),
     "gp-anil, paper preset": ("gp-anil", "paper", {}),
     "boil": ("boil", "default", {}),
     "gp-boil": ("gp-boil", "default", {}),
+    "gp-boil, zero diagonal": ("gp-boil", "default", {"self_loops": False}),
     "gp-boil, paper preset": ("gp-boil", "paper", {}),
 }
 
@@ -161,6 +163,9 @@ def main() -> None:
     p.add_argument("--data-root", type=Path, default=None, help="default: the shared Omniglot")
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--name", default="", help="results file stem (default: protocol_<ways>w<shots>s_...)"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     root = a.data_root or shared_datasets_root() / "omniglot"
@@ -225,8 +230,9 @@ def main() -> None:
         f"default' a variant − its method's default rules on the validation tasks; "
         f"{a.threads} thread(s)"
     )
-    print(write_benchmark(rows, a.out, tag, title=title))
-    val_curves(a.variants, work, a.out, tag, f"{a.ways}-way {a.shots}-shot, {a.backbone}")
+    stem = a.name or tag
+    print(write_benchmark(rows, a.out, stem, title=title))
+    val_curves(a.variants, work, a.out, stem, f"{a.ways}-way {a.shots}-shot, {a.backbone}")
 
 
 if __name__ == "__main__":

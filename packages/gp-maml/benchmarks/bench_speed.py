@@ -128,7 +128,13 @@ def _propagation_runner(learner: MetaLearner, batch):
             z = learner.embed(params, torch.cat([xs[b], xq[b]]), mode="autograd")
             sigma = learner.relation_net(z)
             scores = label_propagation(
-                z, ys[b], sigma, ways, alpha=learner.lp_alpha, topk=learner.lp_topk
+                z,
+                ys[b],
+                sigma,
+                ways,
+                alpha=learner.lp_alpha,
+                topk=learner.lp_topk,
+                self_loops=learner.self_loops,
             )
             pick_pseudo_labels(scores[xs.shape[1] :], ways)
             loss = learner.lp_loss_weight * F.cross_entropy(scores, torch.cat([ys[b], yq[b]]))

@@ -48,7 +48,13 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 def _lp_scores(learner, params, xs, ys, xq, ways):
     z = learner.embed(params, torch.cat([xs, xq]), mode="autograd")
     f = label_propagation(
-        z, ys, learner.relation_net(z), ways, alpha=learner.lp_alpha, topk=learner.lp_topk
+        z,
+        ys,
+        learner.relation_net(z),
+        ways,
+        alpha=learner.lp_alpha,
+        topk=learner.lp_topk,
+        self_loops=learner.self_loops,
     )
     return f[len(ys) :]
 

@@ -93,7 +93,8 @@ def test_paper_preset_sets_the_rules():
         )
         assert isinstance(learner.relation_net, TPNRelationNet)
         assert (learner.lp_encoder is not None) == (method == "gp-anil")
-    assert _paper("maml").relation_net is None and not _paper("maml").self_loops
+    base = _paper("maml")  # nothing changes for a base learner (no graph at all)
+    assert base.relation_net is None and base.lp_encoder is None and base.class_mass_norm
     assert _paper("gp-maml", lp_loss_weight=0.5).lp_loss_weight == 0.5  # explicit wins
     with pytest.raises(ValueError, match="unknown preset"):
         create_learner("gp-maml", Conv4(num_classes=3), preset="tpn")
@@ -104,10 +105,10 @@ def test_each_paper_rule_can_be_switched_on_alone():
         torch.zeros(6, 1, 28, 28, dtype=torch.uint8), torch.arange(6), list("abcdef")
     )
     plain = build_learner(TrainConfig(method="gp-anil", backbone="conv4-32"), data)
-    assert not plain.self_loops and plain.lp_encoder is None
+    assert plain.self_loops and plain.lp_encoder is None  # the paper's graph is the default
     assert type(plain.relation_net) is RelationNet
+    assert not build_learner(TrainConfig(method="gp-anil", self_loops=False), data).self_loops
     for rule, check in (
-        ({"self_loops": True}, lambda m: m.self_loops),
         ({"relation_net": "tpn"}, lambda m: isinstance(m.relation_net, TPNRelationNet)),
         ({"separate_lp_encoder": True}, lambda m: m.lp_encoder is not None),
     ):
@@ -119,7 +120,7 @@ def test_each_paper_rule_can_be_switched_on_alone():
     assert (paper.self_loops, paper.relation_net, paper.separate_lp_encoder) == (True, "tpn", True)
     assert not TrainConfig(method="gp-maml", preset="paper").separate_lp_encoder
     base = TrainConfig(method="maml", preset="paper")  # nothing changes for base learners
-    assert (base.self_loops, base.relation_net) == (False, "mlp")
+    assert (base.relation_net, base.separate_lp_encoder) == ("mlp", False)
     with pytest.raises(ValueError, match="separate_lp_encoder applies to GP methods only"):
         TrainConfig(method="anil", separate_lp_encoder=True)
     with pytest.raises(ValueError, match="unknown relation_net 'conv'"):

@@ -161,9 +161,9 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
     assert config_from_args(TrainConfig, old).batch_size == 8
     picked = _parser().parse_args(["--data-root", "x.zip", "--pick-threshold", "0.7"])
     assert config_from_args(TrainConfig, picked).pick_threshold == 0.7
-    rules = ["--self-loops", "--relation-net", "tpn", "--separate-lp-encoder"]
+    rules = ["--no-self-loops", "--relation-net", "tpn", "--separate-lp-encoder"]
     cfg = config_from_args(TrainConfig, _parser().parse_args(["--data-root", "x.zip", *rules]))
-    assert (cfg.self_loops, cfg.relation_net, cfg.separate_lp_encoder) == (True, "tpn", True)
+    assert (cfg.self_loops, cfg.relation_net, cfg.separate_lp_encoder) == (False, "tpn", True)
     with pytest.raises(ValueError, match=r"pick_threshold must be in \(0, 1\]"):
         TrainConfig(data_root="x.zip", pick_threshold=1.5)
     # numbers are range-checked by the parser
@@ -177,8 +177,10 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
 def test_config_from_a_0_1_checkpoint_dict():
     old = {**dataclasses.asdict(TrainConfig()), "milestones": [100, 200]}
     old["meta_batch"] = old.pop("batch_size") + 3
+    del old["self_loops"]  # 0.1 had no such field: its graph's diagonal was zeroed
     cfg = TrainConfig.from_dict(old)
     assert cfg.batch_size == 7 and cfg.milestones == (100, 200)
+    assert not cfg.self_loops and TrainConfig().self_loops
 
 
 def _tiny(root, out, **kw):

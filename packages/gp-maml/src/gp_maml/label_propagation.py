@@ -99,7 +99,8 @@ def gaussian_affinity(
             edge is kept when it is in the top-k of either endpoint, so the result stays
             symmetric.
         self_loops: keep each node's link to itself (``W_ii = 1``, one of its top-k), as TPN's
-            and the paper's code do; ``False`` zeroes the diagonal (this package's default).
+            and the paper's code do (``MetaLearner``'s default); ``False`` zeroes the diagonal
+            (Zhou et al.'s graph, the default of these functions).
 
     Returns:
         ``(N, N)`` affinity ``W`` (zero diagonal unless ``self_loops``).

@@ -168,7 +168,8 @@ class MetaLearner(nn.Module):
             that much on one class (``pick_confident``; an option: with one query per class the
             balanced rule often picks nothing, see the README).
         self_loops: keep each node's link to itself in the label-propagation graph (the
-            paper's code; see ``gaussian_affinity``).
+            paper's code, the default: it tied or won against a zeroed diagonal on the
+            validation split, see the README); ``False`` zeroes the diagonal (Zhou et al.).
         separate_lp_encoder: GP methods: embed for label propagation with a separate copy of
             the body (``lp_encoder``, not adapted, trained only by the label-propagation loss),
             as the paper's code does for GP-ANIL; ``False`` embeds with the adapted body.
@@ -199,7 +200,7 @@ class MetaLearner(nn.Module):
         lp_loss_weight: float = 1.0,
         class_mass_norm: bool = True,
         pick_threshold: float | None = None,
-        self_loops: bool = False,
+        self_loops: bool = True,
         separate_lp_encoder: bool = False,
         task_batching: str = "auto",
         compiled: bool = False,

@@ -78,9 +78,10 @@ class TrainConfig:
     as contradictory), ``class_mass_norm=False``, ``self_loops=True``, ``relation_net="tpn"``,
     ``separate_lp_encoder`` for GP-ANIL, and meta-tests the final checkpoint: no ``best.pt``
     is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k -> 1e-5 at
-    20k of 30k iterations, is the default one. Under the default preset each of those rules
-    can be switched on alone (``self_loops``, ``relation_net="tpn"``, ``separate_lp_encoder``,
-    ``class_mass_norm=False``); GP methods only, they are inert for base learners.
+    20k of 30k iterations, is the default one. The default preset keeps the self-loops too
+    (``self_loops=False`` zeroes the graph's diagonal); each of the other rules can be switched
+    on alone (``relation_net="tpn"``, ``separate_lp_encoder``, ``class_mass_norm=False``); GP
+    methods only, they are inert for base learners.
 
     ``alphabets`` (Omniglot): train on these alphabets of ``data_root`` only (``()``: all).
     """
@@ -102,7 +103,7 @@ class TrainConfig:
     first_order: bool = False
     lp_loss_weight: float = 1.0
     class_mass_norm: bool = True
-    self_loops: bool = False
+    self_loops: bool = True
     relation_net: str = "mlp"
     separate_lp_encoder: bool = False
     pick_threshold: float | None = None
@@ -192,8 +193,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """The config of ``values`` (e.g. a checkpoint's ``"config"``); lists become tuples,
-        and 0.1's ``meta_batch`` is read as ``batch_size``."""
+        0.1's ``meta_batch`` is read as ``batch_size``, and a config without ``self_loops``
+        (stored before the field existed) gets ``False``, the graph it was trained with."""
         values = dict(values)
+        # written before the field existed, when the graph's diagonal was always zeroed
+        values.setdefault("self_loops", False)
         if "meta_batch" in values:
             values.setdefault("batch_size", values.pop("meta_batch"))
         for name in ("milestones", "alphabets"):
@@ -432,9 +436,11 @@ def _parser() -> argparse.ArgumentParser:
         help="GP methods: pick pseudo-labels from the raw propagated scores",
     )
     g.add_argument(
-        "--self-loops",
-        action="store_true",
-        help="GP methods: keep each node's link to itself in the graph (the paper's code)",
+        "--no-self-loops",
+        dest="self_loops",
+        action="store_false",
+        help="GP methods: zero the graph's diagonal (Zhou et al.; the default keeps each "
+        "node's link to itself, as the paper's code)",
     )
     g.add_argument(
         "--relation-net",
