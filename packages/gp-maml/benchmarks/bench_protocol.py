@@ -95,6 +95,7 @@ def train_variant(name: str, a: argparse.Namespace, work: Path) -> Path:
         iterations=a.iterations,
         val_every=a.val_every,
         val_tasks=200,
+        val_rotations=a.val_rotations,
         seed=a.seed,
         threads=a.threads,
         progress=False,
@@ -156,6 +157,12 @@ def main() -> None:
     p.add_argument("--test-tasks", type=int, default=1000)
     p.add_argument("--test-queries", type=int, nargs="+", default=[15, 5, 1])
     p.add_argument("--val-queries", type=int, nargs="+", default=[15, 1])
+    p.add_argument(
+        "--val-rotations",
+        action="store_true",
+        help="the held-out characters' rotations are validation classes too (52 instead of 13: "
+        "needed for 20-way)",
+    )
     p.add_argument("--thresholds", type=float, nargs="*", default=[])
     p.add_argument("--threshold-variant", default="gp-maml", choices=list(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
@@ -224,7 +231,8 @@ def main() -> None:
     title = (
         f"{a.ways}-way {a.shots}-shot, {a.backbone}, {a.iterations} meta-iterations x "
         f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, seed {a.seed}; validation: "
-        f"small1's held-out characters ({a.val_tasks} tasks); test: small2's "
+        f"small1's held-out characters{' and their rotations' if a.val_rotations else ''} "
+        f"({a.val_tasks} tasks); test: small2's "
         f"{', '.join(SMALL2_NEW_ALPHABETS)} ({a.test_tasks} tasks, the same for every row); "
         f"mean ± 95 % CI; Δ paired: 'vs base' GP − its base learner on the test tasks, 'vs "
         f"default' a variant − its method's default rules on the validation tasks; "

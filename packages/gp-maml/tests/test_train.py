@@ -8,7 +8,7 @@ import torch
 from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
 from gp_maml.evaluate import main as evaluate_main
-from gp_maml.train import TrainConfig, train
+from gp_maml.train import TrainConfig, load_run_split, train
 from gp_maml.train import main as train_main
 
 
@@ -172,6 +172,24 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
         with pytest.raises(SystemExit) as err:
             _parser().parse_args(["--data-root", "x.zip", *bad])
         assert err.value.code == 2
+
+
+def test_validation_rotations_fill_20_way_tasks(shared_omniglot, tmp_path):
+    root = str(shared_omniglot / "images_background_small1.zip")
+    plain = TrainConfig(data_root=root, ways=20, backbone="conv4-32")
+    assert load_run_split(plain, "val").num_classes == 13  # every 10th of 136 characters
+    rotated = dataclasses.replace(plain, val_rotations=True)
+    assert load_run_split(rotated, "val").num_classes == 52  # their four rotations
+    assert load_run_split(rotated, "test").num_classes == 136  # only train / val rotate
+    with pytest.raises(ValueError, match="has 13 classes, fewer than ways=20.*--val-rotations"):
+        train(dataclasses.replace(plain, out=str(tmp_path / "run")))
+    with pytest.raises(ValueError, match="val_rotations applies to omniglot only"):
+        TrainConfig(dataset="cifar-fs", val_rotations=True)
+    from gp_maml.train import _parser
+    from lab_common.cli import config_from_args
+
+    args = _parser().parse_args(["--data-root", root, "--val-rotations"])
+    assert config_from_args(TrainConfig, args).val_rotations
 
 
 def test_config_from_a_0_1_checkpoint_dict():

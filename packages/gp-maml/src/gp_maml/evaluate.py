@@ -32,8 +32,7 @@ from lab_common.cli import (
 )
 
 from .data import EpisodeSampler
-from .datasets import load_split
-from .train import TrainConfig, build_learner, evaluate_tasks
+from .train import TrainConfig, build_learner, evaluate_tasks, load_run_split
 
 __all__ = ["cli", "evaluate", "main"]
 
@@ -62,7 +61,8 @@ def evaluate(
         checkpoint: ``best.pt`` or ``last.pt`` of ``gp_maml.train`` (``last.pt`` falls back to
             ``last.prev.pt``, with a warning, when unreadable).
         data_root: the test data (required: there is no fallback to the training root).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``, as the run used it (``load_run_split``:
+            Omniglot's training / validation characters rotation-augmented as configured).
         alphabets: Omniglot: test on these alphabets of ``data_root`` only (``()``: all).
         tasks: test episodes (at least ``min_tasks``).
         queries: test queries per class (default: the training ``queries``); 1 is a user
@@ -93,7 +93,7 @@ def evaluate(
     )
     if pick_threshold is not None:
         cfg = dataclasses.replace(cfg, pick_threshold=pick_threshold)
-    data = load_split(cfg.dataset, cfg.data_root, split, alphabets=cfg.alphabets)
+    data = load_run_split(cfg, split)  # a run's validation split as it validated
     trained = state.get("train_classes")
     if trained is None:
         warnings.warn(

@@ -84,6 +84,9 @@ class TrainConfig:
     methods only, they are inert for base learners.
 
     ``alphabets`` (Omniglot): train on these alphabets of ``data_root`` only (``()``: all).
+    ``val_rotations`` (Omniglot): the validation characters' four rotations are classes too, as
+    the training characters' are with ``rotate`` (small1's 13 held-out characters give 52
+    classes: enough for 20-way validation tasks).
     """
 
     method: str = "gp-maml"
@@ -111,6 +114,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = (10000, 20000)
     gamma: float = 0.1
     rotate: bool = True
+    val_rotations: bool = False
     val_every: int = 500
     val_tasks: int = 200
     ckpt_every: int = 100
@@ -189,6 +193,11 @@ class TrainConfig:
             raise ValueError(
                 f"alphabets applies to omniglot only, not {self.dataset!r}; drop --alphabets"
             )
+        if self.val_rotations and self.dataset != "omniglot":
+            raise ValueError(
+                f"val_rotations applies to omniglot only, not {self.dataset!r}; drop "
+                "--val-rotations"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -254,9 +263,13 @@ def evaluate_tasks(
     return torch.cat(accs), torch.cat(picks)
 
 
-def _load_data(cfg: TrainConfig, split: str) -> FewShotDataset:
+def load_run_split(cfg: TrainConfig, split: str) -> FewShotDataset:
+    """``split`` (``"train"``, ``"val"``, ``"test"``) of ``cfg``'s data as the run uses it:
+    Omniglot's training characters rotation-augmented with ``rotate``, its validation
+    characters with ``val_rotations``."""
     data = load_split(cfg.dataset, cfg.data_root, split, alphabets=cfg.alphabets)
-    if cfg.dataset == "omniglot" and cfg.rotate and split == "train":
+    rotated = {"train": cfg.rotate, "val": cfg.val_rotations}.get(split, False)
+    if cfg.dataset == "omniglot" and rotated:
         data = data.with_rotations()
     return data
 
@@ -297,13 +310,14 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    train_data = _load_data(cfg, "train")
-    val_data = _load_data(cfg, "val") if cfg.val_every else None
-    if val_data is not None and len(val_data.class_names) < cfg.ways:
+    train_data = load_run_split(cfg, "train")
+    val_data = load_run_split(cfg, "val") if cfg.val_every else None
+    if val_data is not None and val_data.num_classes < cfg.ways:
+        rotations = "" if cfg.val_rotations or cfg.dataset != "omniglot" else ", --val-rotations"
         raise ValueError(
-            f"the validation split of {cfg.data_root} has {len(val_data.class_names)} classes, "
-            f"fewer than ways={cfg.ways}; use a dataset with more classes or --val-every 0 "
-            "(train without validation; evaluate last.pt)"
+            f"the validation split of {cfg.data_root} has {val_data.num_classes} classes, "
+            f"fewer than ways={cfg.ways}; use a dataset with more classes{rotations} or "
+            "--val-every 0 (train without validation; evaluate last.pt)"
         )
     sampler = EpisodeSampler(train_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed)
     learner = build_learner(cfg, train_data).to(device)
@@ -423,6 +437,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="rotate",
         action="store_false",
         help="Omniglot: no rotation-augmented training classes",
+    )
+    g.add_argument(
+        "--val-rotations",
+        action="store_true",
+        help="Omniglot: the validation characters' rotations are classes too (e.g. for 20-way "
+        "validation on a small dataset)",
     )
     g = p.add_argument_group("learner")
     g.add_argument("--inner-lr", type=positive_float, default=d.inner_lr)
