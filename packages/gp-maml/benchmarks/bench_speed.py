@@ -43,7 +43,6 @@ from gp_maml import (
     MaxPool2d,
     MetaLearner,
     create_learner,
-    label_propagation,
     pick_pseudo_labels,
 )
 from lab_common import measure, write_benchmark
@@ -127,15 +126,7 @@ def _propagation_runner(learner: MetaLearner, batch):
         for b in range(xs.shape[0]):
             z = learner.embed(params, torch.cat([xs[b], xq[b]]), mode="autograd")
             sigma = learner.relation_net(z)
-            scores = label_propagation(
-                z,
-                ys[b],
-                sigma,
-                ways,
-                alpha=learner.lp_alpha,
-                topk=learner.lp_topk,
-                self_loops=learner.self_loops,
-            )
+            scores = learner.propagate(z, ys[b], sigma, ways)
             pick_pseudo_labels(scores[xs.shape[1] :], ways)
             loss = learner.lp_loss_weight * F.cross_entropy(scores, torch.cat([ys[b], yq[b]]))
             (loss / xs.shape[0]).backward()

@@ -25,7 +25,7 @@ from bench_omniglot import SETTINGS, evaluation_sampler, meta_train
 from bench_omniglot import parse_args as bench_args
 from torch.func import functional_call
 
-from gp_maml import EpisodeSampler, class_mass_normalize, label_propagation, pick_pseudo_labels
+from gp_maml import EpisodeSampler, class_mass_normalize, pick_pseudo_labels
 from gp_maml.datasets import load_omniglot
 from lab_common import shared_datasets_root, write_benchmark
 
@@ -47,15 +47,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 @torch.no_grad()
 def _lp_scores(learner, params, xs, ys, xq, ways):
     z = learner.embed(params, torch.cat([xs, xq]), mode="autograd")
-    f = label_propagation(
-        z,
-        ys,
-        learner.relation_net(z),
-        ways,
-        alpha=learner.lp_alpha,
-        topk=learner.lp_topk,
-        self_loops=learner.self_loops,
-    )
+    f = learner.propagate(z, ys, learner.relation_net(z), ways)
     return f[len(ys) :]
 
 

@@ -62,6 +62,19 @@ def test_vmap_equals_loop(method):
         torch.testing.assert_close(x, y)
 
 
+def test_propagate_uses_the_learners_graph():
+    from gp_maml import label_propagation
+
+    z, ys, sigma = torch.randn(8, 4), torch.tensor([0, 1, 2]), torch.rand(8, 1) + 0.5
+    for loops in (True, False):
+        learner = create_learner("gp-maml", _model(), lp_alpha=0.9, lp_topk=3, self_loops=loops)
+        expect = label_propagation(z, ys, sigma, 3, alpha=0.9, topk=3, self_loops=loops)
+        torch.testing.assert_close(learner.propagate(z, ys, sigma, 3), expect)
+    looped = create_learner("gp-maml", _model(), lp_topk=3).propagate(z, ys, sigma, 3)
+    plain = create_learner("gp-maml", _model(), lp_topk=3, self_loops=False)
+    assert not torch.allclose(looped, plain.propagate(z, ys, sigma, 3))  # the graphs differ
+
+
 def test_gp_learner_picks_on_easy_tasks_and_trains_relation_net():
     learner = create_learner("gp-maml", _model(), lp_topk=5).double()
     xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in _tasks())

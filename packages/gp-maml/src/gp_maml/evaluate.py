@@ -93,7 +93,7 @@ def evaluate(
     )
     if pick_threshold is not None:
         cfg = dataclasses.replace(cfg, pick_threshold=pick_threshold)
-    data = load_run_split(cfg, split)  # a run's validation split as it validated
+    data = load_run_split(cfg, split)  # e.g. validation classes rotated as in training
     trained = state.get("train_classes")
     if trained is None:
         warnings.warn(

@@ -347,6 +347,14 @@ class MetaLearner(nn.Module):
             mode=mode,
         )
 
+    def propagate(self, z: Tensor, ys: Tensor, sigma: Tensor, ways: int) -> Tensor:
+        """``label_propagation`` with this learner's graph (``lp_alpha``, ``lp_topk``,
+        ``self_loops``): ``z`` ``(N, D)``, support labels ``ys`` ``(N_s,)``, ``sigma``
+        ``(N, 1)`` -> scores ``F`` ``(N, ways)``."""
+        return label_propagation(
+            z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk, self_loops=self.self_loops
+        )
+
     def embed(self, params: dict[str, Tensor], x: Tensor, *, mode: str = "func") -> Tensor:
         """``(N, C, H, W)`` -> ``(N, D)``: the head's input (flattened) with ``params``."""
         self._check_mode(mode)
@@ -406,9 +414,7 @@ class MetaLearner(nn.Module):
             enc = {n[len(_ENCODER) :]: t for n, t in rel_params.items() if n.startswith(_ENCODER)}
             z = functional_call(self.lp_encoder, enc, (x_all,)).flatten(1)
         sigma = functional_call(self.relation_net, rel, (z,))
-        scores = label_propagation(
-            z, ys, sigma, ways, alpha=self.lp_alpha, topk=self.lp_topk, self_loops=self.self_loops
-        )
+        scores = self.propagate(z, ys, sigma, ways)
         query_scores = scores[n_s:]
         if self.class_mass_norm:
             query_scores = class_mass_normalize(query_scores)
