@@ -12,8 +12,10 @@ checkpoint (``last.pt``):
 - test accuracy on small2's three alphabets small1 lacks (``SMALL2_NEW_ALPHABETS``, 106
   characters none of which small1 holds) at 15, 5 and 1 test queries per class, the same
   episodes for every variant, so differences to the base learner are paired;
-- ``--threshold-variant`` (GP-MAML), ``--thresholds``: the same with confidence-threshold
-  picking (``pick_threshold``) at test time, the threshold to be chosen on the validation split.
+- ``--threshold-variants`` (GP-MAML), ``--thresholds``: the same with confidence-threshold
+  picking (``pick_threshold``) at test time, ``--fallback-thresholds`` with class-balanced
+  picking that falls back to a threshold where it picks nothing (``fallback_threshold``); the
+  threshold to be chosen on the validation split.
 
 Every evaluation is cached as JSON in ``--work-dir``, so an interrupted study continues.
 
@@ -45,6 +47,7 @@ GP_ONLY = (
     "relation_net",
     "separate_lp_encoder",
     "pick_threshold",
+    "fallback_threshold",
 )
 # name -> (method, preset, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, str, dict]] = {
@@ -67,6 +70,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "boil": ("boil", "default", {}),
     "gp-boil": ("gp-boil", "default", {}),
     "gp-boil, zero diagonal": ("gp-boil", "default", {"self_loops": False}),
+    "gp-boil, LP weight 0.01": ("gp-boil", "default", {"lp_loss_weight": 0.01}),
     "gp-boil, paper preset": ("gp-boil", "paper", {}),
 }
 
@@ -119,7 +123,8 @@ def cached_eval(key: str, work: Path, **kwargs) -> dict:
     path = work / "evals" / f"{key}.json"
     if path.exists():
         cached = json.loads(path.read_text())
-        if all(cached[k] == kwargs[k] for k in ("tasks", "queries", "pick_threshold")):
+        rule = ("tasks", "queries", "pick_threshold", "fallback_threshold")
+        if all(cached.get(k) == kwargs.get(k) for k in rule):
             return cached
     path.parent.mkdir(exist_ok=True)
     result = evaluate(**kwargs, show_progress=False)
@@ -164,7 +169,8 @@ def main() -> None:
         "needed for 20-way)",
     )
     p.add_argument("--thresholds", type=float, nargs="*", default=[])
-    p.add_argument("--threshold-variant", default="gp-maml", choices=list(VARIANTS))
+    p.add_argument("--fallback-thresholds", type=float, nargs="*", default=[])
+    p.add_argument("--threshold-variants", nargs="+", default=["gp-maml"], choices=list(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root", type=Path, default=None, help="default: the shared Omniglot")
@@ -192,14 +198,18 @@ def main() -> None:
     for name in a.variants:
         ckpt = train_variant(name, a, work)
         print(f"[{time.time() - t0:.0f}s] {name}: trained", flush=True)
-        rules: list[float | None] = [None] + (a.thresholds if name == a.threshold_variant else [])
-        for rule in rules:
-            label = name if rule is None else f"{name}, threshold {rule:g}"
+        # (label, pick_threshold, fallback_threshold): the trained rule, then test-time rules
+        rules: list[tuple[str, float | None, float | None]] = [(name, None, None)]
+        if name in a.threshold_variants:
+            rules += [(f"{name}, threshold {t:g}", t, None) for t in a.thresholds]
+            rules += [(f"{name}, fallback {t:g}", None, t) for t in a.fallback_thresholds]
+        for label, threshold, fallback in rules:
+            pick = dict(pick_threshold=threshold, fallback_threshold=fallback)
             key = slug(label)
             row = {"variant": label}
             for q in a.val_queries:
                 val = cached_eval(
-                    f"{key}_val{q}", work, checkpoint=ckpt, queries=q, pick_threshold=rule, **val_kw
+                    f"{key}_val{q}", work, checkpoint=ckpt, queries=q, **pick, **val_kw
                 )
                 row[f"val @{q} (%)"] = f"{val['accuracy']:.2f} ± {val['ci95']:.2f}"
                 accs = torch.tensor(val["per_task_accuracy"])
@@ -214,7 +224,7 @@ def main() -> None:
                     work,
                     checkpoint=ckpt,
                     queries=q,
-                    pick_threshold=rule,
+                    **pick,
                     **test_kw,
                 )
                 accs = torch.tensor(res["per_task_accuracy"])

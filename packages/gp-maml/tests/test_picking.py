@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from gp_maml import create_backbone, create_learner, pick_confident, pick_pseudo_labels
+from gp_maml import (
+    create_backbone,
+    create_learner,
+    pick_balanced_or_confident,
+    pick_confident,
+    pick_pseudo_labels,
+)
 
 
 def test_class_balanced_most_confident():
@@ -60,6 +66,52 @@ def test_threshold_picks_where_the_balanced_rule_finds_k_zero():
     assert mask.tolist() == [1, 1, 1] and labels.tolist() == [0, 0, 2]
     v_mask, _ = torch.func.vmap(pick_confident, in_dims=(0, None))(scores[None], 0.8)
     assert torch.equal(v_mask[0], mask)
+
+
+def test_fallback_is_balanced_where_that_picks_and_confident_where_it_finds_nothing():
+    # task 0: every class predicted once -> k = 1, the balanced pick (query 2's share 0.6 too)
+    # task 1: class 1 predicted by nobody -> k = 0, the queries with share >= 0.8 instead
+    scores = torch.tensor(
+        [
+            [[0.9, 0.1, 0], [0.1, 0.9, 0], [0.2, 0.2, 0.6]],
+            [[1.0, 0, 0], [0.9, 0.1, 0], [0.3, 0, 0.7]],
+        ]
+    )
+    mask0, labels0 = pick_balanced_or_confident(scores[0], 3, 0.8)
+    assert mask0.tolist() == [1, 1, 1] and labels0.tolist() == [0, 1, 2]
+    assert torch.equal(mask0, pick_pseudo_labels(scores[0], 3)[0])
+    mask1, labels1 = pick_balanced_or_confident(scores[1], 3, 0.8)
+    assert pick_pseudo_labels(scores[1], 3)[0].sum() == 0
+    assert mask1.tolist() == [1, 1, 0] and labels1.tolist() == [0, 0, 2]
+    # vmap-able: the rule is chosen per task
+    v_mask, v_labels = torch.func.vmap(pick_balanced_or_confident, in_dims=(0, None, None))(
+        scores, 3, 0.8
+    )
+    assert torch.equal(v_mask, torch.stack([mask0, mask1]))
+    assert torch.equal(v_labels, torch.stack([labels0, labels1]))
+
+
+def test_learner_with_a_fallback_picks_at_one_query_per_class():
+    # one query per class, all three copies of class 0's image: raw scores predict class 0 for
+    # all of them, classes 1 and 2 by nobody, so the balanced rule picks nothing (θ′ kept)
+    torch.manual_seed(0)
+    model = create_backbone("conv4-32", in_chans=1, num_classes=3, img_size=28)
+    xs = torch.randn(4, 3, 1, 28, 28)
+    xq = xs[:, [0, 0, 0]] + 0.01 * torch.randn(4, 3, 1, 28, 28)
+    ys = yq = torch.tensor([[0, 1, 2]] * 4)
+    rules = dict(lp_topk=3, class_mass_norm=False)
+    balanced = create_learner("gp-maml", model, **rules).eval()
+    fallback = create_learner("gp-maml", model, **rules, fallback_threshold=1 / 3).eval()
+    with torch.no_grad():
+        kept, retrained = balanced(xs, ys, xq, yq), fallback(xs, ys, xq, yq)
+    assert kept.picked.tolist() == [0.0] * 4
+    # a share of 1/C is met by every query: the fallback picks all 3 and re-trains on them
+    assert retrained.picked.tolist() == [3.0] * 4
+    assert not torch.allclose(kept.logits, retrained.logits)
+    with pytest.raises(ValueError, match="pass one of them"):
+        create_learner("gp-maml", model, pick_threshold=0.5, fallback_threshold=0.5)
+    with pytest.raises(ValueError, match=r"fallback_threshold must be in \(0, 1\]"):
+        create_learner("gp-maml", model, fallback_threshold=1.5)
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])

@@ -161,6 +161,10 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
     assert config_from_args(TrainConfig, old).batch_size == 8
     picked = _parser().parse_args(["--data-root", "x.zip", "--pick-threshold", "0.7"])
     assert config_from_args(TrainConfig, picked).pick_threshold == 0.7
+    fallback = _parser().parse_args(["--data-root", "x.zip", "--fallback-threshold", "0.3"])
+    assert config_from_args(TrainConfig, fallback).fallback_threshold == 0.3
+    with pytest.raises(ValueError, match="set one of them"):
+        TrainConfig(data_root="x.zip", pick_threshold=0.5, fallback_threshold=0.3)
     rules = ["--no-self-loops", "--relation-net", "tpn", "--separate-lp-encoder"]
     cfg = config_from_args(TrainConfig, _parser().parse_args(["--data-root", "x.zip", *rules]))
     assert (cfg.self_loops, cfg.relation_net, cfg.separate_lp_encoder) == (False, "tpn", True)
@@ -287,6 +291,13 @@ def test_evaluation_reports_gp_picks_at_one_query_per_class(omniglot_zip, tmp_pa
     low = evaluate(tmp_path / "gp" / "last.pt", omniglot_zip, queries=1, pick_threshold=0.5, **few)
     assert low["pick_threshold"] == 0.5 and low["picked_mean"] == 2 and low["fallback_rate"] == 0
     assert res["pick_threshold"] is None  # the checkpoint's (class-balanced) rule
+    # the fallback keeps the balanced pick where it picks and picks every query elsewhere
+    both = evaluate(
+        tmp_path / "gp" / "last.pt", omniglot_zip, queries=1, fallback_threshold=0.5, **few
+    )
+    assert both["fallback_threshold"] == 0.5 and both["pick_threshold"] is None
+    assert both["picked_mean"] == 2 and both["fallback_rate"] == 0
+    assert res["fallback_threshold"] is None
 
 
 def test_evaluate_checks_out_before_evaluating(tmp_path):

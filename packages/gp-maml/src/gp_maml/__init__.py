@@ -31,7 +31,7 @@ from .learners import (
     paper_rules,
     tpn_relation_net,
 )
-from .picking import pick_confident, pick_pseudo_labels
+from .picking import pick_balanced_or_confident, pick_confident, pick_pseudo_labels
 
 __version__ = "0.2.0"
 
@@ -62,6 +62,7 @@ __all__ = [
     "gaussian_affinity",
     "label_propagation",
     "paper_rules",
+    "pick_balanced_or_confident",
     "pick_confident",
     "pick_pseudo_labels",
     "resnet12",

@@ -46,6 +46,7 @@ def evaluate(
     tasks: int = 10000,
     queries: int | None = None,
     pick_threshold: float | None = None,
+    fallback_threshold: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -69,6 +70,9 @@ def evaluate(
             classifying one new item of each class.
         pick_threshold: GP learners: test with confidence-threshold picking at this share
             (``MetaLearner``'s ``pick_threshold``; default: the checkpoint's rule).
+        fallback_threshold: GP learners: test with class-balanced picking that falls back to
+            this confidence share where it picks nothing (``MetaLearner``'s
+            ``fallback_threshold``). Either threshold replaces the checkpoint's picking rule.
         batch_size: tasks per forward (default: the training ``batch_size``).
         seed: seed of the test episodes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -91,8 +95,10 @@ def evaluate(
         data_root=str(data_root),
         alphabets=tuple(alphabets),
     )
-    if pick_threshold is not None:
-        cfg = dataclasses.replace(cfg, pick_threshold=pick_threshold)
+    if pick_threshold is not None or fallback_threshold is not None:
+        cfg = dataclasses.replace(
+            cfg, pick_threshold=pick_threshold, fallback_threshold=fallback_threshold
+        )
     data = load_run_split(cfg, split)  # e.g. validation classes rotated as in training
     trained = state.get("train_classes")
     if trained is None:
@@ -131,6 +137,7 @@ def evaluate(
         "shots": cfg.shots,
         "queries": queries,
         "pick_threshold": cfg.pick_threshold,
+        "fallback_threshold": cfg.fallback_threshold,
         "tasks": tasks,
         "accuracy": acc,
         "ci95": ci,
@@ -211,6 +218,13 @@ def _parser() -> argparse.ArgumentParser:
         "rule (see gp-maml-train --pick-threshold)",
     )
     p.add_argument(
+        "--fallback-threshold",
+        type=positive_float,
+        default=None,
+        help="GP learners: class-balanced picking, falling back to this confidence share where "
+        "it picks nothing, instead of the checkpoint's rule (see gp-maml-train)",
+    )
+    p.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
@@ -239,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tasks=a.tasks,
         queries=a.queries,
         pick_threshold=a.pick_threshold,
+        fallback_threshold=a.fallback_threshold,
         batch_size=a.batch_size,
         seed=a.seed,
         device=a.device,

@@ -55,7 +55,12 @@ from .meta_gradient import (
     compile_loss,
     cross_entropy_and_logits,
 )
-from .picking import check_pick_threshold, pick_confident, pick_pseudo_labels
+from .picking import (
+    check_pick_threshold,
+    pick_balanced_or_confident,
+    pick_confident,
+    pick_pseudo_labels,
+)
 
 __all__ = [
     "METHODS",
@@ -167,6 +172,9 @@ class MetaLearner(nn.Module):
             paper's rule); a share in (0, 1] picks every query whose propagated mass is at least
             that much on one class (``pick_confident``; an option: with one query per class the
             balanced rule often picks nothing, see the README).
+        fallback_threshold: GP methods, class-balanced picking: where it picks nothing
+            (``k = 0``), pick by this confidence share instead (``pick_balanced_or_confident``;
+            an option, see the README); ``None`` keeps θ′ there, as the paper.
         self_loops: keep each node's link to itself in the label-propagation graph (the
             paper's code, the default: it tied or won against a zeroed diagonal on the
             validation split, see the README); ``False`` zeroes the diagonal (Zhou et al.).
@@ -200,6 +208,7 @@ class MetaLearner(nn.Module):
         lp_loss_weight: float = 1.0,
         class_mass_norm: bool = True,
         pick_threshold: float | None = None,
+        fallback_threshold: float | None = None,
         self_loops: bool = True,
         separate_lp_encoder: bool = False,
         task_batching: str = "auto",
@@ -213,6 +222,12 @@ class MetaLearner(nn.Module):
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
         check_pick_threshold(pick_threshold)
+        check_pick_threshold(fallback_threshold, "fallback_threshold")
+        if pick_threshold is not None and fallback_threshold is not None:
+            raise ValueError(
+                "pick_threshold replaces class-balanced picking and fallback_threshold extends "
+                "it: pass one of them"
+            )
         check_no_running_stats(model)
         names = [n for n, _ in model.named_parameters()]
         head_names = [n for n in names if n.startswith(head + ".")]
@@ -236,6 +251,7 @@ class MetaLearner(nn.Module):
         self.lp_loss_weight = lp_loss_weight
         self.class_mass_norm = class_mass_norm
         self.pick_threshold = pick_threshold
+        self.fallback_threshold = fallback_threshold
         self.self_loops = self_loops
         self.task_batching = task_batching
         self.compiled = compiled
@@ -418,7 +434,9 @@ class MetaLearner(nn.Module):
         query_scores = scores[n_s:]
         if self.class_mass_norm:
             query_scores = class_mass_normalize(query_scores)
-        if self.pick_threshold is None:
+        if self.fallback_threshold is not None:
+            mask, pseudo = pick_balanced_or_confident(query_scores, ways, self.fallback_threshold)
+        elif self.pick_threshold is None:
             mask, pseudo = pick_pseudo_labels(query_scores, ways)
         else:
             mask, pseudo = pick_confident(query_scores, self.pick_threshold)

@@ -1,5 +1,6 @@
-"""Picking pseudo-labelled queries (GP-MAML step 3): class-balanced (the paper) or by a
-confidence threshold (an option)."""
+"""Picking pseudo-labelled queries (GP-MAML step 3): class-balanced (the paper), by a
+confidence threshold, or class-balanced with the threshold where the balanced rule finds
+nothing (options)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["check_pick_threshold", "pick_confident", "pick_pseudo_labels"]
+__all__ = [
+    "check_pick_threshold",
+    "pick_balanced_or_confident",
+    "pick_confident",
+    "pick_pseudo_labels",
+]
 
 
 def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -41,12 +47,12 @@ def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor
     return mask, labels
 
 
-def check_pick_threshold(threshold: float | None) -> None:
+def check_pick_threshold(threshold: float | None, name: str = "pick_threshold") -> None:
     """Raise ``ValueError`` unless ``threshold`` is ``None`` (class-balanced) or in (0, 1]."""
     if threshold is not None and not 0 < threshold <= 1:
         raise ValueError(
-            f"pick_threshold must be in (0, 1] (a share of a query's propagated mass), or None "
-            f"for class-balanced picking; got {threshold!r}"
+            f"{name} must be in (0, 1] (a share of a query's propagated mass), or None "
+            f"for class-balanced picking alone; got {threshold!r}"
         )
 
 
@@ -70,3 +76,27 @@ def pick_confident(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
     mass = scores.detach().clamp_min(0)
     share, labels = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).max(-1)
     return (share >= threshold).to(scores.dtype), labels
+
+
+def pick_balanced_or_confident(
+    scores: Tensor, num_classes: int, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Class-balanced picking (``pick_pseudo_labels``); where it picks nothing (``k = 0``, a
+    class nobody predicts), every query with at least ``threshold`` of its mass on one class
+    (``pick_confident``) instead.
+
+    With many queries per class the balanced rule almost always picks, so this is the paper's
+    rule there; with one query per class (20-way: ``k = 0`` in ~98 % of tasks) it is the
+    threshold rule. ``vmap``-able.
+
+    Args:
+        scores: ``(N_q, C)`` non-negative propagated scores of the queries.
+        num_classes: ``C``.
+        threshold: minimum top share of the fallback, in (0, 1].
+
+    Returns:
+        ``(mask, labels)`` as ``pick_pseudo_labels`` (both rules label by the top class).
+    """
+    balanced, labels = pick_pseudo_labels(scores, num_classes)
+    confident, _ = pick_confident(scores, threshold)
+    return torch.where(balanced.sum() > 0, balanced, confident), labels

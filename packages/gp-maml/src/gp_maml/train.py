@@ -110,6 +110,7 @@ class TrainConfig:
     relation_net: str = "mlp"
     separate_lp_encoder: bool = False
     pick_threshold: float | None = None
+    fallback_threshold: float | None = None
     lr: float = 1e-3
     milestones: tuple[int, ...] = (10000, 20000)
     gamma: float = 0.1
@@ -181,6 +182,12 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_pick_threshold(self.pick_threshold)
+        check_pick_threshold(self.fallback_threshold, "fallback_threshold")
+        if self.pick_threshold is not None and self.fallback_threshold is not None:
+            raise ValueError(
+                "pick_threshold replaces class-balanced picking and fallback_threshold extends "
+                "it: set one of them"
+            )
         if self.val_every < 0:
             raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
         if not isinstance(self.milestones, tuple) or any(m < 0 for m in self.milestones):
@@ -233,6 +240,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         relation_net=tpn_relation_net(model) if gp and cfg.relation_net == "tpn" else None,
         separate_lp_encoder=cfg.separate_lp_encoder,
         pick_threshold=cfg.pick_threshold,
+        fallback_threshold=cfg.fallback_threshold,
         task_batching=cfg.task_batching,
         compiled=cfg.compiled,
     )
@@ -480,6 +488,13 @@ def _parser() -> argparse.ArgumentParser:
         default=d.pick_threshold,
         help="GP methods: pick every query with at least this share of its propagated mass on "
         "one class, instead of the class-balanced rule (default)",
+    )
+    g.add_argument(
+        "--fallback-threshold",
+        type=positive_float,
+        default=d.fallback_threshold,
+        help="GP methods: class-balanced picking, and where it picks nothing, every query with "
+        "at least this share of its mass on one class (default: none, keep θ′ there)",
     )
     g.add_argument("--task-batching", default=d.task_batching, choices=BATCHING)
     g.add_argument(
