@@ -108,7 +108,7 @@ def test_learner_with_a_fallback_picks_at_one_query_per_class():
     # a share of 1/C is met by every query: the fallback picks all 3 and re-trains on them
     assert retrained.picked.tolist() == [3.0] * 4
     assert not torch.allclose(kept.logits, retrained.logits)
-    with pytest.raises(ValueError, match="pass one of them"):
+    with pytest.raises(ValueError, match="use one of them, not both"):
         create_learner("gp-maml", model, pick_threshold=0.5, fallback_threshold=0.5)
     with pytest.raises(ValueError, match=r"fallback_threshold must be in \(0, 1\]"):
         create_learner("gp-maml", model, fallback_threshold=1.5)

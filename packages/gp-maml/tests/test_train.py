@@ -163,7 +163,7 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
     assert config_from_args(TrainConfig, picked).pick_threshold == 0.7
     fallback = _parser().parse_args(["--data-root", "x.zip", "--fallback-threshold", "0.3"])
     assert config_from_args(TrainConfig, fallback).fallback_threshold == 0.3
-    with pytest.raises(ValueError, match="set one of them"):
+    with pytest.raises(ValueError, match="use one of them, not both"):
         TrainConfig(data_root="x.zip", pick_threshold=0.5, fallback_threshold=0.3)
     rules = ["--no-self-loops", "--relation-net", "tpn", "--separate-lp-encoder"]
     cfg = config_from_args(TrainConfig, _parser().parse_args(["--data-root", "x.zip", *rules]))

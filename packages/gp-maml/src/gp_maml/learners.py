@@ -56,7 +56,7 @@ from .meta_gradient import (
     cross_entropy_and_logits,
 )
 from .picking import (
-    check_pick_threshold,
+    check_picking_rule,
     pick_balanced_or_confident,
     pick_confident,
     pick_pseudo_labels,
@@ -221,13 +221,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"task_batching must be one of {BATCHING}, got {task_batching!r}")
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-        check_pick_threshold(pick_threshold)
-        check_pick_threshold(fallback_threshold, "fallback_threshold")
-        if pick_threshold is not None and fallback_threshold is not None:
-            raise ValueError(
-                "pick_threshold replaces class-balanced picking and fallback_threshold extends "
-                "it: pass one of them"
-            )
+        check_picking_rule(pick_threshold, fallback_threshold)
         check_no_running_stats(model)
         names = [n for n, _ in model.named_parameters()]
         head_names = [n for n in names if n.startswith(head + ".")]

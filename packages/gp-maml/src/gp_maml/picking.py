@@ -10,6 +10,7 @@ from torch import Tensor
 
 __all__ = [
     "check_pick_threshold",
+    "check_picking_rule",
     "pick_balanced_or_confident",
     "pick_confident",
     "pick_pseudo_labels",
@@ -53,6 +54,19 @@ def check_pick_threshold(threshold: float | None, name: str = "pick_threshold") 
         raise ValueError(
             f"{name} must be in (0, 1] (a share of a query's propagated mass), or None "
             f"for class-balanced picking alone; got {threshold!r}"
+        )
+
+
+def check_picking_rule(pick_threshold: float | None, fallback_threshold: float | None) -> None:
+    """Raise ``ValueError`` unless both thresholds are valid (``check_pick_threshold``) and at
+    most one is set: ``pick_threshold`` replaces class-balanced picking, ``fallback_threshold``
+    extends it."""
+    check_pick_threshold(pick_threshold)
+    check_pick_threshold(fallback_threshold, "fallback_threshold")
+    if pick_threshold is not None and fallback_threshold is not None:
+        raise ValueError(
+            "pick_threshold replaces class-balanced picking and fallback_threshold extends it: "
+            "use one of them, not both"
         )
 
 

@@ -53,7 +53,7 @@ from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
 from .learners import METHODS, PRESETS, MetaLearner, create_learner, tpn_relation_net
-from .picking import check_pick_threshold
+from .picking import check_picking_rule
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
 
@@ -181,13 +181,7 @@ class TrainConfig:
         for name in ("lr", "lp_loss_weight", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        check_pick_threshold(self.pick_threshold)
-        check_pick_threshold(self.fallback_threshold, "fallback_threshold")
-        if self.pick_threshold is not None and self.fallback_threshold is not None:
-            raise ValueError(
-                "pick_threshold replaces class-balanced picking and fallback_threshold extends "
-                "it: set one of them"
-            )
+        check_picking_rule(self.pick_threshold, self.fallback_threshold)
         if self.val_every < 0:
             raise ValueError(f"val_every must be >= 0 (0: no validation), got {self.val_every}")
         if not isinstance(self.milestones, tuple) or any(m < 0 for m in self.milestones):
