@@ -37,6 +37,7 @@ from gp_maml.datasets import (
     load_omniglot_vinyals,
     load_split,
 )
+from gp_maml.train import TrainConfig
 from lab_common import (
     mean_confidence_interval,
     seed_everything,
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="MetaLearner(compiled=True): compiled meta-gradients",
     )
-    p.add_argument("--lp-loss-weight", type=float, default=1.0)
+    p.add_argument("--lp-loss-weight", type=float, default=TrainConfig.lp_loss_weight)
     p.add_argument("--no-class-mass-norm", dest="class_mass_norm", action="store_false")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

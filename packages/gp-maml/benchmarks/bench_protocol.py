@@ -53,24 +53,21 @@ GP_ONLY = (
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "maml": ("maml", "default", {}),
     "gp-maml": ("gp-maml", "default", {}),
-    "gp-maml, LP weight 0.01": ("gp-maml", "default", {"lp_loss_weight": 0.01}),
-    "gp-maml, LP weight 0.01, raw scores": (
-        "gp-maml",
-        "default",
-        {"lp_loss_weight": 0.01, "class_mass_norm": False},
-    ),
+    "gp-maml, LP weight 1": ("gp-maml", "default", {"lp_loss_weight": 1.0}),
+    "gp-maml, raw scores": ("gp-maml", "default", {"class_mass_norm": False}),
     "gp-maml, zero diagonal": ("gp-maml", "default", {"self_loops": False}),
     "gp-maml, TPN relation net": ("gp-maml", "default", {"relation_net": "tpn"}),
     "gp-maml, paper preset": ("gp-maml", "paper", {}),
     "anil": ("anil", "default", {}),
     "gp-anil": ("gp-anil", "default", {}),
     "gp-anil, zero diagonal": ("gp-anil", "default", {"self_loops": False}),
+    "gp-anil, LP weight 1": ("gp-anil", "default", {"lp_loss_weight": 1.0}),
     "gp-anil, separate LP encoder": ("gp-anil", "default", {"separate_lp_encoder": True}),
     "gp-anil, paper preset": ("gp-anil", "paper", {}),
     "boil": ("boil", "default", {}),
     "gp-boil": ("gp-boil", "default", {}),
     "gp-boil, zero diagonal": ("gp-boil", "default", {"self_loops": False}),
-    "gp-boil, LP weight 0.01": ("gp-boil", "default", {"lp_loss_weight": 0.01}),
+    "gp-boil, LP weight 1": ("gp-boil", "default", {"lp_loss_weight": 1.0}),
     "gp-boil, paper preset": ("gp-boil", "paper", {}),
 }
 
@@ -149,47 +146,9 @@ def val_curves(names: list[str], work: Path, out: Path, tag: str, title: str) ->
     fig.savefig(out / f"{tag}_val.png", dpi=110)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--backbone", default="conv4-32")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--val-tasks", type=int, default=600)
-    p.add_argument("--test-tasks", type=int, default=1000)
-    p.add_argument("--test-queries", type=int, nargs="+", default=[15, 5, 1])
-    p.add_argument("--val-queries", type=int, nargs="+", default=[15, 1])
-    p.add_argument(
-        "--val-rotations",
-        action="store_true",
-        help="the held-out characters' rotations are validation classes too (52 instead of 13: "
-        "needed for 20-way)",
-    )
-    p.add_argument("--thresholds", type=float, nargs="*", default=[])
-    p.add_argument("--fallback-thresholds", type=float, nargs="*", default=[])
-    p.add_argument("--threshold-variants", nargs="+", default=["gp-maml"], choices=list(VARIANTS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data-root", type=Path, default=None, help="default: the shared Omniglot")
-    p.add_argument("--work-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument(
-        "--name", default="", help="results file stem (default: protocol_<ways>w<shots>s_...)"
-    )
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    root = a.data_root or shared_datasets_root() / "omniglot"
-    a.train_root, test_root = (
-        root / "images_background_small1.zip",
-        root / "images_background_small2.zip",
-    )
-    tag = f"protocol_{a.ways}w{a.shots}s_{a.backbone}_{a.iterations}it"
-    work = a.work_dir or cache_dir() / "gp-maml-protocol" / tag
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+def run_study(a: argparse.Namespace, work: Path, test_root: Path, t0: float):
+    """Every variant of ``a`` trained (seed ``a.seed``) and evaluated in ``work``: the table's
+    rows and the per-task accuracies, keyed ``(label, test queries)`` and ``(label, "val<q>")``."""
     val_kw = dict(data_root=a.train_root, split="val", tasks=a.val_tasks, threads=a.threads)
     test_kw = dict(
         data_root=test_root, alphabets=SMALL2_NEW_ALPHABETS, tasks=a.test_tasks, threads=a.threads
@@ -238,6 +197,87 @@ def main() -> None:
                     row[f"no pick @{q} (%)"] = round(100 * res["fallback_rate"], 1)
             rows.append(row)
             print(f"[{time.time() - t0:.0f}s] {row}", flush=True)
+    return rows, per_task
+
+
+def seed_summary(names: list[str], per_seed: list[dict], queries: list[int]) -> list[dict]:
+    """Per variant, the mean over seeds (± the 95 % t-interval, one value per seed) of test
+    accuracy and of the paired Δ to the base learner (each seed's mean over the test tasks)."""
+    rows = []
+    for name in names:
+        method = VARIANTS[name][0]
+        base = method.removeprefix("gp-")
+        row = {"variant": name}
+        for q in queries:
+            m, h = mean_confidence_interval([float(p[(name, q)].mean()) for p in per_seed])
+            row[f"test @{q} (%)"] = f"{m:.2f} ± {h:.2f}"
+            if base != method and all((base, q) in p for p in per_seed):
+                d = [float((p[(name, q)] - p[(base, q)]).mean()) for p in per_seed]
+                m, h = mean_confidence_interval(d)
+                row[f"Δ vs base @{q}"] = (
+                    f"{m:+.2f} ± {h:.2f} ({' / '.join(f'{x:+.2f}' for x in d)})"
+                )
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--backbone", default="conv4-32")
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--val-tasks", type=int, default=600)
+    p.add_argument("--test-tasks", type=int, default=1000)
+    p.add_argument("--test-queries", type=int, nargs="+", default=[15, 5, 1])
+    p.add_argument("--val-queries", type=int, nargs="+", default=[15, 1])
+    p.add_argument(
+        "--val-rotations",
+        action="store_true",
+        help="the held-out characters' rotations are validation classes too (52 instead of 13: "
+        "needed for 20-way)",
+    )
+    p.add_argument("--thresholds", type=float, nargs="*", default=[])
+    p.add_argument("--fallback-thresholds", type=float, nargs="*", default=[])
+    p.add_argument("--threshold-variants", nargs="+", default=["gp-maml"], choices=list(VARIANTS))
+    p.add_argument(
+        "--seeds",
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training seeds (the tasks stay the same for every seed); seed 0 trains in the work "
+        "dir, seed s in <work-dir>_seed<s>; with several, <name>_seeds is the summary",
+    )
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-root", type=Path, default=None, help="default: the shared Omniglot")
+    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--name", default="", help="results file stem (default: protocol_<ways>w<shots>s_...)"
+    )
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    root = a.data_root or shared_datasets_root() / "omniglot"
+    a.train_root, test_root = (
+        root / "images_background_small1.zip",
+        root / "images_background_small2.zip",
+    )
+    tag = f"protocol_{a.ways}w{a.shots}s_{a.backbone}_{a.iterations}it"
+    base_work = a.work_dir or cache_dir() / "gp-maml-protocol" / tag
+    t0 = time.time()
+    per_seed, first = [], None
+    for seed in a.seeds:
+        a.seed = seed
+        work = base_work if seed == 0 else base_work.with_name(f"{base_work.name}_seed{seed}")
+        work.mkdir(parents=True, exist_ok=True)
+        rows, per_task = run_study(a, work, test_root, t0)
+        per_seed.append(per_task)
+        first = first or (seed, rows, work)
+    a.seed, rows, work = first
     title = (
         f"{a.ways}-way {a.shots}-shot, {a.backbone}, {a.iterations} meta-iterations x "
         f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, seed {a.seed}; validation: "
@@ -251,6 +291,19 @@ def main() -> None:
     stem = a.name or tag
     print(write_benchmark(rows, a.out, stem, title=title))
     val_curves(a.variants, work, a.out, stem, f"{a.ways}-way {a.shots}-shot, {a.backbone}")
+    if len(a.seeds) > 1:
+        summary = seed_summary(a.variants, per_seed, a.test_queries)
+        seeds = ", ".join(map(str, a.seeds))
+        print(
+            write_benchmark(
+                summary,
+                a.out,
+                f"{stem}_seeds",
+                title=f"{title.replace(f'seed {a.seed}', f'seeds {seeds}')}; mean over the "
+                f"seeds ± 95 % t-interval (n = {len(a.seeds)}), Δ: each seed's paired mean "
+                "over the test tasks, listed in brackets",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ def test_paper_preset_sets_the_rules():
     base = _paper("maml")  # nothing changes for a base learner (no graph at all)
     assert base.relation_net is None and base.lp_encoder is None and base.class_mass_norm
     assert _paper("gp-maml", lp_loss_weight=0.5).lp_loss_weight == 0.5  # explicit wins
+    # the default preset's weight is this package's (a deviation), the same in learner and config
+    default = create_learner("gp-maml", Conv4(num_classes=3, hidden=8))
+    assert default.lp_loss_weight == TrainConfig().lp_loss_weight == 0.01
     with pytest.raises(ValueError, match="unknown preset"):
         create_learner("gp-maml", Conv4(num_classes=3), preset="tpn")
 

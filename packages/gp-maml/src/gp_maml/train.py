@@ -104,7 +104,7 @@ class TrainConfig:
     inner_lr: float = 0.5
     inner_steps: int = 1
     first_order: bool = False
-    lp_loss_weight: float = 1.0
+    lp_loss_weight: float = 0.01
     class_mass_norm: bool = True
     self_loops: bool = True
     relation_net: str = "mlp"
@@ -142,7 +142,7 @@ class TrainConfig:
                 )
         if self.preset == "paper":
             for name, package, paper in (
-                ("lp_loss_weight", 1.0, 1.0),
+                ("lp_loss_weight", 0.01, 1.0),
                 ("class_mass_norm", True, False),
             ):
                 value = getattr(self, name)
