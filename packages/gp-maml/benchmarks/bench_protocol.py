@@ -72,6 +72,13 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
 }
 
 
+def base_learner(name: str) -> str | None:
+    """The base learner a GP variant is compared with (``"gp-boil, ..."`` -> ``"boil"``);
+    ``None`` for a base learner's own variant."""
+    method = VARIANTS[name][0]
+    return method.removeprefix("gp-") if method.startswith("gp-") else None
+
+
 def slug(name: str) -> str:
     return name.replace(", ", "_").replace(" ", "-")
 
@@ -146,7 +153,9 @@ def val_curves(names: list[str], work: Path, out: Path, tag: str, title: str) ->
     fig.savefig(out / f"{tag}_val.png", dpi=110)
 
 
-def run_study(a: argparse.Namespace, work: Path, test_root: Path, t0: float):
+def run_study(
+    a: argparse.Namespace, work: Path, test_root: Path, t0: float
+) -> tuple[list[dict], dict]:
     """Every variant of ``a`` trained (seed ``a.seed``) and evaluated in ``work``: the table's
     rows and the per-task accuracies, keyed ``(label, test queries)`` and ``(label, "val<q>")``."""
     val_kw = dict(data_root=a.train_root, split="val", tasks=a.val_tasks, threads=a.threads)
@@ -189,11 +198,11 @@ def run_study(a: argparse.Namespace, work: Path, test_root: Path, t0: float):
                 accs = torch.tensor(res["per_task_accuracy"])
                 per_task[(label, q)] = accs
                 row[f"test @{q} (%)"] = f"{res['accuracy']:.2f} ± {res['ci95']:.2f}"
-                base = VARIANTS[name][0].removeprefix("gp-")
-                if base != VARIANTS[name][0] and (base, q) in per_task:
+                base = base_learner(name)
+                if base is not None and (base, q) in per_task:
                     d, h = mean_confidence_interval(accs - per_task[(base, q)])
                     row[f"Δ vs base @{q}"] = f"{d:+.2f} ± {h:.2f}"
-                if VARIANTS[name][0].startswith("gp-"):
+                if base is not None:
                     row[f"no pick @{q} (%)"] = round(100 * res["fallback_rate"], 1)
             rows.append(row)
             print(f"[{time.time() - t0:.0f}s] {row}", flush=True)
@@ -205,13 +214,12 @@ def seed_summary(names: list[str], per_seed: list[dict], queries: list[int]) -> 
     accuracy and of the paired Δ to the base learner (each seed's mean over the test tasks)."""
     rows = []
     for name in names:
-        method = VARIANTS[name][0]
-        base = method.removeprefix("gp-")
+        base = base_learner(name)
         row = {"variant": name}
         for q in queries:
             m, h = mean_confidence_interval([float(p[(name, q)].mean()) for p in per_seed])
             row[f"test @{q} (%)"] = f"{m:.2f} ± {h:.2f}"
-            if base != method and all((base, q) in p for p in per_seed):
+            if base is not None and all((base, q) in p for p in per_seed):
                 d = [float((p[(name, q)] - p[(base, q)]).mean()) for p in per_seed]
                 m, h = mean_confidence_interval(d)
                 row[f"Δ vs base @{q}"] = (
@@ -219,6 +227,20 @@ def seed_summary(names: list[str], per_seed: list[dict], queries: list[int]) -> 
                 )
         rows.append(row)
     return rows
+
+
+def study_title(a: argparse.Namespace, seeds: str) -> str:
+    """The results table's title: the protocol of ``a``, its training ``seeds`` in words."""
+    return (
+        f"{a.ways}-way {a.shots}-shot, {a.backbone}, {a.iterations} meta-iterations x "
+        f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, {seeds}; validation: "
+        f"small1's held-out characters{' and their rotations' if a.val_rotations else ''} "
+        f"({a.val_tasks} tasks); test: small2's "
+        f"{', '.join(SMALL2_NEW_ALPHABETS)} ({a.test_tasks} tasks, the same for every row); "
+        f"mean ± 95 % CI; Δ paired: 'vs base' GP − its base learner on the test tasks, 'vs "
+        f"default' a variant − its method's default rules on the validation tasks; "
+        f"{a.threads} thread(s)"
+    )
 
 
 def main() -> None:
@@ -269,41 +291,24 @@ def main() -> None:
     tag = f"protocol_{a.ways}w{a.shots}s_{a.backbone}_{a.iterations}it"
     base_work = a.work_dir or cache_dir() / "gp-maml-protocol" / tag
     t0 = time.time()
-    per_seed, first = [], None
+    studies = []  # (work dir, table rows, per-task accuracies) per seed
     for seed in a.seeds:
         a.seed = seed
         work = base_work if seed == 0 else base_work.with_name(f"{base_work.name}_seed{seed}")
         work.mkdir(parents=True, exist_ok=True)
-        rows, per_task = run_study(a, work, test_root, t0)
-        per_seed.append(per_task)
-        first = first or (seed, rows, work)
-    a.seed, rows, work = first
-    title = (
-        f"{a.ways}-way {a.shots}-shot, {a.backbone}, {a.iterations} meta-iterations x "
-        f"{a.batch_size} tasks, 15 training queries, Adam 1e-3, seed {a.seed}; validation: "
-        f"small1's held-out characters{' and their rotations' if a.val_rotations else ''} "
-        f"({a.val_tasks} tasks); test: small2's "
-        f"{', '.join(SMALL2_NEW_ALPHABETS)} ({a.test_tasks} tasks, the same for every row); "
-        f"mean ± 95 % CI; Δ paired: 'vs base' GP − its base learner on the test tasks, 'vs "
-        f"default' a variant − its method's default rules on the validation tasks; "
-        f"{a.threads} thread(s)"
-    )
+        studies.append((work, *run_study(a, work, test_root, t0)))
+    work, rows, _ = studies[0]  # the table and curves: the first seed's
     stem = a.name or tag
-    print(write_benchmark(rows, a.out, stem, title=title))
+    print(write_benchmark(rows, a.out, stem, title=study_title(a, f"seed {a.seeds[0]}")))
     val_curves(a.variants, work, a.out, stem, f"{a.ways}-way {a.shots}-shot, {a.backbone}")
     if len(a.seeds) > 1:
-        summary = seed_summary(a.variants, per_seed, a.test_queries)
-        seeds = ", ".join(map(str, a.seeds))
-        print(
-            write_benchmark(
-                summary,
-                a.out,
-                f"{stem}_seeds",
-                title=f"{title.replace(f'seed {a.seed}', f'seeds {seeds}')}; mean over the "
-                f"seeds ± 95 % t-interval (n = {len(a.seeds)}), Δ: each seed's paired mean "
-                "over the test tasks, listed in brackets",
-            )
+        summary = seed_summary(a.variants, [per_task for *_, per_task in studies], a.test_queries)
+        seeds = f"seeds {', '.join(map(str, a.seeds))}"
+        title = (
+            f"{study_title(a, seeds)}; mean over the seeds ± 95 % t-interval (n = "
+            f"{len(a.seeds)}), Δ: each seed's paired mean over the test tasks, listed in brackets"
         )
+        print(write_benchmark(summary, a.out, f"{stem}_seeds", title=title))
 
 
 if __name__ == "__main__":

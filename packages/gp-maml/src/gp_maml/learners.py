@@ -161,11 +161,11 @@ class MetaLearner(nn.Module):
             ``RelationNet(model.num_features)`` when omitted.
         lp_alpha, lp_topk: label-propagation strength and neighbours per row.
         lp_loss_weight: weight of the label-propagation loss ``CE(F, [y_S; y_Q])`` in the
-            meta-training objective (0.01, a deviation from the paper's 1, which ``preset="paper"``
-            sets: 0.01 won or tied on the validation split for every GP learner in 5-way 1-shot,
-            5-way 5-shot and 20-way 1-shot, see the README). Under Adam the relation net, trained by this term
-            alone, learns at the same speed for any weight > 0; the weight sets its pull on the
-            shared network.
+            meta-training objective (0.01, a deviation from the paper's 1, which
+            ``preset="paper"`` sets: 0.01 won or tied on the validation split for every GP
+            learner in 5-way 1-shot, 5-way 5-shot and 20-way 1-shot, see the README). Under Adam
+            the relation net, trained by this term alone, learns at the same speed for any
+            weight > 0; the weight sets its pull on the shared network.
         class_mass_norm: pick pseudo-labels from class-mass-normalised query scores
             (``class_mass_normalize``) instead of the raw ``F`` (see the README's design
             choices: with raw ``F`` the class-balanced rule almost never picks anything).
