@@ -145,17 +145,38 @@ def resolve_data(data_root: Path | None, out: Path) -> dict[str, object]:
     return data
 
 
-def bar_plot(
-    names: list[str], values: list[float], errors: list[float] | None, ylabel: str, path: Path
-) -> None:
-    """A bar chart with optional error bars (PNG)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.bar(names, values, yerr=errors, capsize=6 if errors else 0, color="#4C72B0")
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=9)
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
+def bar_chart(
+    names: list[str], values: list[float], errors: list[float] | None, xlabel: str
+) -> plt.Figure:
+    """Horizontal bars, first name on top, the names on the y axis (long labels stay readable).
+
+    Each bar ends in its value (``± error`` and an error bar when ``errors`` are given),
+    written just past the bar or its error bar.
+    """
+    errs = errors or [0.0] * len(values)
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * len(names)))
+    rows = np.arange(len(names))
+    ax.barh(rows, values, xerr=errors, capsize=4 if errors else 0, color="#4C72B0", height=0.6)
+    ax.set_yticks(rows, names)
+    ax.invert_yaxis()
+    for row, value, err in zip(rows, values, errs, strict=True):
+        text = f"{value:.1f} ± {err:.1f}" if errors else f"{value:.1f}"
+        ax.annotate(
+            text, (value + err, row), xytext=(6, 0), textcoords="offset points", va="center"
+        )
+    ax.set_xlim(0, 1.2 * max(v + e for v, e in zip(values, errs, strict=True)))
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
     fig.tight_layout()
+    return fig
+
+
+def bar_plot(
+    names: list[str], values: list[float], errors: list[float] | None, xlabel: str, path: Path
+) -> None:
+    """:func:`bar_chart` written to ``path`` (PNG)."""
+    fig = bar_chart(names, values, errors, xlabel)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -6,7 +6,9 @@ nothing a run wrote before the fault may be lost.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,9 +48,19 @@ def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The run failed with status 2 and one ``error:`` line naming every fragment."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+def _console(module: str, *args: object) -> subprocess.CompletedProcess:
+    """The console script's entry point ``module.cli()`` run in this process (no interpreter
+    start-up: seconds, not tens of seconds); its status and stderr as a CompletedProcess."""
+    argv, err = [module, *map(str, args)], io.StringIO()
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stderr(err):
+        status = importlib.import_module(module).cli()
+    return subprocess.CompletedProcess(argv, status, "", err.getvalue())
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *fragments: str, status: int = 2) -> str:
+    """The run failed with ``status`` (2: a user error, 1: a run that diverged) and one
+    ``error:`` line naming every fragment."""
+    assert proc.returncode == status, (proc.returncode, proc.stderr[-2000:])
     lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]
     assert len(lines) == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -189,3 +202,75 @@ def test_gp_maml_corrupt_zip_is_named(tmp_path):
     args = ["--data-root", str(zip_path), "--iterations", "2", "--out", str(tmp_path / "run")]
     proc = _run("gp_maml.train", *args, check=False)
     _one_line_error(proc, "images_background_small1.zip")
+
+
+def _gp_maml_args(out: Path, *extra: str) -> list[str]:
+    from lab_common import shared_datasets_root
+
+    root = shared_datasets_root() / "omniglot" / "images_background_small1.zip"
+    args = ["--method", "maml", "--first-order", "--backbone", "conv4-32", "--batch-size", "2"]
+    args += ["--queries", "2", "--val-every", "0", "--ckpt-every", "1", "--log-every", "1"]
+    args += ["--threads", "1", "--no-progress", "--data-root", str(root), "--out", str(out)]
+    return [*args, *extra]
+
+
+def _finite(path: Path) -> bool:
+    learner = torch.load(path, map_location="cpu", weights_only=False)["learner"]
+    return all(v.isfinite().all() for v in learner.values())
+
+
+def test_gp_maml_stops_at_a_non_finite_loss_and_evaluate_refuses_diverged_weights(tmp_path):
+    out = tmp_path / "r"
+    assert _console("gp_maml.train", *_gp_maml_args(out, "--iterations", "2")).returncode == 0
+    blown = ["--lr", "1e30", "--inner-lr", "1e30", "--iterations", "12", "--resume"]
+    blown += ["--allow-changed", "lr", "inner_lr", "iterations"]
+    proc = _console("gp_maml.train", *_gp_maml_args(out, *blown))
+    _one_line_error(proc, "iteration 3: non-finite loss", "--lr", "last.pt", status=1)
+    assert torch.load(out / "last.pt", weights_only=False)["iteration"] == 2
+    assert _finite(out / "last.pt") and _finite(out / "last.prev.pt")  # both generations
+    state = torch.load(out / "last.pt", weights_only=False)
+    next(iter(state["learner"].values())).fill_(float("nan"))
+    torch.save(state, tmp_path / "diverged.pt")  # as an older version left a diverged run
+    args = ["--checkpoint", tmp_path / "diverged.pt", "--data-root", tmp_path, "--no-progress"]
+    _one_line_error(_console("gp_maml.evaluate", *args), "diverged.pt", "non-finite")
+
+
+def test_overwrite_keeps_the_users_files_and_a_named_teacher_checkpoint(tmp_path):
+    proj = tmp_path / "proj"
+    (proj / "other_run").mkdir(parents=True)
+    (proj / "config.json").write_text("{}")
+    (proj / "notes.txt").write_text("mine")
+    (proj / "other_run" / "last.pt").write_text("another run")
+    args = _gp_maml_args(proj, "--iterations", "1", "--overwrite")
+    assert _console("gp_maml.train", *args).returncode == 0
+    assert (proj / "notes.txt").read_text() == "mine" and (proj / "other_run" / "last.pt").is_file()
+    assert (proj / "last.pt").is_file()
+    from lab_common.distill import create_model
+
+    run = tmp_path / "r"  # a clkd run folder, with the user's teacher kept in it
+    run.mkdir()
+    (run / "student_metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    teacher = {"model": create_model("cifar_resnet8", 10, 1).state_dict(), "note": "mine"}
+    torch.save({**teacher, "model_name": "cifar_resnet8"}, run / "teacher.pt")
+    clkd = ["--dataset", "fashion-mnist", "--teacher", "cifar_resnet8"]
+    clkd += ["--student", "cifar_resnet8", "--epochs", "1", "--workers", "0"]
+    clkd += ["--train-subset", "64", "--test-subset", "64"]
+    clkd += ["--no-progress", "--teacher-checkpoint", run / "teacher.pt", "--out", run]
+    assert _console("clkd.train", *clkd, "--overwrite").returncode == 0
+    assert torch.load(run / "teacher.pt", weights_only=False)["note"] == "mine"  # not retrained
+    assert len((run / "student_metrics.jsonl").read_text().splitlines()) == 1  # replaced
+
+
+def test_gp_maml_resume_applies_a_changed_learning_rate(tmp_path):
+    out = tmp_path / "r"
+    assert _console("gp_maml.train", *_gp_maml_args(out, "--iterations", "2")).returncode == 0
+    faster = ["--lr", "0.01", "--iterations", "3", "--resume"]
+    faster += ["--allow-changed", "lr", "iterations"]
+    assert _console("gp_maml.train", *_gp_maml_args(out, *faster)).returncode == 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [1e-3, 1e-3, 1e-2]
+    recorded = json.loads((out / "config.json").read_text())["lr"]
+    assert recorded == torch.load(out / "last.pt", weights_only=False)["config"]["lr"] == 1e-2
+    shorter = _gp_maml_args(out, "--lr", "0.01", "--iterations", "2", "--resume")
+    shorter += ["--allow-changed", "iterations"]
+    _one_line_error(_console("gp_maml.train", *shorter), "at iteration 3, past --iterations 2")

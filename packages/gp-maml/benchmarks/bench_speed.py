@@ -32,74 +32,19 @@ import sys
 import time
 from pathlib import Path
 
-import higher
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gp_maml import (
-    BatchNorm2d,
-    Conv4,
-    MaxPool2d,
-    MetaLearner,
-    create_learner,
-    pick_pseudo_labels,
-)
+from gp_maml import Conv4, MetaLearner, create_learner, pick_pseudo_labels
+from gp_maml.reference import higher_maml_step, random_task_batch, torch_layers
 from lab_common import measure, write_benchmark
-
-
-def torch_layers(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with torch's batch-norm (batch statistics) and max-pool layers."""
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, BatchNorm2d):
-                new = nn.BatchNorm2d(child.num_features, track_running_stats=False)
-                new.load_state_dict(child.state_dict())
-                setattr(module, child_name, new)
-            elif isinstance(child, MaxPool2d):
-                new = nn.MaxPool2d(
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    ceil_mode=child.ceil_mode,
-                )
-                setattr(module, child_name, new)
-    return model
-
-
-def higher_step(model: nn.Module, batch, first_order: bool, inner_lr: float = 0.5) -> None:
-    """One MAML meta-gradient with ``higher`` (per-task backward, gradients averaged)."""
-    xs, ys, xq, yq = batch
-    inner_opt = torch.optim.SGD(model.parameters(), lr=inner_lr)
-    for b in range(xs.shape[0]):
-        with higher.innerloop_ctx(
-            model, inner_opt, copy_initial_weights=False, track_higher_grads=not first_order
-        ) as (fmodel, diffopt):
-            diffopt.step(F.cross_entropy(fmodel(xs[b]), ys[b]))
-            if first_order:  # first-order MAML: outer gradient at theta' applied to theta
-                loss = F.cross_entropy(fmodel(xq[b]), yq[b]) / xs.shape[0]
-                grads = torch.autograd.grad(loss, fmodel.parameters())
-                for p, g in zip(model.parameters(), grads, strict=True):
-                    p.grad = g if p.grad is None else p.grad + g
-            else:
-                (F.cross_entropy(fmodel(xq[b]), yq[b]) / xs.shape[0]).backward()
-
-
-def make_batch(b: int, ways=5, shots=1, queries=15, size=28):
-    g = torch.Generator().manual_seed(b)
-    xs = torch.rand(b, ways * shots, 1, size, size, generator=g)
-    xq = torch.rand(b, ways * queries, 1, size, size, generator=g)
-    ys = torch.arange(ways).repeat_interleave(shots).repeat(b, 1)
-    yq = torch.arange(ways).repeat_interleave(queries).repeat(b, 1)
-    return xs, ys, xq, yq
 
 
 def _higher_runner(model: nn.Module, batch, first_order: bool):
     def run() -> None:
         model.zero_grad(set_to_none=True)
-        higher_step(model, batch, first_order)
+        higher_maml_step(model, batch, first_order)
 
     return run
 
@@ -150,7 +95,7 @@ IMPLEMENTATIONS = (  # name, method, task batching, compiled, backward per task
 
 def build_runs(base: nn.Module, b: int, first_order: bool):
     """``(runs, learners, higher_model, batch)``: one zero-argument step function per row."""
-    batch = make_batch(b)
+    batch = random_task_batch(b)
     hmodel = torch_layers(base)
     learners = {
         name: create_learner(

@@ -322,3 +322,79 @@ def test_alphabets_option_reaches_the_loader(omniglot_zip, tmp_path):
         TrainConfig(dataset="cifar-fs", alphabets=("Greek",))
     with pytest.raises(ValueError, match=r"\['Greek'\] are not in .*alpha0, alpha1"):
         train(_tiny(omniglot_zip, tmp_path / "r", alphabets=("Greek",)))
+
+
+def _finite(path) -> bool:
+    state = torch.load(path, weights_only=False)["learner"]
+    return all(v.isfinite().all() for v in state.values())
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_both_finite_generations(omniglot_zip, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny(omniglot_zip, out)
+    train(cfg)
+    blown = dataclasses.replace(cfg, lr=1e30, iterations=12)
+    with pytest.raises(FloatingPointError, match=r"iteration \d+: non-finite .*lower --lr"):
+        train(blown, resume=True, allow_changed=["lr", "iterations"])
+    assert _finite(out / "last.pt") and _finite(out / "last.prev.pt")
+    assert torch.load(out / "last.pt", weights_only=False)["iteration"] >= 2
+    with pytest.raises(FloatingPointError, match="iteration 1: .*before its first checkpoint"):
+        train(dataclasses.replace(blown, inner_lr=1e30, out=str(tmp_path / "fresh")))
+    # a checkpoint with non-finite weights (written by an older version) is refused
+    state = torch.load(out / "last.pt", weights_only=False)
+    next(iter(state["learner"].values())).fill_(float("nan"))
+    torch.save(state, tmp_path / "diverged.pt")
+    few = dict(tasks=2, min_tasks=1, batch_size=1, show_progress=False)
+    with pytest.raises(ValueError, match=r"diverged.pt holds non-finite weights"):
+        evaluate(tmp_path / "diverged.pt", omniglot_zip, allow_train_classes=True, **few)
+
+
+def test_a_setting_changed_on_resume_applies_from_the_resume_on(omniglot_zip, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny(omniglot_zip, out, milestones=(3,), log_every=1)
+    train(cfg)
+    faster = dataclasses.replace(cfg, lr=1e-2, iterations=4)
+    train(faster, resume=True, allow_changed=["lr", "iterations"])
+    train(dataclasses.replace(faster, out=str(tmp_path / "straight")))
+
+    def lrs(folder):
+        log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [r["lr"] for r in log]
+
+    assert lrs(out)[:2] == [1e-3, 1e-3]
+    assert lrs(out)[2:] == lrs(tmp_path / "straight")[2:] == [pytest.approx(1e-3)] * 2
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["config"]["lr"] == json.loads((out / "config.json").read_text())["lr"] == 1e-2
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 1e-2
+    # nothing left to train: the record stays the checkpoint's
+    train(dataclasses.replace(faster, lr=0.5), resume=True, allow_changed=["lr"])
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
+    with pytest.raises(ValueError, match=r"at iteration 4, past --iterations 3"):
+        train(dataclasses.replace(faster, iterations=3), resume=True, allow_changed=["iterations"])
+    with pytest.raises(ValueError, match=r"--allow-changed seed: .*cannot change on resume"):
+        train(dataclasses.replace(faster, seed=1), resume=True, allow_changed=["seed"])
+
+
+def test_overwrite_deletes_the_runs_files_only(omniglot_zip, tmp_path):
+    out = tmp_path / "proj"
+    train(_tiny(omniglot_zip, out))
+    (out / "best.pt").write_bytes(b"a stale generation of an earlier run")
+    (out / "notes.txt").write_text("mine")
+    (out / "other_run").mkdir()
+    (out / "other_run" / "config.json").write_text("{}")
+    train(_tiny(omniglot_zip, out, iterations=1), overwrite=True)
+    written = {"config.json", "curves.png", "last.pt", "metrics.jsonl"}  # no best.pt, .prev
+    assert {p.name for p in out.iterdir()} == written | {"notes.txt", "other_run"}
+    assert (out / "other_run" / "config.json").is_file()
+
+
+def test_picking_thresholds_are_refused_for_base_learners(omniglot_zip, tmp_path):
+    for name in ("pick_threshold", "fallback_threshold"):
+        with pytest.raises(ValueError, match=f"{name} applies to GP methods only, not 'anil'"):
+            TrainConfig(method="anil", **{name: 0.5})
+    stored = {**dataclasses.asdict(TrainConfig(method="boil")), "pick_threshold": 0.5}
+    assert TrainConfig.from_dict(stored).pick_threshold is None  # inert, accepted until 0.2
+    train(_tiny(omniglot_zip, tmp_path / "run", alphabets=("alpha0",), iterations=1))
+    few = dict(tasks=2, min_tasks=1, batch_size=1, show_progress=False, alphabets=("alpha1",))
+    with pytest.raises(ValueError, match=r"--fallback-threshold applies to GP learners only"):
+        evaluate(tmp_path / "run" / "last.pt", omniglot_zip, fallback_threshold=0.5, **few)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lavit
+from lab_common.testing import require_optional
 
 #: 32x32 input, grids 8/4/2/1, one VA + one LA block per stage, key grid 4x4 -> 4x4 -> 2x2 -> 1x1
 #: (non-square LA in stage 0, a shrinking key grid for the attention residual).
@@ -42,8 +43,13 @@ def small_backbone() -> dict:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> tuple:
-    """Six training and four validation scenes (folders), made once per test file."""
+    """Six training and four validation scenes (folders), made once per test file.
+
+    Needs pycocotools (lavit's ``detection`` extra): its tests skip where it is not installed.
+    """
     from lavit.dense_data import make_scenes
+
+    require_optional("pycocotools")
 
     root = tmp_path_factory.mktemp("scenes")
     return make_scenes(root / "train", 6, "train", seed=0), make_scenes(root / "val", 4, "val")

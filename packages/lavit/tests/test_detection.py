@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from lab_common.testing import require_optional
 from lavit.dense_data import coco_scenes, make_scenes
 from lavit.detection import (
     FPNBackbone,
     evaluate_detector,
     maskrcnn_fpn,
+    maskrcnn_lavit_tiny,
     retinanet_fpn,
+    retinanet_lavit_small,
     retinanet_lavit_tiny,
     train_detector,
 )
@@ -84,6 +87,62 @@ def test_same_builders_take_timm_pvt_v2():
     assert set(losses) == {"classification", "bbox_regression"}
 
 
+@pytest.mark.parametrize("builder", [retinanet_lavit_small, maskrcnn_lavit_tiny, retinanet_fpn])
+@pytest.mark.parametrize("name", ["weights", "weights_backbone"])
+def test_builders_refuse_torchvision_weights(builder, name):
+    with pytest.raises(ValueError, match=rf"^{name}='DEFAULT': no (trained|pretrained) LaViT"):
+        builder(num_classes=91, **{name: "DEFAULT"})
+
+
+def _frozen_stages(model) -> list[bool]:
+    """Per backbone stage: are all its parameters frozen?"""
+    stages = model.backbone.body.model.stages
+    return [not any(p.requires_grad for p in stage.parameters()) for stage in stages]
+
+
+@pytest.mark.parametrize("builder", [retinanet_lavit_tiny, maskrcnn_lavit_tiny])
+def test_trainable_backbone_layers_freezes_the_first_stages(builder, small_backbone):
+    kw = dict(num_classes=3, fpn_channels=32, backbone_kwargs=small_backbone)
+    assert _frozen_stages(builder(**kw)) == [False] * 4
+    assert _frozen_stages(builder(**kw, trainable_backbone_layers=4)) == [False] * 4
+    model = builder(**kw, trainable_backbone_layers=3)
+    assert _frozen_stages(model) == [True, False, False, False]
+    stem = model.backbone.body.model.stages[0].patch_embed.proj.weight
+    assert not stem.requires_grad
+    body = {id(p) for p in model.backbone.body.parameters()}
+    assert all(p.requires_grad for p in model.parameters() if id(p) not in body)  # FPN, heads
+    assert _frozen_stages(builder(**kw, trainable_backbone_layers=0)) == [True] * 4
+    with pytest.raises(ValueError, match=r"must be in 0\.\.4 .* got 5"):
+        builder(**kw, trainable_backbone_layers=5)
+
+
+def test_frozen_stages_get_no_gradient_and_timm_stage_names(small_backbone):
+    model = retinanet_lavit_tiny(
+        num_classes=3,
+        fpn_channels=32,
+        min_size=64,
+        max_size=64,
+        backbone_kwargs=small_backbone,
+        trainable_backbone_layers=2,
+    )
+    losses = model.train()(
+        [torch.rand(3, 64, 64)],
+        [dict(boxes=torch.tensor([[4.0, 4.0, 40.0, 30.0]]), labels=torch.tensor([1]))],
+    )
+    sum(losses.values()).backward()
+    stages = model.backbone.body.model.stages
+    assert all(p.grad is None for s in stages[:2] for p in s.parameters())
+    assert all(p.grad is not None for s in stages[2:] for p in s.parameters())
+    # timm's flattened names (stages_<i>), the stem outside the stages frozen with stage 0
+    pvt = retinanet_fpn("pvt_v2_b0", num_classes=3, fpn_channels=32, trainable_backbone_layers=3)
+    body = pvt.backbone.body
+    assert not any(p.requires_grad for p in body.patch_embed.parameters())
+    assert not any(p.requires_grad for p in body.stages_0.parameters())
+    assert all(p.requires_grad for p in body.stages_1.parameters())
+    with pytest.raises(ValueError, match="stages named stages.<i>"):
+        retinanet_fpn("resnet18", num_classes=3, trainable_backbone_layers=2)
+
+
 class _Oracle(torch.nn.Module):
     """Predicts the ground truth (the evaluation loader runs in dataset order)."""
 
@@ -126,6 +185,7 @@ def test_short_training_raises_box_ap_on_held_out_scenes(small_backbone, tmp_pat
 
     Measured (seed 0, CPU): AP50 0.000 untrained -> 0.069 after 300 steps (AP 0.017).
     """
+    require_optional("pycocotools")
     train = make_scenes(tmp_path / "train", 96, "train", classes=(1, 8), objects_per_image=(1, 2))
     val = make_scenes(tmp_path / "val", 24, "val", classes=(1, 8), objects_per_image=(1, 2))
     # the suite's longest test: it may use every core (pytest-xdist workers get one thread

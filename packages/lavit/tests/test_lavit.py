@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lavit
 from lab_common import autocast
-from lab_common.testing import DEVICES
+from lab_common.testing import DEVICES, require_optional
 from lavit import LaViT, checkpoint_filter_fn, resample_token_matrix
 from lavit.analysis import capture_attention, consecutive_similarity
 from lavit.flops import count_macs
@@ -650,7 +650,8 @@ def test_torch_compile_cpu():
 
 @pytest.mark.slow
 def test_onnx_export_fixed_size(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    onnx = require_optional("onnx")
+    require_optional("onnxscript")  # torch.onnx.export(dynamo=True) needs it
     from onnx.reference import ReferenceEvaluator
 
     model = _win_model()

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from lavit.dense_data import SegmentationFolder
-from lavit.segmentation import SemanticFPN, evaluate_segmenter, train_segmenter
+from lavit.segmentation import (
+    SemanticFPN,
+    evaluate_segmenter,
+    semantic_fpn_lavit_small,
+    semantic_fpn_lavit_tiny,
+    train_segmenter,
+)
 
 
 def test_semantic_fpn_shapes_loss_and_miou(small_backbone, scenes):
@@ -46,3 +52,23 @@ def test_evaluate_segmenter_confusion_matrix():
     assert metrics["IoU_1"] == pytest.approx(7 / 8) and metrics["IoU_0"] == pytest.approx(1.0)
     assert metrics["IoU_2"] == 0.0 and metrics["mIoU"] == pytest.approx((1 + 7 / 8 + 0) / 3)
     assert metrics["pixel_acc"] == pytest.approx(14 / 15)
+
+
+@pytest.mark.parametrize("builder", [semantic_fpn_lavit_tiny, semantic_fpn_lavit_small])
+@pytest.mark.parametrize("name", ["weights", "weights_backbone"])
+def test_builders_refuse_torchvision_weights(builder, name):
+    with pytest.raises(ValueError, match=rf"^{name}='DEFAULT': no (trained|pretrained) LaViT"):
+        builder(num_classes=21, **{name: "DEFAULT"})
+
+
+def test_trainable_backbone_layers_freezes_the_first_stages(small_backbone):
+    model = semantic_fpn_lavit_tiny(
+        num_classes=3,
+        fpn_channels=32,
+        head_channels=32,
+        backbone_kwargs=small_backbone,
+        trainable_backbone_layers=1,
+    )
+    stages = model.backbone.body.model.stages
+    assert [any(p.requires_grad for p in s.parameters()) for s in stages] == [False] * 3 + [True]
+    assert all(p.requires_grad for p in model.branches.parameters())

@@ -183,6 +183,8 @@ def test_run_folder_rules_and_checkpoint_fallback(image_folder, tmp_path):
         (dict(scale=(1.0, 0.5)), "scale must be"),
         (dict(dp_loss_variant="paper"), "dp_loss_variant must be one of"),
         (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"),
+        (dict(augment="randaug"), "augment must be one of"),
+        (dict(val_images=0), "val_images must be >= 1"),
     ],
 )
 def test_config_rejects_bad_values(change, message):
@@ -239,3 +241,80 @@ def test_console_script_exit_status(image_folder, tmp_path, run_modules):
     assert lines[-1].startswith("lavit-train: error: unknown model 'lavit_huge'"), bad.stderr
     assert sum("error:" in line for line in lines) == 1 and "Traceback" not in bad.stderr
     assert "timm.list_models('lavit*')" in lines[-1]
+
+
+def test_changed_learning_rates_apply_from_the_resume_on(image_folder, tmp_path):
+    cut = _config(image_folder, tmp_path / "cut", epochs=3, stop_after_epoch=1, ema_decay=0.0)
+    train(cut)
+    changed = replace(cut, lr=4e-3, min_lr=1e-3, stop_after_epoch=None)
+    train(changed, resume=True, allow_changed=["lr", "min-lr"])
+    train(replace(changed, out=str(tmp_path / "straight")))
+
+    def lrs(run: str) -> list[float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["lr"] for line in lines]
+
+    assert lrs("cut")[0] != lrs("straight")[0]  # epoch 1 ran at the old rates
+    assert lrs("cut")[1:] == lrs("straight")[1:]  # then the new schedule, from the resumed step
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["min_lr"] == 1e-3
+    with pytest.raises(ValueError, match="at epoch 3, past --epochs 2"):
+        train(replace(changed, epochs=2), resume=True, allow_changed=["epochs", "lr", "min_lr"])
+    with pytest.raises(ValueError, match="--allow-changed seed: .*cannot change on resume"):
+        train(replace(changed, seed=4), resume=True, allow_changed=["seed", "lr", "min_lr"])
+
+
+def test_overwrite_keeps_what_the_run_did_not_write(image_folder, tmp_path):
+    out = tmp_path / "run"
+    cfg = _config(image_folder, out, epochs=1, ema_decay=0.0)
+    train(cfg)
+    (out / "notes.txt").write_text("mine")
+    train(cfg, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.pth").is_file()
+
+
+def _fashion(out: Path, **changes) -> TrainConfig:
+    """Fashion-MNIST in memory (padded to 32², crop + flip) with a validation split of 100."""
+    kwargs = {**TINY_KWARGS, "sr_ratios": [1, 1, 1, 1]}
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        augment="crop-flip",
+        val_images=100,
+        max_train_samples=64,
+        model="lavit_tiny",
+        model_kwargs=kwargs,
+        img_size=32,
+        epochs=1,
+        batch_size=16,
+        workers=0,
+        warmup_epochs=0,
+        mixup=0.0,
+        cutmix=0.0,
+        seed=1,
+        progress=False,
+        out=str(out),
+    )
+    return replace(cfg, **changes)
+
+
+def test_crop_flip_on_a_validation_split_with_any_number_of_workers(tmp_path):
+    models = [train(_fashion(tmp_path / f"w{w}", workers=w)) for w in (0, 2)]
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # items are drawn per index and epoch, not per worker
+    assert models[0].stages[0].patch_embed.proj.in_channels == 1  # the dataset's own channels
+    record = json.loads((tmp_path / "w0/metrics.jsonl").read_text().splitlines()[-1])
+    assert record["eval_split"] == "val" and 0 <= record["val_top1"] <= 100
+    with pytest.raises(ValueError, match="28x28 images can be zero-padded .* not to 27"):
+        train(_fashion(tmp_path / "bad", img_size=27))
+    with pytest.raises(ValueError, match="needs a named dataset"):
+        train(_fashion(tmp_path / "bad2", dataset=str(tmp_path)))
+
+
+def test_a_diverged_evaluation_stops_the_run(tmp_path, monkeypatch):
+    import lavit.train as lt
+
+    monkeypatch.setattr(lt, "evaluate", lambda *a, **k: {"loss": float("nan"), "top1": 10.0})
+    with pytest.raises(FloatingPointError, match="epoch 1: non-finite val_loss"):
+        train(_fashion(tmp_path / "nan"))
+    assert not (tmp_path / "nan/last.pt").exists()
+    metrics = tmp_path / "nan/metrics.jsonl"
+    assert not metrics.exists() or not metrics.read_text().strip()

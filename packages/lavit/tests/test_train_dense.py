@@ -144,3 +144,22 @@ def test_cuda_amp_run(scenes, tmp_path):
     train_dense(cfg)
     (record,) = read_metrics(tmp_path / "metrics.jsonl")
     assert math.isfinite(record["train_loss"]) and "val_segm_AP" in record
+
+
+def test_a_learning_rate_changed_on_resume_applies_from_the_resume_on(scenes, tmp_path):
+    common = dict(epochs=3, num_classes=4, val_root=None, lr=1e-3, warmup_steps=2)
+    cut = _config("semantic_fpn", scenes, tmp_path / "cut", stop_after_epoch=1, **common)
+    train_dense(cut)
+    faster = replace(cut, lr=4e-3, stop_after_epoch=None)
+    train_dense(faster, resume=True, allow_changed=["lr"])
+    train_dense(replace(faster, out=str(tmp_path / "straight")))
+    resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert resumed[0]["lr"] != straight[0]["lr"]  # epoch 1 ran at the old rate
+    lrs = [(a["lr"], b["lr"]) for a, b in zip(resumed[1:], straight[1:], strict=True)]
+    assert all(a == b for a, b in lrs) and lrs[0][0] > 0  # then the new schedule
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["lr"] == 4e-3
+    with pytest.raises(ValueError, match="past --epochs 1"):
+        train_dense(replace(faster, epochs=1), resume=True, allow_changed=["lr", "epochs"])
+    with pytest.raises(ValueError, match="--allow-changed backbone_kwargs: .*cannot change"):
+        train_dense(faster, resume=True, allow_changed=["backbone_kwargs"])

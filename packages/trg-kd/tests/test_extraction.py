@@ -1,9 +1,14 @@
 """Documented token shapes for timm ViT / CNN, torchvision CNN / ViT and callables."""
 
+import gc
+import pickle
+import weakref
+
 import pytest
 import timm
 import torch
 import torchvision
+import torchvision.models.feature_extraction as tv_fx
 
 from lab_common.distill import Distiller  # importing lab_common.distill registers cifar_*
 from trg_kd import TRGLoss
@@ -68,6 +73,32 @@ def test_torchvision_resnet18():
     assert model.conv1.weight.grad is not None
     with pytest.raises(ValueError, match="graph node 'nope'"):
         TokenExtractor("torchvision", node="nope")(model, x)
+
+
+def test_one_extractor_traces_each_torchvision_model_once(monkeypatch):
+    traced = []
+
+    def counting(model, *args, **kwargs):
+        traced.append(id(model))
+        return create(model, *args, **kwargs)
+
+    create = tv_fx.create_feature_extractor
+    monkeypatch.setattr(tv_fx, "create_feature_extractor", counting)
+    torch.manual_seed(0)
+    student = torchvision.models.resnet18(num_classes=10).eval()
+    teacher = torchvision.models.resnet34(num_classes=10).eval()
+    ext = TokenExtractor("torchvision")
+    x = torch.randn(2, 3, 64, 64)
+    for _ in range(3):  # a Distiller's order: student, teacher, student, ...
+        for model in (student, teacher):
+            tokens, logits = ext(model, x)
+            torch.testing.assert_close(logits, model(x))
+    assert traced == [id(student), id(teacher)]
+    assert pickle.loads(pickle.dumps(ext))(student, x)[0].shape == tokens.shape
+    gone = weakref.ref(teacher)
+    del teacher, model
+    gc.collect()
+    assert gone() is None  # the cache does not keep a model alive
 
 
 def test_torchvision_vit_drops_class_token():

@@ -11,7 +11,7 @@ import torch
 from lab_common.checkpoint import load_checkpoint
 from lab_common.cli import run_console
 from lab_common.distill import KDLoss, TensorImageDataset
-from lab_common.testing import run_torchrun
+from lab_common.testing import require_optional, run_torchrun
 from trg_kd.train import TrainConfig, check_graph_settings, main, parse_config, train
 
 
@@ -64,13 +64,23 @@ def test_options_build_the_config_and_its_trg_config():
 
 @pytest.fixture(scope="module")
 def kd_run(tmp_path_factory):
-    """A KD run (teacher trained here, then 1 student epoch) whose teacher.pt other tests reuse."""
+    """A KD run (teacher trained here, then 1 student epoch) whose teacher.pt other tests reuse.
+
+    It plots a t-SNE where scikit-learn (the ``tsne`` extra) is installed.
+    """
     out = tmp_path_factory.mktemp("kd")
-    result = train(config(out, method="kd", epochs=1, tsne=30), datasets=synthetic())
+    try:
+        import sklearn.manifold  # noqa: F401
+    except ImportError:
+        tsne = 0
+    else:
+        tsne = 30
+    result = train(config(out, method="kd", epochs=1, tsne=tsne), datasets=synthetic())
     return out, result
 
 
 def test_kd_method_is_the_shared_baseline_with_ce_one_and_plots_tsne(kd_run):
+    require_optional("sklearn")
     out, result = kd_run
     assert result.teacher is not None and (out / "teacher.pt").is_file()
     assert set(json.loads((out / "result.json").read_text())) >= {"loss_kd", "tsne_png"}

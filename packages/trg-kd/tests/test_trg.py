@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -236,3 +237,17 @@ def test_global_term_is_off_by_default_and_on_when_weighted():
     assert on["loss_global"].item() > 0
     for key in ("loss_ce", "loss_kd", "loss_inner", "loss_local"):  # the other terms unchanged
         torch.testing.assert_close(on[key], out[key])
+
+
+def test_one_token_per_image_warns_once_that_loss_inner_is_zero():
+    s_logits, t_logits, y, _, _ = _batch(b=8)  # 8 graph nodes: enough for k = 4
+    s_map, t_map = torch.randn(8, 8, 1, 1), torch.randn(8, 16, 1, 1)
+    loss = TRGLoss(8, 16)
+    with pytest.warns(UserWarning, match=r"student 1x1, teacher 1x1\) give 1 token per image"):
+        out = loss(s_logits, t_logits, y, s_map, t_map)
+    assert out["loss_inner"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(s_logits, t_logits, y, s_map, t_map)  # once per loss
+        TRGLoss(8, 16, inner_weight=0.0)(s_logits, t_logits, y, s_map, t_map)
+        TRGLoss(8, 16)(s_logits, t_logits, y, torch.randn(8, 8, 2, 2), torch.randn(8, 16, 2, 2))

@@ -5,14 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Sequence
 
 import pytest
 import torch
 
-__all__ = ["DEVICES", "CUDA_SKIP_REASON", "run_torchrun"]
+__all__ = [
+    "DEVICES",
+    "CUDA_SKIP_REASON",
+    "OPTIONAL_SKIP_PREFIX",
+    "require_optional",
+    "run_torchrun",
+]
 
 CUDA_SKIP_REASON = "no CUDA device on this machine; CUDA tests run where a GPU is present"
+#: How a skip for a missing optional dependency begins: ``optional dependency not installed:
+#: <module>`` (``tools/gpu_check.py`` reads it to tell such skips from a missing GPU).
+OPTIONAL_SKIP_PREFIX = "optional dependency not installed:"
 
 #: ``@pytest.mark.parametrize("device", DEVICES)``: CPU always, CUDA when available; the CUDA
 #: cases carry the ``cuda`` marker (``pytest -m cuda`` selects them).
@@ -27,6 +37,18 @@ DEVICES = [
         ],
     ),
 ]
+
+
+def require_optional(module: str) -> types.ModuleType:
+    """Import ``module`` (an optional dependency, e.g. ``pycocotools``), or skip the caller.
+
+    The skip reason is ``OPTIONAL_SKIP_PREFIX`` followed by the module's top-level name, so a
+    plain test run shows what is missing and the GPU check can tell it from a missing GPU.
+    Call it in a test or fixture (a module-level call skips the whole file).
+    """
+    __tracebackhide__ = True  # a skip reports the caller's line, not this one
+    top = module.partition(".")[0]
+    return pytest.importorskip(module, reason=f"{OPTIONAL_SKIP_PREFIX} {top}")
 
 
 def run_torchrun(

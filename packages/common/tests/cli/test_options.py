@@ -75,6 +75,13 @@ def test_run_console_exit_codes(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("error: --lr must be > 0, got -1")
 
+    def diverged(argv):
+        raise FloatingPointError("iteration 2: non-finite loss nan: lower --lr")
+
+    assert run_console(diverged) == 1  # the run started, then failed: not a user error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: iteration 2: non-finite loss nan: lower --lr")
+
     def bug(argv):
         raise RuntimeError("a bug keeps its traceback")
 

@@ -8,17 +8,21 @@ from lab_common.checkpoint import previous_generation, save_checkpoint
 from lab_common.cli import (
     ResumeSettingsError,
     check_resume_settings,
+    load_optimizer_state,
     prepare_run_dir,
     resume_run_state,
     save_run_state,
     truncate_metrics,
 )
 
+#: a trainer's own files (what ``overwrite`` may delete)
+RUN = ("last.pt", "last.prev.pt", "config.json", "metrics.jsonl")
+
 
 def test_fresh_run_creates_the_folder(tmp_path):
-    out = prepare_run_dir(tmp_path / "a" / "run", resume=False)
+    out = prepare_run_dir(tmp_path / "a" / "run", resume=False, run_files=RUN)
     assert out.is_dir()
-    assert prepare_run_dir(out, resume=False) == out  # empty folder: fine
+    assert prepare_run_dir(out, resume=False, run_files=RUN) == out  # empty folder: fine
 
 
 def test_fresh_run_into_a_previous_run_is_refused_unless_overwrite(tmp_path):
@@ -26,9 +30,9 @@ def test_fresh_run_into_a_previous_run_is_refused_unless_overwrite(tmp_path):
     save_checkpoint({"step": 12}, out / "last.pt")
     (out / "metrics.jsonl").write_text('{"step": 12}\n')
     with pytest.raises(FileExistsError, match="not empty; pass --resume .* --overwrite"):
-        prepare_run_dir(out, resume=False)
+        prepare_run_dir(out, resume=False, run_files=RUN)
     assert (out / "last.pt").is_file()  # nothing lost
-    prepare_run_dir(out, resume=False, overwrite=True)
+    prepare_run_dir(out, resume=False, run_files=RUN, overwrite=True)
     assert out.is_dir() and not any(out.iterdir())
 
 
@@ -37,29 +41,55 @@ def test_overwrite_replaces_a_run_killed_before_its_first_checkpoint(tmp_path):
     out.mkdir()
     (out / "config.json").write_text("{}")  # all such a run has written
     with pytest.raises(FileExistsError, match="not empty"):
-        prepare_run_dir(out, resume=False)
-    prepare_run_dir(out, resume=False, overwrite=True)
+        prepare_run_dir(out, resume=False, run_files=RUN)
+    prepare_run_dir(out, resume=False, run_files=RUN, overwrite=True)
     assert out.is_dir() and not any(out.iterdir())
 
 
 def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     with pytest.raises(FileExistsError, match="holds no previous run"):
-        prepare_run_dir(tmp_path, resume=False, overwrite=True)
+        prepare_run_dir(tmp_path, resume=False, run_files=RUN, overwrite=True)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_overwrite_deletes_the_run_files_only_and_never_an_input(tmp_path):
+    out = tmp_path / "run"
+    save_checkpoint({"step": 2}, out / "last.pt")
+    save_checkpoint({"step": 4}, out / "last.pt", keep_previous=True)
+    (out / ".metrics.jsonl.x1.tmp").write_text("{")  # an atomic write killed midway
+    (out / "notes.txt").write_text("mine")
+    (out / "other_run").mkdir()
+    (out / "other_run" / "config.json").write_text("{}")
+    (out / "teacher.pt").write_text("the input")
+    (out / "model").mkdir()  # a folder the trainer writes
+    (out / "model" / "weights.pt").write_text("w")
+    own = (*RUN, "teacher.pt", "model")
+    prepare_run_dir(out, resume=False, overwrite=True, run_files=own, keep=[out / "teacher.pt"])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "other_run", "teacher.pt"]
+    assert (out / "other_run" / "config.json").is_file()
+    # a folder holding only the run's inputs is empty to a fresh run
+    assert prepare_run_dir(tmp_path / "in", resume=False, run_files=RUN) == tmp_path / "in"
+    (tmp_path / "in" / "teacher.pt").write_text("the input")
+    prepare_run_dir(
+        tmp_path / "in", resume=False, run_files=RUN, keep=["", tmp_path / "in" / "teacher.pt"]
+    )
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare_run_dir(tmp_path / "in", resume=False, run_files=RUN)
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no last.pt in .*without --resume"):
-        prepare_run_dir(tmp_path, resume=True)
+        prepare_run_dir(tmp_path, resume=True, run_files=RUN)
     save_checkpoint({"step": 1}, previous_generation(tmp_path / "last.pt"))
-    assert prepare_run_dir(tmp_path, resume=True) == tmp_path  # the fallback generation counts
+    # the fallback generation counts
+    assert prepare_run_dir(tmp_path, resume=True, run_files=RUN) == tmp_path
     with pytest.raises(ValueError, match="contradict"):
-        prepare_run_dir(tmp_path, resume=True, overwrite=True)
+        prepare_run_dir(tmp_path, resume=True, run_files=RUN, overwrite=True)
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
-        prepare_run_dir(f, resume=False)
+        prepare_run_dir(f, resume=False, run_files=RUN)
 
 
 def test_changed_settings_are_refused_with_both_values():
@@ -76,6 +106,19 @@ def test_changed_settings_are_refused_with_both_values():
     with pytest.raises(ValueError, match="unknown settings \\['lrr'\\]"):
         check_resume_settings(stored, stored, allow_changed=["lrr"])
     check_resume_settings(stored, dict(stored))
+    with pytest.raises(ResumeSettingsError, match="--allow-changed method: .* cannot change"):
+        check_resume_settings(stored, current, allow_changed=allowed, fixed=["method", "seed"])
+
+
+def test_load_optimizer_state_keeps_this_runs_settings():
+    w = torch.nn.Parameter(torch.ones(2))
+    old = torch.optim.Adam([w], lr=0.1, weight_decay=0.5)
+    w.grad = torch.ones(2)
+    old.step()
+    new = torch.optim.Adam([w], lr=0.01)
+    load_optimizer_state(new, old.state_dict())
+    assert new.param_groups[0]["lr"] == 0.01 and new.param_groups[0]["weight_decay"] == 0
+    assert torch.equal(new.state[w]["exp_avg"], old.state[w]["exp_avg"])
 
 
 def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):

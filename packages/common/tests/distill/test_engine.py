@@ -301,3 +301,51 @@ def test_torchrun_two_processes_keep_ranks_identical(tmp_path):
     assert "stem.conv.weight" in moved
     saved = _weights(out / "student.pt")
     _assert_same(saved, r0)
+
+
+def test_workers_do_not_change_the_run(tmp_path):
+    """Augmentation is drawn per item from (seed, epoch, index): 0 or 2 workers, same weights."""
+    data = synthetic()
+    teacher = dict(teacher_checkpoint=None, epochs=1, teacher_epochs=1)
+    run_distillation(config(tmp_path / "w0", workers=0, **teacher), kd_factory, datasets=data)
+    run_distillation(config(tmp_path / "w2", workers=2, **teacher), kd_factory, datasets=data)
+    for name in ("teacher.pt", "student.pt"):
+        _assert_same(_weights(tmp_path / "w0" / name), _weights(tmp_path / "w2" / name))
+
+
+def test_changed_lr_on_resume_applies_from_the_resume_on(tmp_path, uninterrupted):
+    data = synthetic()
+    out = tmp_path / "lr"
+    shutil.copytree(uninterrupted[0], out)
+    (out / "student.pt").unlink()
+    (out / "result.json").unlink()
+    state = load_checkpoint(out / "student_last.prev.pt")  # after student epoch 2 of 3
+    torch.save(state, out / "student_last.pt")
+    run_distillation(
+        config(out, lr=0.5), kd_factory, resume=True, allow_changed=["lr"], datasets=data
+    )
+    records = [json.loads(r) for r in (out / "student_metrics.jsonl").read_text().splitlines()]
+    # the schedule's drop after epoch 2 of 3 applies to the new rate: epoch 3 runs at 0.5·0.1
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[1]["lr"] == pytest.approx(0.05) and records[2]["lr"] == pytest.approx(0.05)
+    assert load_checkpoint(out / "student_last.pt")["config"]["lr"] == 0.5
+
+
+def test_non_finite_evaluation_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from lab_common.distill import engine
+
+    data = synthetic()
+    run_distillation(config(tmp_path / "n", stop_after=1), kd_factory, datasets=data)  # teacher
+    run_distillation(config(tmp_path / "n", stop_after=1), kd_factory, resume=True, datasets=data)
+    real = engine.evaluate
+    monkeypatch.setattr(
+        engine, "evaluate", lambda *a, **k: {**real(*a, **k), "test_loss": float("nan")}
+    )
+    with pytest.raises(
+        FloatingPointError, match="student epoch 2: non-finite test_loss.*after epoch 1 is kept"
+    ):
+        run_distillation(config(tmp_path / "n"), kd_factory, resume=True, datasets=data)
+    assert load_checkpoint(tmp_path / "n/student_last.pt")["epoch"] == 1
+    assert not (tmp_path / "n/result.json").exists()
+    records = (tmp_path / "n/student_metrics.jsonl").read_text()
+    assert "NaN" not in records and len(records.splitlines()) == 1

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lab_common.distill import KDLoss, kd_loss, softened_kl_div
+from lab_common.distill.kd import KD_DEFAULTS
 
 
 def test_matches_the_definition_and_is_zero_for_equal_logits():
@@ -105,8 +106,6 @@ def test_kd_bad_weights_targets_and_shapes_are_named():
         KDLoss(ce_weight=1.0, kd_weight=1.0, temperature=-1.0)
     with pytest.raises(ValueError, match="kd_weight=-1"):
         KDLoss(ce_weight=1.0, kd_weight=-1, temperature=4.0)
-    with pytest.raises(TypeError):
-        KDLoss(temperature=4.0)  # the weights have no default baseline
     s, t = torch.randn(2, 4), torch.randn(2, 4)
     with pytest.raises(ValueError, match=r"integer class indices of shape \(2,\)"):
         kd_loss(s, t, torch.zeros(2), ce_weight=1.0, kd_weight=1.0, temperature=4.0)
@@ -114,3 +113,16 @@ def test_kd_bad_weights_targets_and_shapes_are_named():
         kd_loss(
             s, torch.randn(2, 5), torch.zeros(2).long(), ce_weight=1, kd_weight=1, temperature=4
         )
+
+
+def test_default_module_is_kd_defaults():
+    assert KD_DEFAULTS == {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
+    loss = KDLoss()
+    assert (loss.ce_weight, loss.kd_weight, loss.temperature) == (1.0, 1.0, 4.0)
+    assert KDLoss(temperature=2.0).kd_weight == 1.0
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    y = torch.tensor([0, 1, 4, 2])
+    out, expected = loss(s, t, y), kd_loss(s, t, y, **KD_DEFAULTS)
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key])

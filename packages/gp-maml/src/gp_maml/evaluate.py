@@ -3,7 +3,8 @@
 Loads a checkpoint written by ``gp_maml.train`` and reports the mean query accuracy over
 ``--tasks`` episodes (default 10,000; at least 600) with a 95% confidence interval. The test
 data is always explicit (``--data-root``, no fallback to the training root), and classes the
-checkpoint trained on are refused unless ``--allow-train-classes``. Options share the
+checkpoint trained on are refused unless ``--allow-train-classes``, and so is a checkpoint with
+non-finite weights (a diverged run). Options share the
 trainers' names and meanings (``--data-root``, ``--batch-size``, ``--seed``, ``--device``,
 ``--no-progress``); ``--out`` names a JSON file for the result, checked to be writable before
 the evaluation starts and written atomically.
@@ -72,7 +73,8 @@ def evaluate(
             (``MetaLearner``'s ``pick_threshold``; default: the checkpoint's rule).
         fallback_threshold: GP learners: test with class-balanced picking that falls back to
             this confidence share where it picks nothing (``MetaLearner``'s
-            ``fallback_threshold``). Either threshold replaces the checkpoint's picking rule.
+            ``fallback_threshold``). Either threshold replaces the checkpoint's picking rule;
+            both are refused for a base learner (MAML, ANIL, BOIL), which picks nothing.
         batch_size: tasks per forward (default: the training ``batch_size``).
         seed: seed of the test episodes.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -82,13 +84,22 @@ def evaluate(
         show_progress: progress bar or progress lines.
 
     Raises:
-        ValueError: too few tasks, or test classes the checkpoint trained on (named).
+        ValueError: too few tasks, test classes the checkpoint trained on (named), a checkpoint
+            with non-finite weights, or a picking threshold for a base learner.
     """
     if tasks < min_tasks:
         raise ValueError(f"tasks={tasks} is too few for a meaningful 95% CI; use >= {min_tasks}")
     if data_root is None or str(data_root) == "":
         raise ValueError("data_root is required: pass the test data (--data-root)")
     state = load_checkpoint(checkpoint, fallback=True)
+    weights = state["learner"]
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(
+            f"{checkpoint} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): its run "
+            "diverged; evaluate an earlier checkpoint (best.pt, last.prev.pt) or train again "
+            "with a lower --lr / --inner-lr"
+        )
     cfg = dataclasses.replace(
         TrainConfig.from_dict(state["config"]),
         progress=False,
@@ -96,6 +107,12 @@ def evaluate(
         alphabets=tuple(alphabets),
     )
     if pick_threshold is not None or fallback_threshold is not None:
+        if not cfg.method.startswith("gp-"):
+            option = "--pick-threshold" if pick_threshold is not None else "--fallback-threshold"
+            raise ValueError(
+                f"{option} applies to GP learners only; {checkpoint} holds a {cfg.method!r} "
+                "learner, which picks no queries: drop the option"
+            )
         cfg = dataclasses.replace(
             cfg, pick_threshold=pick_threshold, fallback_threshold=fallback_threshold
         )

@@ -259,8 +259,14 @@ class MetaLearner(nn.Module):
                 )
             relation_net = RelationNet(num_features)
         self.relation_net = relation_net if self.gp else None
-        if separate_lp_encoder and not self.gp:
-            raise ValueError(f"separate_lp_encoder applies to GP methods only, not {method!r}")
+        gp_only = dict(
+            separate_lp_encoder=separate_lp_encoder,
+            pick_threshold=pick_threshold,
+            fallback_threshold=fallback_threshold,
+        )
+        for name, value in gp_only.items():
+            if value not in (None, False) and not self.gp:
+                raise ValueError(f"{name} applies to GP methods only, not {method!r}")
         # a copy of the body in the vmap-safe layers, its own parameters
         self.lp_encoder = (
             copy.deepcopy(_Network.of(model, head, batch_norm=BatchNorm2d, max_pool=MaxPool2d).body)

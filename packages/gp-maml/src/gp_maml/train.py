@@ -1,13 +1,17 @@
 """Meta-training CLI: ``python -m gp_maml.train`` / ``gp-maml-train``.
 
-Writes to ``--out``: ``last.pt`` (atomic, every ``--ckpt-every`` iterations and at the end),
-``best.pt`` (best validation accuracy; none with ``--val-every 0``), ``config.json``,
-``metrics.jsonl`` and ``curves.png``. ``--resume`` continues exactly from ``last.pt``
-(parameters, optimizer, scheduler, sampler and RNG states, iteration; ``last.prev.pt``, the
-generation before, when ``last.pt`` is unreadable). A fresh run refuses a non-empty ``--out``
-unless ``--overwrite``; ``--resume`` refuses settings that differ from the checkpoint's unless
+Writes to ``--out`` the files of ``RUN_FILES``: ``last.pt`` (atomic, every ``--ckpt-every``
+iterations and at the end; the generation before as ``last.prev.pt``), ``best.pt`` (best
+validation accuracy; none with ``--val-every 0``), ``config.json``, ``metrics.jsonl`` and
+``curves.png``; ``--overwrite`` deletes these and nothing else. ``--resume`` continues exactly
+from ``last.pt`` (parameters, optimizer, sampler and RNG states, iteration; ``last.prev.pt``
+when ``last.pt`` is unreadable). A fresh run refuses a non-empty ``--out`` unless
+``--overwrite``; ``--resume`` refuses settings that differ from the checkpoint's unless
 ``--allow-changed`` names them (the run-only settings ``device``, ``progress``, ``threads``
-and ``out`` may always differ). Every checkpoint records the classes it trained on
+and ``out`` may always differ; the ``FIXED`` ones never), and a changed setting applies from
+the resume on (the learning-rate schedule is recomputed from the settings at the resumed
+iteration). A non-finite loss stops the run with a ``FloatingPointError`` before any
+non-finite state is saved. Every checkpoint records the classes it trained on
 (``train_classes``), which ``gp-maml-evaluate`` refuses to test on. Python callers pass a
 ``TrainConfig`` to ``train``; the command line only builds one.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from lab_common.cli import (
     add_run_arguments,
     check_resume_settings,
     config_from_args,
+    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -62,6 +68,20 @@ RELATION_NETS = ("mlp", "tpn")
 RUN_ONLY = ("device", "progress", "threads", "out")
 """Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
 run's numbers)."""
+FIXED = (
+    "method",
+    "preset",
+    "backbone",
+    "dataset",
+    "ways",
+    "relation_net",
+    "separate_lp_encoder",
+    "seed",
+)
+"""Settings a ``--resume`` may not change: the checkpoint's learner is of that model, and its
+sampler's and torch's RNG states continue the seed's streams."""
+RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "config.json", "metrics.jsonl", "curves.png")
+"""What a run writes in ``--out``: what ``--overwrite`` deletes."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +176,13 @@ class TrainConfig:
                 object.__setattr__(self, "self_loops", True)
                 object.__setattr__(self, "relation_net", "tpn")
                 object.__setattr__(self, "separate_lp_encoder", self.method == "gp-anil")
-        if self.separate_lp_encoder and not self.method.startswith("gp-"):
-            raise ValueError(
-                f"separate_lp_encoder applies to GP methods only, not {self.method!r}; drop "
-                "--separate-lp-encoder or use a gp-* method"
-            )
+        if not self.method.startswith("gp-"):
+            for name in ("separate_lp_encoder", "pick_threshold", "fallback_threshold"):
+                if getattr(self, name) not in (None, False):
+                    raise ValueError(
+                        f"{name} applies to GP methods only, not {self.method!r}; drop "
+                        f"--{name.replace('_', '-')} or use a gp-* method"
+                    )
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2, got {self.ways}")
         for name in (
@@ -203,11 +225,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """The config of ``values`` (e.g. a checkpoint's ``"config"``); lists become tuples,
-        0.1's ``meta_batch`` is read as ``batch_size``, and a config without ``self_loops``
-        (stored before the field existed) gets ``False``, the graph it was trained with."""
+        0.1's ``meta_batch`` is read as ``batch_size``, a config without ``self_loops``
+        (stored before the field existed) gets ``False``, the graph it was trained with, and a
+        base learner's picking thresholds (inert, accepted until 0.2) are dropped."""
         values = dict(values)
         # written before the field existed, when the graph's diagonal was always zeroed
         values.setdefault("self_loops", False)
+        if not values.get("method", cls.method).startswith("gp-"):
+            values.pop("pick_threshold", None)
+            values.pop("fallback_threshold", None)
         if "meta_batch" in values:
             values.setdefault("batch_size", values.pop("meta_batch"))
         for name in ("milestones", "alphabets"):
@@ -276,6 +302,16 @@ def load_run_split(cfg: TrainConfig, split: str) -> FewShotDataset:
     return data
 
 
+def _scheduled_lr(cfg: TrainConfig, iteration: int) -> float:
+    """The learning rate after ``iteration`` steps of ``cfg``'s schedule, computed as
+    ``MultiStepLR`` does (the same float operations: a resumed run matches bit for bit)."""
+    lr = cfg.lr
+    for milestone, count in sorted(Counter(cfg.milestones).items()):
+        if milestone <= iteration:
+            lr *= cfg.gamma**count
+    return lr
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -289,25 +325,43 @@ def train(
     Args:
         resume: continue from ``<cfg.out>/last.pt`` (or ``last.prev.pt``, with a warning, when
             ``last.pt`` is unreadable); metrics records written after that checkpoint are
-            dropped.
-        overwrite: replace a previous run in ``cfg.out`` (a fresh run refuses a non-empty
-            folder otherwise).
+            dropped. A resume with nothing left to train leaves the folder as it is.
+        overwrite: delete a previous run's files (``RUN_FILES``) in ``cfg.out``, and nothing
+            else (a fresh run refuses a non-empty folder otherwise).
         allow_changed: with ``resume``, settings that may differ from the checkpoint's (e.g.
-            ``("iterations",)``); ``RUN_ONLY`` settings always may.
+            ``("iterations", "lr")``; not the ``FIXED`` ones); they apply from the resume on.
+            ``RUN_ONLY`` settings always may.
 
     Raises:
         FileExistsError: a fresh run into a non-empty ``cfg.out`` without ``overwrite``.
-        ValueError: changed settings on resume, or a corrupt checkpoint (``CheckpointError``).
+        ValueError: changed or fixed settings on resume, ``cfg.iterations`` below the
+            checkpoint's iteration, or a corrupt checkpoint (``CheckpointError``).
+        FloatingPointError: a non-finite loss (or parameters); the checkpoints written before
+            it are kept, and no non-finite state is saved.
     """
-    out = prepare_run_dir(cfg.out, resume=resume, overwrite=overwrite)
+    out = prepare_run_dir(
+        cfg.out, resume=resume, overwrite=overwrite, run_files=RUN_FILES, keep=(cfg.data_root,)
+    )
     last_path = out / "last.pt"
     state = None
+    start, best = 0, -1.0
     if resume:  # before any data is read: a refused resume fails at once
         state = load_checkpoint(last_path, fallback=True)
         stored = TrainConfig.from_dict(state["config"])
         check_resume_settings(
-            asdict(stored), asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY
+            asdict(stored),
+            asdict(cfg),
+            allow_changed=allow_changed,
+            always_allowed=RUN_ONLY,
+            fixed=FIXED,
         )
+        start, best = state["iteration"], state["best_val"]
+        if start > cfg.iterations:
+            raise ValueError(
+                f"--resume: {last_path} is at iteration {start}, past --iterations "
+                f"{cfg.iterations}; a run cannot be shortened below its checkpoint, pass "
+                f"--iterations {start} or more"
+            )
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -325,24 +379,39 @@ def train(
     learner = build_learner(cfg, train_data).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
-    start, best = 0, -1.0
     if state is not None:
         learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(optimizer, state["optimizer"])  # cfg's lr, from the resume on
+        scheduler.last_epoch = start
+        for group in optimizer.param_groups:
+            group["lr"] = _scheduled_lr(cfg, start)
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-        start, best = state["iteration"], state["best_val"]
         truncate_metrics(out / "metrics.jsonl", "step", start)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if start < cfg.iterations:  # the record of what runs; a finished run stays as it is
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     logger = MetricsLogger(out / "metrics.jsonl")
+    saved = start if state is not None else None
+
+    def diverged(step: int, what: str) -> FloatingPointError:
+        if saved is None:
+            return FloatingPointError(
+                f"iteration {step}: {what}: the run diverged before its first checkpoint; "
+                "lower --lr or --inner-lr and start again with --overwrite"
+            )
+        return FloatingPointError(
+            f"iteration {step}: {what}: the run diverged; lower --lr or --inner-lr. {last_path} "
+            f"holds iteration {saved}, the last finite state: continue from it with --resume "
+            "--allow-changed lr inner_lr, or start again with --overwrite"
+        )
 
     def checkpoint(path: Path, iteration: int) -> None:
+        if not all(torch.isfinite(p).all() for p in learner.parameters()):
+            raise diverged(iteration, "non-finite parameters")
         save_checkpoint(
             {
                 "learner": learner.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "sampler": sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "iteration": iteration,
@@ -358,6 +427,7 @@ def train(
     per_task_backward = learner.resolved_batching(device) == "loop"
     bar = progress(range(start, cfg.iterations), enabled=cfg.progress, desc=cfg.method)
     for it in bar:
+        step = it + 1
         ep = sampler.sample_batch(cfg.batch_size).to(device)
         optimizer.zero_grad(set_to_none=True)
         if per_task_backward:  # same gradients, one task's graph alive at a time
@@ -365,9 +435,10 @@ def train(
         else:
             result = learner(ep.xs, ep.ys, ep.xq, ep.yq)
             result.loss.backward()
+        if not torch.isfinite(result.loss):
+            raise diverged(step, f"non-finite loss {result.loss.item()}")
         optimizer.step()
         scheduler.step()
-        step = it + 1
         if step % cfg.log_every == 0 or step == cfg.iterations:
             record = logger.log(
                 step=step,
@@ -391,6 +462,7 @@ def train(
                     checkpoint(out / "best.pt", step)
         if step % cfg.ckpt_every == 0 or step == cfg.iterations:
             checkpoint(last_path, step)
+            saved = step
     try:
         plot_metrics(out / "metrics.jsonl", out / "curves.png", x_key="step")
     except (ValueError, FileNotFoundError) as err:  # nothing numeric logged yet
@@ -528,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def cli() -> int:
-    """Console-script entry point: exit status 0 on success, 2 on a user error."""
+    """Console-script entry point: exit status 0 on success, 2 on a user error, 1 (one line)
+    when the run diverges (a non-finite loss)."""
     return run_console(main, prog="gp-maml-train")
 
 

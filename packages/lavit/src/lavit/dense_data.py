@@ -138,8 +138,6 @@ def make_scenes(
     Returns:
         The folder.
     """
-    from pycocotools import mask as mask_utils
-
     _check_split(split)
     if num_images < 1 or not classes or len(set(classes)) != len(classes):
         raise ValueError(f"need num_images >= 1 and distinct classes, got {num_images}, {classes}")
@@ -148,6 +146,8 @@ def make_scenes(
     lo, hi = objects_per_image
     if not 1 <= lo <= hi:
         raise ValueError(f"objects_per_image must be (min, max) with 1 <= min <= max, got {lo, hi}")
+    from pycocotools import mask as mask_utils  # lavit[detection]; after the argument checks
+
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=False)
     (out / "masks").mkdir()

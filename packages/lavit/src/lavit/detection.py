@@ -10,6 +10,12 @@ one dict of ``boxes``/``labels``/``scores`` (and ``masks``) per image. Images ar
 ``(3, H, W)`` float tensors in ``[0, 1]``; torchvision resizes them (``min_size``/``max_size``)
 and pads the batch to a multiple of 32, which a windowed LaViT accepts at any size.
 
+The builders take torchvision's keywords: ``trainable_backbone_layers=k`` freezes all but the
+last ``k`` backbone stages (the stem with the first stage); ``weights`` and
+``weights_backbone`` raise a ``ValueError`` when set, as no trained LaViT weights exist
+(``backbone_kwargs=dict(pretrained=True, pretrained_cfg_overlay=dict(file=...))`` loads a
+checkpoint of your own into the backbone).
+
 :func:`train_detector` and :func:`evaluate_detector` (COCO box/mask AP with pycocotools) are the
 library side of a detection trainer.
 """
@@ -18,6 +24,7 @@ import contextlib
 import io
 import math
 import os
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -53,6 +60,57 @@ __all__ = [
 ]
 
 
+_STAGE = re.compile(r"(?:^|\.)stages[._](\d+)$")
+
+
+def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:
+    """Freeze all of ``body`` but its last ``trainable_layers`` stages (torchvision's meaning).
+
+    Stages are the modules named ``stages.<i>`` / ``stages_<i>`` (timm's layout: LaViT, PVTv2,
+    ConvNeXt); everything else in ``body`` (a stem) is frozen with the first stage, so
+    ``trainable_layers`` is in ``0..n_stages`` and ``n_stages`` keeps everything trainable.
+    """
+    stages = {int(m[1]): mod for name, mod in body.named_modules() if (m := _STAGE.search(name))}
+    if not stages:
+        raise ValueError(
+            f"trainable_backbone_layers needs a backbone with stages named stages.<i> (timm's "
+            f"layout); {type(body).__name__} has none: call requires_grad_(False) on the "
+            "parts of model.backbone.body to freeze instead"
+        )
+    if not 0 <= trainable_layers <= len(stages):
+        raise ValueError(
+            f"trainable_backbone_layers must be in 0..{len(stages)} (stages trained, counted "
+            f"from the last), got {trainable_layers}"
+        )
+    if trainable_layers == len(stages):
+        return
+    keep = {
+        id(p)
+        for i in sorted(stages)[len(stages) - trainable_layers :]
+        for p in stages[i].parameters()
+    }
+    for p in body.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+
+
+def _check_weights(weights: object, weights_backbone: object) -> None:
+    """Refuse torchvision's ``weights`` / ``weights_backbone``: no trained LaViT weights exist."""
+    if weights is not None:
+        raise ValueError(
+            f"weights={weights!r}: no trained LaViT detection or segmentation weights exist; "
+            "train a model (lavit-train-dense, train_detector, train_segmenter) and load it "
+            "with model.load_state_dict(...)"
+        )
+    if weights_backbone is not None:
+        raise ValueError(
+            f"weights_backbone={weights_backbone!r}: no pretrained LaViT weights exist; load a "
+            "checkpoint of your own with backbone_kwargs=dict(pretrained=True, "
+            "pretrained_cfg_overlay=dict(file=path, num_classes=its_num_classes)) (or "
+            "timm's own weights of another backbone with backbone_kwargs=dict(pretrained=True))"
+        )
+
+
 class FPNBackbone(nn.Module):
     """timm pyramid features -> torchvision FPN: ``(B, 3, H, W) -> OrderedDict`` of maps.
 
@@ -60,7 +118,8 @@ class FPNBackbone(nn.Module):
     or a ready ``features_only`` module with ``feature_info``. The output dict has keys
     ``"0", "1", ...`` (one per ``out_indices`` entry, finest first) plus the extra block's
     (``"pool"`` / ``"p6", "p7"``), each ``(B, out_channels, h, w)``; ``out_channels`` is the
-    attribute torchvision's detectors read.
+    attribute torchvision's detectors read. ``trainable_layers``: the backbone stages left
+    trainable, counted from the last; the rest, stem included, is frozen (None: all trainable).
     """
 
     def __init__(
@@ -69,6 +128,7 @@ class FPNBackbone(nn.Module):
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
         out_channels: int = 256,
         extra_blocks: ExtraFPNBlock | None = None,
+        trainable_layers: int | None = None,
         **backbone_kwargs,
     ):
         super().__init__()
@@ -86,6 +146,8 @@ class FPNBackbone(nn.Module):
                 f"{type(backbone).__name__} has no feature_info: pass a timm name or a "
                 "timm features_only model"
             )
+        if trainable_layers is not None:
+            _freeze_stages(backbone, trainable_layers)
         self.body = backbone
         self.fpn = FeaturePyramidNetwork(
             backbone.feature_info.channels(), out_channels, extra_blocks=extra_blocks
@@ -102,18 +164,27 @@ def retinanet_fpn(
     num_classes: int = 91,
     fpn_channels: int = 256,
     backbone_kwargs: dict | None = None,
+    *,
+    weights: None = None,
+    weights_backbone: None = None,
+    trainable_backbone_layers: int | None = None,
     **detector_kwargs,
 ) -> RetinaNet:
     """torchvision ``RetinaNet`` on P3-P7: backbone strides 8/16/32 + P6/P7 from P5.
 
     ``num_classes`` counts the background like torchvision (COCO: 91). ``detector_kwargs``
     go to ``RetinaNet`` (``min_size``, ``max_size``, ``score_thresh``, ...).
+    ``trainable_backbone_layers``: the backbone stages left trainable, counted from the last
+    (None: all; see :class:`FPNBackbone`). ``weights`` / ``weights_backbone`` must be None:
+    no trained LaViT weights exist.
     """
+    _check_weights(weights, weights_backbone)
     body = FPNBackbone(
         backbone,
         out_indices=(1, 2, 3),
         out_channels=fpn_channels,
         extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+        trainable_layers=trainable_backbone_layers,
         **(backbone_kwargs or {}),
     )
     return RetinaNet(body, num_classes=num_classes, **detector_kwargs)
@@ -124,18 +195,24 @@ def maskrcnn_fpn(
     num_classes: int = 91,
     fpn_channels: int = 256,
     backbone_kwargs: dict | None = None,
+    *,
+    weights: None = None,
+    weights_backbone: None = None,
+    trainable_backbone_layers: int | None = None,
     **detector_kwargs,
 ) -> MaskRCNN:
     """torchvision ``MaskRCNN`` on P2-P6: backbone strides 4-32 + a max-pooled P6.
 
     ``num_classes`` counts the background like torchvision. ``detector_kwargs`` go to
-    ``MaskRCNN``.
+    ``MaskRCNN``; the other keywords as in :func:`retinanet_fpn`.
     """
+    _check_weights(weights, weights_backbone)
     body = FPNBackbone(
         backbone,
         out_indices=(0, 1, 2, 3),
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
+        trainable_layers=trainable_backbone_layers,
         **(backbone_kwargs or {}),
     )
     return MaskRCNN(body, num_classes=num_classes, **detector_kwargs)

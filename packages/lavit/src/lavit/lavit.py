@@ -35,6 +35,10 @@ The attention of a stage's last block is carried into the next stage's first VA 
 
 No global state: auxiliary diagonality-preserving losses are returned by
 ``model(x, return_aux=True) -> (logits, {"loss_dp": scalar})``.
+
+FX: what depends on the input size (the input check, the window geometry, position-embedding
+resampling, masks) runs in functions wrapped with ``torch.fx.wrap``, so a graph traced by
+``torch.fx`` or torchvision's ``create_feature_extractor`` runs at every size the model does.
 """
 
 import math
@@ -130,6 +134,55 @@ class StageGeometry:
         return x.reshape(b, -1, c)
 
 
+@torch.fx.wrap
+def _stage_geometry(grid: Grid, window: Grid | None, device: torch.device) -> StageGeometry:
+    """The :class:`StageGeometry` of a run-time ``grid``; in an FX graph, made from the input."""
+    return StageGeometry(grid, window, device)
+
+
+@torch.fx.wrap
+def _add_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` ``(..., N_q, N_k)`` plus an additive ``mask`` broadcast to them, if any."""
+    return scores if mask is None else scores + mask
+
+
+@torch.fx.wrap
+def _fused_mask(
+    key_mask: torch.Tensor | None,
+    attn_bias: torch.Tensor | None,
+    batch: int,
+    num_windows: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """Additive ``attn_mask`` of the fused kernel, ``(B * n_windows, heads or 1, N_q, N_k)``.
+
+    ``key_mask`` ``(n_windows, 1, 1, N_k)`` (padded keys) plus ``attn_bias``
+    ``(B, n_windows, heads, N_q, N_k)``; None when both are None.
+    """
+    mask = key_mask
+    if attn_bias is not None:
+        mask = attn_bias if mask is None else attn_bias + mask
+    if mask is None:
+        return None
+    return mask.to(dtype).expand(batch, num_windows, -1, -1, -1).flatten(0, 1)
+
+
+@torch.fx.wrap
+def _scale_partial_windows(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Scale the rows of ``(B, n_windows, H, n, n)`` scores by each window's share of real keys."""
+    if valid is None:
+        return scores
+    real = valid.sum(-1).to(scores.dtype) / valid.shape[-1]
+    return scores * real[:, None, None, None]
+
+
+@torch.fx.wrap
+def _window_dp_loss(attn: torch.Tensor, variant: str, valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`dp_loss` of ``(B, n_windows, H, n, n)`` maps, padded tokens (``valid`` False) out."""
+    return dp_loss(attn, variant, valid=None if valid is None else valid[:, None, :])
+
+
+@torch.fx.wrap
 def _pool_query_grid(attn: torch.Tensor, q_grid: Grid, out_grid: Grid) -> torch.Tensor:
     """Average attention rows over the query grid: ``(..., Nq, Nk) -> (..., No, Nk)``."""
     if q_grid == out_grid:
@@ -170,8 +223,7 @@ class SpatialReduction(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        b, _, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, *grid)
+        x = x.transpose(1, 2).unflatten(2, grid)
         return self.norm(self.conv(x).flatten(2).transpose(1, 2))
 
 
@@ -202,16 +254,17 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
         if self.dwconv is None:
             return self._plain(x)
-        t = geom.merge(self.fc1(x))
-        b, _, c = t.shape
-        t = self.dwconv(t.transpose(1, 2).reshape(b, c, *geom.grid))
+        t = self.dwconv(geom.merge(self.fc1(x)).transpose(1, 2).unflatten(2, geom.grid))
         x = self.drop1(self.act(geom.partition(t.flatten(2).transpose(1, 2))))
         return self.drop2(self.fc2(x))
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        """The token-wise MLP, ``chunk_size`` rows at a time while no gradient is recorded."""
-        rows = x.shape[:-1].numel()
-        if not 0 < self.chunk_size < rows or torch.is_grad_enabled():
+        """The token-wise MLP, ``chunk_size`` rows at a time while no gradient is recorded.
+
+        An FX graph runs it in one pass: the number of rows is not known while tracing.
+        """
+        rows = None if isinstance(x, torch.fx.Proxy) else x.shape[:-1].numel()
+        if rows is None or not 0 < self.chunk_size < rows or torch.is_grad_enabled():
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
         out = x.new_empty(*x.shape[:-1], self.fc2.out_features)
         flat_in, flat_out = x.reshape(rows, -1), out.view(rows, -1)
@@ -276,26 +329,21 @@ class Attention(nn.Module):
         kv_in = x if self.sr is None else self.sr(x.squeeze(1), geom.grid).unsqueeze(1)
         kv = self.kv(kv_in).reshape(b, w, -1, 2, self.num_heads, self.head_dim)
         k, v = kv.permute(3, 0, 1, 4, 2, 5).unbind(0)
-        mask = geom.key_mask
-        if attn_bias is not None:
-            mask = attn_bias if mask is None else attn_bias + mask
         handed = None
         if self.fused_attn and hand_on is None:
             # 4-D (B * n_windows, heads, N, d): 5-D inputs miss the fused CPU kernels
-            if mask is not None:
-                mask = mask.to(q.dtype).expand(b, w, *mask.shape[-3:]).flatten(0, 1)
             x = F.scaled_dot_product_attention(
                 q.flatten(0, 1),
                 k.flatten(0, 1),
                 v.flatten(0, 1),
-                attn_mask=mask,
+                attn_mask=_fused_mask(geom.key_mask, attn_bias, b, w, q.dtype),
                 dropout_p=self.attn_drop.p if self.training else 0.0,
             ).reshape(q.shape)
         else:
             s = (q * self.scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
                 s = s + attn_bias
-            p = (s if geom.key_mask is None else s + geom.key_mask).softmax(dim=-1)
+            p = _add_mask(s, geom.key_mask).softmax(dim=-1)
             x = _flat_dropout(self.attn_drop, p) @ v
             handed = p if hand_on == "probs" else s if hand_on == "logits" else None
         x = x.transpose(2, 3).reshape(b, w, n, c)
@@ -372,19 +420,17 @@ class LessAttention(nn.Module):
         v_in = x if self.sr is None else self.sr(x.squeeze(1), geom.grid).unsqueeze(1)
         v = self.v(v_in).reshape(b, w, -1, self.num_heads, self.head_dim).transpose(2, 3)
         scores = self.transform(prev)
-        if self.init_scale != 1.0 and geom.valid is not None:
+        if self.init_scale != 1.0:
             # Psi's N_k * I is sized for full windows: rows of a window with n < N_k real keys
             # are scaled by n / N_k, so there too Softmax(n P) = P to first order at the start
-            real = geom.valid.sum(-1).to(scores.dtype) / geom.valid.shape[-1]
-            scores = scores * real[:, None, None, None]
-        probs = (scores if geom.key_mask is None else scores + geom.key_mask).softmax(dim=-1)
+            scores = _scale_partial_windows(scores, geom.valid)
+        probs = _add_mask(scores, geom.key_mask).softmax(dim=-1)
         loss = None
         if compute_aux:
             target = (probs if self.dp_loss_variant == "intended" else scores).float()
-            valid = None if geom.valid is None else geom.valid[:, None, :]
             if self.dp_pool_grids is not None:
                 target = _pool_query_grid(target, *self.dp_pool_grids)
-            loss = dp_loss(target, self.dp_loss_variant, valid=valid)
+            loss = _window_dp_loss(target, self.dp_loss_variant, geom.valid)
         x = (_flat_dropout(self.attn_drop, probs) @ v).transpose(2, 3).reshape(b, w, n, c)
         handed = probs if hand_on == "probs" else scores if hand_on == "logits" else None
         return self.proj_drop(self.proj(x)), handed, loss
@@ -514,6 +560,19 @@ class AttentionDownsample(nn.Module):
         return x.unsqueeze(1)
 
 
+@torch.fx.wrap
+def _group_windows(attn: torch.Tensor, counts_in: Grid, counts_out: Grid) -> torch.Tensor:
+    """``(B, ph * pw, H, n, n)`` -> ``(B, nh * nw, H, 4, n, n)``: the ``2 x 2`` previous-stage
+    windows under each next-stage window (windows of padding only as zeros)."""
+    b, _, h, n, _ = attn.shape
+    (nh, nw), (ph, pw) = counts_out, counts_in
+    x = attn.reshape(b, ph, pw, h, n, n)
+    if (2 * nh, 2 * nw) != (ph, pw):
+        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, 2 * nw - pw, 0, 2 * nh - ph))
+    x = x.reshape(b, nh, 2, nw, 2, h, n, n).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, nh * nw, h, 4, n, n)
+
+
 def _cell_pooling(window: Grid) -> torch.Tensor:
     """``(4, n, n)`` 0/1 matrices: token ``s`` of previous-stage window ``p`` (of the 2x2
     windows under one next-stage window) lies in the 2x2 cell of next-stage token ``t``."""
@@ -554,13 +613,7 @@ class WindowAttentionDownsample(nn.Module):
     def forward(
         self, attn: torch.Tensor, geom_in: StageGeometry, geom_out: StageGeometry
     ) -> torch.Tensor:
-        b, _, h, n, _ = attn.shape
-        (nh, nw), (ph, pw) = geom_out.counts, geom_in.counts
-        x = attn.reshape(b, ph, pw, h, n, n)
-        if (2 * nh, 2 * nw) != (ph, pw):  # windows of padding only, as zeros
-            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, 2 * nw - pw, 0, 2 * nh - ph))
-        x = x.reshape(b, nh, 2, nw, 2, h, n, n).permute(0, 1, 3, 5, 2, 4, 6, 7)
-        x = x.reshape(b, nh * nw, h, 4, n, n)
+        x = _group_windows(attn, geom_in.counts, geom_out.counts)
         pq, pk = self.pool_q.to(x.dtype), self.pool_k.to(x.dtype)
         x = torch.einsum("pts,bwhpsu,pvu->bwtvh", pq, x, pk)
         return self.head_mix(x).permute(0, 1, 4, 2, 3)
@@ -654,10 +707,8 @@ class LaViTStage(nn.Module):
         compute_aux: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, StageGeometry] | None, list[torch.Tensor]]:
         x, grid = self.patch_embed(x)
-        pos = self.pos_embed
-        if grid != self.grid_size:
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), 0)
-        geom = StageGeometry(grid, self.window, x.device)
+        pos = _pos_embed_at(self.pos_embed, grid, self.grid_size)
+        geom = _stage_geometry(grid, self.window, x.device)
         # the whole stage runs in window layout: all but attention (and the optional dwconv)
         # act per token, and padded tokens are masked as keys, so they never reach real ones
         x = geom.partition(x + pos)
@@ -677,12 +728,65 @@ class LaViTStage(nn.Module):
         return x, (None if attn is None else (attn, geom)), losses
 
 
+@torch.fx.wrap
+def _pos_embed_at(pos: torch.Tensor, grid: Grid, grid_size: Grid) -> torch.Tensor:
+    """A ``(1, N, C)`` position embedding of ``grid_size``, resampled to ``grid`` if it differs."""
+    if grid == grid_size:
+        return pos
+    return resample_abs_pos_embed(pos, list(grid), list(grid_size), 0)
+
+
 def _nearest_multiples(size: int, step: int) -> list[int]:
     """The multiples of ``step`` (at least ``step``) just below and above ``size``."""
     if size % step == 0 and size >= step:
         return [size]
     low = max(step, size // step * step)
     return sorted({low, max(low, -(-size // step) * step)})
+
+
+def _flag(value: bool) -> bool:
+    """A forward flag; False for an FX placeholder (a graph traced without ``concrete_args``)."""
+    return False if isinstance(value, torch.fx.Proxy) else value
+
+
+@torch.fx.wrap
+def _check_input(
+    x: torch.Tensor, in_chans: int, img_size: Grid, any_size: bool, step: int
+) -> torch.Tensor:
+    """``x`` if it is a ``(B, in_chans, H, W)`` input LaViT runs on, else a ``ValueError``.
+
+    ``any_size``: any multiple of the total stride ``step``; otherwise exactly ``img_size``.
+    Returns ``x`` so that a traced graph keeps the check.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"LaViT expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"input has {x.shape[1]} channels but the model was built with in_chans={in_chans}"
+        )
+    size = (x.shape[-2], x.shape[-1])
+    if not any_size:
+        if size != img_size:
+            raise ValueError(
+                f"input size {size} differs from the size the model was built for, "
+                f"img_size={img_size}; global-attention stages (window_sizes 0) tie "
+                f"Theta/Psi to the token grid: build with img_size={size} and load the "
+                "checkpoint through timm.create_model(..., pretrained=True, "
+                "pretrained_cfg_overlay=dict(file=...)) to resample it, or use windowed "
+                "stages (window_sizes > 0), which run at any size"
+            )
+        return x
+    if size[0] % step or size[1] % step or min(size) < step:
+        near = [
+            (h, w)
+            for h in _nearest_multiples(size[0], step)
+            for w in _nearest_multiples(size[1], step)
+        ]
+        raise ValueError(
+            f"input size {size} does not work: height and width must be multiples of the "
+            f"total stride {step}; nearest sizes that do: " + ", ".join(str(s) for s in near)
+        )
+    return x
 
 
 class LaViT(nn.Module):
@@ -929,42 +1033,10 @@ class LaViT(nn.Module):
             else nn.Identity()
         )
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"LaViT expects (B, C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"input has {x.shape[1]} channels but the model was built with "
-                f"in_chans={self.in_chans}"
-            )
-        size = (x.shape[-2], x.shape[-1])
-        if not self.any_size:
-            if size != self.img_size:
-                raise ValueError(
-                    f"input size {size} differs from the size the model was built for, "
-                    f"img_size={self.img_size}; global-attention stages (window_sizes 0) tie "
-                    f"Theta/Psi to the token grid: build with img_size={size} and load the "
-                    "checkpoint through timm.create_model(..., pretrained=True, "
-                    "pretrained_cfg_overlay=dict(file=...)) to resample it, or use windowed "
-                    "stages (window_sizes > 0), which run at any size"
-                )
-            return
-        step = self.total_stride
-        if size[0] % step or size[1] % step or min(size) < step:
-            near = [
-                (h, w)
-                for h in _nearest_multiples(size[0], step)
-                for w in _nearest_multiples(size[1], step)
-            ]
-            raise ValueError(
-                f"input size {size} does not work: height and width must be multiples of the "
-                f"total stride {step}; nearest sizes that do: " + ", ".join(str(s) for s in near)
-            )
-
     def _forward_stages(
         self, x: torch.Tensor, compute_aux: bool, take: set[int] | None = None, stop: int = -1
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        self._check_input(x)
+        x = _check_input(x, self.in_chans, self.img_size, self.any_size, self.total_stride)
         prev = None
         losses: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
@@ -984,6 +1056,7 @@ class LaViT(nn.Module):
         self, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(B, C, H, W) -> (B, num_features, H/32, W/32)`` (plus the aux dict if asked)."""
+        return_aux = _flag(return_aux)
         x, _, losses = self._forward_stages(x, return_aux)
         return (x, self._aux(x, losses)) if return_aux else x
 
@@ -997,6 +1070,7 @@ class LaViT(nn.Module):
     def forward(
         self, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return_aux = _flag(return_aux)
         x, _, losses = self._forward_stages(x, return_aux)
         logits = self.forward_head(x)
         return (logits, self._aux(x, losses)) if return_aux else logits

@@ -1,21 +1,19 @@
 """Diagonality-preserving (DP) loss of LaViT.
 
-The paper prints, for one attention map ``A`` of ``N`` tokens,
-
-    L_DP = sum_ij |A_ij - A_ji| + sum_i ((N - 1) * A_ii - sum_{j != i} A_ij)
-
-and states that it keeps the transformed attention close to symmetric with each token's
-attention to itself dominant. As printed, minimising the second term *lowers* the diagonal,
-and on unnormalised scores the loss is unbounded below. :func:`dp_loss` therefore offers
+The paper's recovered text names a diagonality-preserving loss that keeps the transformed
+attention well-formed (close to symmetric, each token's attention to itself dominant); its
+exact formula is not recovered. :func:`dp_loss` scores one attention map ``A`` of ``N``
+tokens with a symmetry term and a diagonal-dominance term, in two variants:
 
 * ``variant="intended"`` (default): on row-stochastic (softmax-normalised) attention ``P``,
-  ``sym = sum_ij |P_ij - P_ji| / (2N)`` plus ``diag = mean_i (1 - P_ii)``. The diagonal term is
-  the printed one with its sign flipped (``sum_{j!=i} P_ij - (N-1) P_ii = 1 - N P_ii``), divided
-  by ``N`` and shifted to be non-negative. Both terms lie in ``[0, 1]``; the loss is ``0``
-  exactly for the identity map and small for symmetric, diagonal-dominant maps. Mean-reduced
-  over all leading (batch, head) dimensions.
-* ``variant="literal"``: the printed formula on whatever is passed (the model passes the
-  pre-softmax scores), summed over tokens and averaged over the leading dimensions.
+  ``sym = sum_ij |P_ij - P_ji| / (2N)`` plus ``diag = mean_i (1 - P_ii)``
+  (``= mean_i (sum_{j!=i} P_ij - (N-1) P_ii) / N`` shifted to be non-negative). Both terms lie
+  in ``[0, 1]``; the loss is ``0`` exactly for the identity map and small for symmetric,
+  diagonal-dominant maps. Mean-reduced over all leading (batch, head) dimensions.
+* ``variant="literal"``: ``sum_ij |A_ij - A_ji| + sum_i ((N - 1) A_ii - sum_{j != i} A_ij)`` on
+  whatever is passed (the model passes the pre-softmax scores), summed over tokens and averaged
+  over the leading dimensions: an earlier reading of the loss, whose diagonal term lowers the
+  diagonal when minimised and which is unbounded below on scores.
 """
 
 import torch
@@ -34,7 +32,7 @@ def dp_loss(
         attn: ``(..., N, N)`` attention. Row-stochastic probabilities for ``"intended"``,
             raw scores for ``"literal"``.
         variant: ``"intended"`` (bounded, rewards diagonal dominance) or ``"literal"``
-            (the formula as printed in the paper).
+            (the earlier reading, see the module docstring).
         valid: optional ``(..., N)`` boolean mask of real tokens, broadcastable against
             ``attn.shape[:-1]`` (padded tokens of an attention window are ``False``). Each map
             is then scored on its ``valid x valid`` sub-matrix, with ``N`` its number of real

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lab_common import progress
 
-from .detection import FPNBackbone, dense_optimizer
+from .detection import FPNBackbone, _check_weights, dense_optimizer
 
 __all__ = [
     "SemanticFPN",
@@ -52,6 +52,8 @@ class SemanticFPN(nn.Module):
         head_channels: width of the upsampling branches (128 in the paper).
         size_divisible: inputs are padded to a multiple of this (the backbone's total stride).
         ignore_index: label ignored by :meth:`loss`.
+        trainable_backbone_layers: backbone stages left trainable, counted from the last; the
+            rest, stem included, is frozen (None: all trainable).
         backbone_kwargs: passed to ``timm.create_model``.
     """
 
@@ -65,13 +67,18 @@ class SemanticFPN(nn.Module):
         ignore_index: int = 255,
         image_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
         image_std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+        trainable_backbone_layers: int | None = None,
         backbone_kwargs: dict | None = None,
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
         self.backbone = FPNBackbone(
-            backbone, out_indices=(0, 1, 2, 3), out_channels=fpn_channels, **(backbone_kwargs or {})
+            backbone,
+            out_indices=(0, 1, 2, 3),
+            out_channels=fpn_channels,
+            trainable_layers=trainable_backbone_layers,
+            **(backbone_kwargs or {}),
         )
         reductions = self.backbone.body.feature_info.reduction()
         if reductions != [4, 8, 16, 32]:
@@ -114,13 +121,20 @@ class SemanticFPN(nn.Module):
         return F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
 
 
-def semantic_fpn_lavit_tiny(num_classes: int = 150, **kwargs) -> SemanticFPN:
-    """Semantic FPN on ``lavit_tiny``."""
+def semantic_fpn_lavit_tiny(
+    num_classes: int = 150, *, weights: None = None, weights_backbone: None = None, **kwargs
+) -> SemanticFPN:
+    """Semantic FPN on ``lavit_tiny``; ``weights`` / ``weights_backbone`` must be None (no
+    trained LaViT weights exist), ``kwargs`` go to :class:`SemanticFPN`."""
+    _check_weights(weights, weights_backbone)
     return SemanticFPN("lavit_tiny", num_classes, **kwargs)
 
 
-def semantic_fpn_lavit_small(num_classes: int = 150, **kwargs) -> SemanticFPN:
-    """Semantic FPN on ``lavit_small``."""
+def semantic_fpn_lavit_small(
+    num_classes: int = 150, *, weights: None = None, weights_backbone: None = None, **kwargs
+) -> SemanticFPN:
+    """Semantic FPN on ``lavit_small``; as :func:`semantic_fpn_lavit_tiny`."""
+    _check_weights(weights, weights_backbone)
     return SemanticFPN("lavit_small", num_classes, **kwargs)
 
 

@@ -4,8 +4,9 @@ Single process or ``torchrun --nproc_per_node N`` (DistributedDataParallel; gloo
 on CUDA). AdamW, cosine schedule with warm-up, timm augmentation, mixup/cutmix, label
 smoothing, drop path, optional EMA, AMP, the diagonality-preserving loss
 (``total = CE + dp_loss_weight * loss_dp``), an atomic checkpoint ``<out>/last.pt`` after
-every epoch and exact ``--resume`` (model, optimizer, scheduler, EMA, scaler, RNG states,
-epoch and step).
+every epoch and exact ``--resume`` (model, optimizer, EMA, scaler, RNG states, epoch and
+step; the learning-rate schedule is recomputed from the settings at the resumed step, so a
+setting changed with ``--allow-changed`` applies from there on).
 
 The library entry point is :func:`train`, which takes a :class:`TrainConfig`; the command
 line only builds that config (the run options are the project's trainer dialect,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,6 +58,7 @@ from lab_common import (
 from lab_common.cli import (
     add_run_arguments,
     config_from_args,
+    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -66,7 +69,14 @@ from lab_common.cli import (
     save_run_state,
     start_options,
 )
-from lab_common.data import build_image_dataset, dataset_num_classes
+from lab_common.data import (
+    DATASET_STATS,
+    SeededSamples,
+    build_image_dataset,
+    dataset_num_classes,
+    tensor_datasets,
+    validation_split,
+)
 
 from .losses import DP_LOSS_VARIANTS
 
@@ -120,6 +130,15 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     seed: int = 0
+    #: hold out this many class-balanced training images (a fixed draw from ``val_seed``) as
+    #: the evaluation split; the test split is then not read (``None``: evaluate on it).
+    val_images: int | None = None
+    val_seed: int = 0
+    #: ``"timm"``: timm's training transform on PIL images (random-resized crop, flip, ``aa``,
+    #: ``reprob``) at ``img_size``; ``"crop-flip"``: the named datasets as in-memory tensors,
+    #: zero-padded from their own size to ``img_size``, random crop with 1/8 zero padding and
+    #: horizontal flip, normalised with the dataset's statistics (small-image studies).
+    augment: str = "timm"
     #: train on a fixed random subset of this many images (``None``: all).
     max_train_samples: int | None = None
     max_val_samples: int | None = None
@@ -149,6 +168,12 @@ class TrainConfig:
             )
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.val_images is not None and self.val_images < 1:
+            raise ValueError(
+                f"val_images must be >= 1 or None (the test split), got {self.val_images}"
+            )
         if self.dp_loss_variant not in DP_LOSS_VARIANTS:
             raise ValueError(
                 f"dp_loss_variant must be one of {DP_LOSS_VARIANTS}, got {self.dp_loss_variant!r}"
@@ -164,8 +189,15 @@ class ToRGB:
         return img.convert("RGB")
 
 
+#: Training augmentations (``TrainConfig.augment``).
+AUGMENTS = ("timm", "crop-flip")
 #: Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch")
+#: Settings a resumed run may not change: the checkpoint holds that model, trained on that data,
+#: and its RNG states continue the seed's streams (which also picks the ``max_*_samples`` subsets).
+_FIXED = ("dataset", "model", "model_kwargs", "img_size", "seed", "val_images", "val_seed")
+#: What a run writes in ``out``: what ``overwrite`` deletes.
+RUN_FILES = ("last.pt", "last.prev.pt", "config.json", "metrics.jsonl", "curves.png", "model.pth")
 
 
 def check_model_name(name: str) -> None:
@@ -210,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON dict passed to timm.create_model, e.g. '{\"depths\": [1,1,1,1]}'",
     )
     a("--img-size", type=positive_int, default=d.img_size)
+    a(
+        "--val-images",
+        type=positive_int,
+        default=None,
+        help="hold out N class-balanced training images as the evaluation split (the test "
+        "split is then not read); default: evaluate on the test split",
+    )
+    a("--val-seed", type=non_negative_int, default=d.val_seed, help="of --val-images")
+    a(
+        "--augment",
+        default=d.augment,
+        choices=AUGMENTS,
+        help="timm: timm's transform at --img-size; crop-flip: the named datasets in memory, "
+        "zero-padded to --img-size, random crop (1/8 padding) + flip",
+    )
     a("--max-train-samples", type=positive_int, default=None, help="random subset for quick runs")
     a("--max-val-samples", type=positive_int, default=None)
     g = p.add_argument_group("optimisation")
@@ -254,32 +301,53 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return Subset(ds, idx.tolist())
 
 
-def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
-    common = dict(
-        input_size=cfg.img_size,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-    )
-    train_tf = create_transform(
-        is_training=True,
-        scale=cfg.scale,
-        hflip=cfg.hflip,
-        auto_augment=cfg.aa,
-        re_prob=cfg.reprob,
-        **common,
-    )
-    val_tf = create_transform(is_training=False, crop_pct=1.0, **common)
-    train_ds = build_image_dataset(
-        cfg.dataset, cfg.data_root, True, transforms.Compose([ToRGB(), train_tf])
-    )
-    val_ds = build_image_dataset(
-        cfg.dataset, cfg.data_root, False, transforms.Compose([ToRGB(), val_tf])
-    )
-    num_classes = dataset_num_classes(train_ds)
+def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int]:
+    """``(train, eval, num_classes, in_chans)``: the evaluation split is the test split, or
+    ``cfg.val_images`` class-balanced training images; training items are drawn per index
+    and epoch (:class:`~lab_common.data.SeededSamples`), whatever the number of workers."""
+    if cfg.augment == "crop-flip":
+        if cfg.dataset.lower().replace("_", "-") not in DATASET_STATS:
+            raise ValueError(
+                f"augment='crop-flip' (--augment) needs a named dataset ({', '.join(DATASET_STATS)}), "
+                f"got {cfg.dataset!r}; use --augment timm for image folders"
+            )
+        train_ds, val_ds, num_classes, in_chans = tensor_datasets(
+            cfg.dataset,
+            cfg.data_root,
+            val_images=cfg.val_images,
+            val_seed=cfg.val_seed,
+            size=cfg.img_size,
+        )
+    else:
+        common = dict(
+            input_size=cfg.img_size,
+            interpolation="bicubic",
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+        )
+        train_tf = create_transform(
+            is_training=True,
+            scale=cfg.scale,
+            hflip=cfg.hflip,
+            auto_augment=cfg.aa,
+            re_prob=cfg.reprob,
+            **common,
+        )
+        val_tf = transforms.Compose(
+            [ToRGB(), create_transform(is_training=False, crop_pct=1.0, **common)]
+        )
+        train_tf = transforms.Compose([ToRGB(), train_tf])
+        train_ds = build_image_dataset(cfg.dataset, cfg.data_root, True, train_tf)
+        num_classes, in_chans = dataset_num_classes(train_ds), 3
+        if cfg.val_images is not None:
+            plain = build_image_dataset(cfg.dataset, cfg.data_root, True, val_tf)
+            train_idx, val_idx = validation_split(train_ds.targets, cfg.val_images, cfg.val_seed)
+            train_ds, val_ds = Subset(train_ds, train_idx.tolist()), Subset(plain, val_idx.tolist())
+        else:
+            val_ds = build_image_dataset(cfg.dataset, cfg.data_root, False, val_tf)
     train_ds = _subset(train_ds, cfg.max_train_samples, cfg.seed)
     val_ds = _subset(val_ds, cfg.max_val_samples, cfg.seed + 1)
-    return train_ds, val_ds, num_classes
+    return SeededSamples(train_ds), val_ds, num_classes, in_chans
 
 
 @torch.no_grad()
@@ -314,14 +382,19 @@ def train(
     ends bit-identical to an uninterrupted one), falling back to ``last.prev.pt`` with a warning
     when ``last.pt`` is unreadable. At the end ``<out>/model.pth`` holds the EMA weights if EMA
     is on, else the model's, loadable by timm. The output-folder and resume rules are
-    :mod:`lab_common.cli.run_dir`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``; a
-    resume refuses settings that differ from the checkpoint's unless ``allow_changed`` names
-    them.
+    :mod:`lab_common.cli.run_dir`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``
+    (which deletes :data:`RUN_FILES` only); a resume refuses settings that differ from the
+    checkpoint's unless ``allow_changed`` names them (never ``dataset``, ``model``,
+    ``model_kwargs``, ``img_size`` or ``seed``), and a changed setting applies from the resume
+    on (``lr``, ``min_lr``, ``warmup_*``, ``epochs`` reshape the schedule at the resumed step).
+    A resume with nothing left to train leaves the folder as it is.
 
     Raises:
         ValueError: an unknown model name, a dataset smaller than one global batch, a
-            ``last.pt`` that is corrupt when resuming, or changed settings.
+            ``last.pt`` that is corrupt when resuming, changed or fixed settings, or ``epochs``
+            below the checkpoint's epoch.
         FileExistsError / FileNotFoundError: the output-folder rules above.
+        FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
     check_model_name(cfg.model)
     ctx = init_distributed(device=cfg.device)
@@ -330,13 +403,17 @@ def train(
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
-        prepare_run_dir(out, resume=resume, overwrite=overwrite)
-        if not resume:
-            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        prepare_run_dir(
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            run_files=RUN_FILES,
+            keep=(cfg.dataset, cfg.data_root),
+        )
     barrier()
     model_kwargs = dict(cfg.model_kwargs)
 
-    train_ds, val_ds, num_classes = _datasets(cfg)
+    train_ds, val_ds, num_classes, in_chans = _datasets(cfg)
     if len(train_ds) < cfg.batch_size * ctx.world_size:
         raise ValueError(
             f"{len(train_ds)} training samples are fewer than one global batch "
@@ -361,6 +438,8 @@ def train(
         model_kwargs = dict(
             img_size=cfg.img_size, dp_loss_variant=cfg.dp_loss_variant, **model_kwargs
         )
+    if cfg.augment == "crop-flip":  # the dataset's own channels (timm's path makes RGB)
+        model_kwargs.setdefault("in_chans", in_chans)
     model = timm.create_model(
         cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, **model_kwargs
     ).to(device)
@@ -395,23 +474,31 @@ def train(
     start_epoch, step = 0, 0
     if resume:
         state = resume_run_state(
-            last, asdict(cfg), ctx, allow_changed=allow_changed, always_allowed=_RUN_ONLY
+            last,
+            asdict(cfg),
+            ctx,
+            allow_changed=allow_changed,
+            always_allowed=_RUN_ONLY,
+            fixed=_FIXED,
         )
+        start_epoch, step = state["epoch"], state["step"]
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(optimizer, state["optimizer"])
+        scheduler.step_update(num_updates=step)  # this run's schedule, at the resumed step
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             if state.get("ema") is None:
                 raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
-        start_epoch, step = state["epoch"], state["step"]
+    if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         sampler.set_epoch(epoch)
+        train_ds.set_epoch(cfg.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
         bar = progress(train_loader, enabled=ctx.is_main and cfg.progress, desc=f"epoch {epoch}")
@@ -462,12 +549,18 @@ def train(
         if ema is not None:
             ema_metrics = evaluate(ema.module, val_loader, device, cfg.amp)
             record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
+        diverged = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if diverged:
+            raise FloatingPointError(
+                f"epoch {epoch + 1}: non-finite {', '.join(diverged)} (the weights diverged); "
+                f"the checkpoint of epoch {epoch} is kept; lower --lr or add --clip-grad"
+            )
+        record["eval_split"] = "val" if cfg.val_images is not None else "test"
         logger.log(**record)  # the main rank's logger writes
         save_run_state(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "epoch": epoch + 1,
@@ -495,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> nn.Module:
 
 
 def cli() -> int:
-    """Console script ``lavit-train``: 0 on success, 2 with one line on a user error."""
+    """Console script ``lavit-train``: 0 on success, 2 with one line on a user error, 1 with
+    one line on a non-finite loss."""
     return run_console(main, prog="lavit-train")
 
 

@@ -12,8 +12,9 @@ Single process or ``torchrun --nproc_per_node N`` (DistributedDataParallel; gloo
 on CUDA): the training set is sharded, evaluation runs on rank 0. AdamW with warm-up and cosine
 decay per step (:func:`lavit.detection.dense_optimizer`), gradient clipping, optional AMP, a
 JSON line per epoch in ``<out>/metrics.jsonl``, an atomic ``<out>/last.pt`` after every epoch
-and exact ``--resume``; the run options are the project's trainer dialect
-(:mod:`lab_common.cli`). ``--batch-size`` is per process.
+and exact ``--resume`` (the schedule is recomputed from the settings at the resumed step, so a
+setting changed with ``--allow-changed`` applies from there on); the run options are the
+project's trainer dialect (:mod:`lab_common.cli`). ``--batch-size`` is per process.
 
 Example (synthetic scenes from :func:`lavit.dense_data.make_scenes`)::
 
@@ -51,6 +52,7 @@ from lab_common import (
 from lab_common.cli import (
     add_run_arguments,
     config_from_args,
+    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -85,6 +87,11 @@ TASKS = {
 
 #: Settings a resumed run may change freely: where and how it runs, not what it computes.
 _RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch", "eval_batch_size")
+#: Settings a resumed run may not change: the checkpoint holds that model, and its RNG states
+#: continue the seed's streams.
+_FIXED = ("task", "backbone", "backbone_kwargs", "num_classes", "fpn_channels", "seed")
+#: What a run writes in ``out``: what ``overwrite`` deletes.
+RUN_FILES = ("last.pt", "last.prev.pt", "config.json", "metrics.jsonl", "curves.png", "model.pth")
 
 
 @dataclass(frozen=True)
@@ -218,11 +225,17 @@ def train_dense(
     and one JSON line (mean training losses, learning rate, epoch time, validation metrics) to
     ``<out>/metrics.jsonl``; ``resume=True`` continues exactly from ``last.pt``. At the end
     ``<out>/model.pth`` holds the weights. The output-folder and resume rules are
-    :mod:`lab_common.cli.run_dir`'s.
+    :mod:`lab_common.cli.run_dir`'s: ``overwrite`` deletes :data:`RUN_FILES` only; a setting
+    ``allow_changed`` names applies from the resume on (``lr``, ``weight_decay``,
+    ``warmup_steps`` and ``epochs`` reshape the schedule at the resumed step), the model's
+    (``task``, ``backbone``, ``backbone_kwargs``, ``num_classes``, ``fpn_channels``) and
+    ``seed`` cannot change. A resume with nothing left to train leaves the folder as it is.
 
     Raises:
         ValueError: a bad backbone name, a training set smaller than one global batch, changed
-            settings on resume. FileNotFoundError: a missing folder or annotation file.
+            or fixed settings on resume, ``epochs`` below the checkpoint's epoch.
+        FileNotFoundError: a missing folder or annotation file.
+        FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
     check_model_name(cfg.backbone)
     detection = _is_detection(cfg.task)
@@ -234,9 +247,13 @@ def train_dense(
     out = Path(cfg.out)
     last = out / "last.pt"
     if ctx.is_main:
-        prepare_run_dir(out, resume=resume, overwrite=overwrite)
-        if not resume:
-            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        prepare_run_dir(
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            run_files=RUN_FILES,
+            keep=(cfg.train_root, cfg.val_root),
+        )
     barrier()
     if len(train_ds) < cfg.batch_size * ctx.world_size:
         raise ValueError(
@@ -262,15 +279,26 @@ def train_dense(
     start_epoch, step = 0, 0
     if resume:
         state = resume_run_state(
-            last, asdict(cfg), ctx, allow_changed=allow_changed, always_allowed=_RUN_ONLY
+            last,
+            asdict(cfg),
+            ctx,
+            allow_changed=allow_changed,
+            always_allowed=_RUN_ONLY,
+            fixed=_FIXED,
         )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
+        model.load_state_dict(state["model"])
+        load_optimizer_state(optimizer, state["optimizer"])
+        scheduler.last_epoch = step  # this run's schedule (LambdaLR), at the resumed step
+        for group, base, factor in zip(
+            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(step)
+        scaler.load_state_dict(state["scaler"])
     else:
         seed_everything(cfg.seed + ctx.rank)
+    if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
     for epoch in range(start_epoch, cfg.epochs):
@@ -312,7 +340,6 @@ def train_dense(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "epoch": epoch + 1,
                 "step": step,
@@ -366,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> nn.Module:
 
 
 def cli() -> int:
-    """Console script ``lavit-train-dense``: 0 on success, 2 with one line on a user error."""
+    """Console script ``lavit-train-dense``: 0 on success, 2 with one line on a user error, 1
+    with one line on a non-finite loss."""
     return run_console(main, prog="lavit-train-dense")
 
 

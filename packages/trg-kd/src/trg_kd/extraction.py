@@ -12,12 +12,14 @@ Sources:
   or stage ``i`` via ``forward_intermediates`` (logits still from the final features).
 - ``"torchvision"``: ``torchvision.models.feature_extraction.create_feature_extractor`` with the
   graph node ``node`` (default the first of ``layer4`` / ``features`` / ``encoder.ln`` present)
-  and the model output; a torchvision ``VisionTransformer``'s class token is dropped.
+  and the model output; a torchvision ``VisionTransformer``'s class token is dropped. The graph
+  is traced once per model (one extractor serves a student and a teacher) and dropped with it.
 - ``"callable"``: ``fn(model, x) -> (features, logits)``, features a map or tokens.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -65,7 +67,13 @@ class TokenExtractor:
         self.source = "callable" if source == "auto" and fn is not None else source
         self.index, self.node, self.fn = index, node, fn
         self.num_prefix_tokens = num_prefix_tokens
-        self._graph: tuple[nn.Module, nn.Module] | None = None  # (model, feature extractor)
+        self._graphs: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_graphs"}  # weakrefs do not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _graphs=weakref.WeakKeyDictionary())
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         source = self.source
@@ -113,7 +121,8 @@ class TokenExtractor:
             get_graph_node_names,
         )
 
-        if self._graph is None or self._graph[0] is not model:
+        extractor = self._graphs.get(model)
+        if extractor is None:
             nodes = get_graph_node_names(model)[1]
 
             def present(name: str) -> bool:  # a node, or a module whose last node is returned
@@ -126,8 +135,7 @@ class TokenExtractor:
                     f"its nodes, e.g. {nodes[-6:]}"
                 )
             extractor = create_feature_extractor(model, {node: "tokens", nodes[-1]: "logits"})
-            self._graph = (model, extractor)
-        extractor = self._graph[1]
+            self._graphs[model] = extractor
         extractor.train(model.training)  # the extractor shares the model's modules
         out = extractor(x)
         prefix = 1 if isinstance(model, VisionTransformer) else 0

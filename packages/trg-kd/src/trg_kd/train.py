@@ -372,6 +372,7 @@ def train(
         datasets=(train_ds, test_ds, num_classes, in_chans),
         student_features=ext,
         teacher_features=ext,
+        run_files=("tsne.png",),
     )
     if int(os.environ.get("RANK", "0")) != 0 or result.student is None:
         return result

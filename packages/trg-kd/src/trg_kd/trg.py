@@ -18,6 +18,7 @@ this gives the gradient of the single-process loss over the global batch.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -99,6 +100,13 @@ def _float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _grid(features: torch.Tensor) -> str:
+    """``"HxW"`` of a ``(B, C, H, W)`` map, ``"N tokens"`` of ``(B, N, D)`` tokens."""
+    if features.ndim == 4:
+        return f"{features.shape[2]}x{features.shape[3]}"
+    return f"{features.shape[1]} tokens"
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -147,6 +155,7 @@ class TRGLoss(nn.Module):
         self.projector = TokenProjector(student_dim, teacher_dim)
         self.progress = 0.0
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self._warned_grid = False
 
     needs_features = True
 
@@ -259,6 +268,16 @@ class TRGLoss(nn.Module):
             else zero,
         }
         s_tok, t_tok = align_token_grids(s_feat, t_feat)  # (B, N, D_s), (B, N, D_t)
+        if s_tok.shape[1] < 2 and cfg.inner_weight and not self._warned_grid:
+            self._warned_grid = True
+            warnings.warn(
+                f"TRGLoss: the feature grids (student {_grid(s_feat)}, teacher {_grid(t_feat)}) "
+                f"give {s_tok.shape[1]} token per image, so loss_inner (each image's token "
+                "self-similarity) is 0; take features from an earlier stage "
+                "(TokenExtractor(index=...)) or use larger inputs",
+                UserWarning,
+                stacklevel=2,
+            )
         s_tok = self.projector(s_tok)  # (B, N, D_t)
         out["loss_inner"] = (
             cfg.inner_weight * contextual_loss(s_tok, t_tok) if cfg.inner_weight else zero

@@ -4,8 +4,8 @@ Each trainer keeps its settings in a frozen dataclass; argparse only builds it.
 :func:`add_run_arguments` adds the shared options (same names, same meanings in
 ``lavit-train``, ``clkd-train``, ``trg-kd-train`` and ``gp-maml-train``) with defaults read
 from that dataclass, :func:`config_from_args` turns the parsed namespace back into the
-dataclass, and :func:`run_console` makes a console script exit 0 on success and non-zero with
-one clear line on a user error.
+dataclass, and :func:`run_console` makes a console script exit 0 on success, 2 with one clear
+line on a user error and 1 with one clear line on a run that diverged (a non-finite loss).
 
 Shared options (``--batch-size`` is per process: a ``torchrun`` job of ``P`` processes
 trains on ``P × batch-size`` images a step)::
@@ -32,6 +32,7 @@ from .options import (
 from .run_dir import (
     ResumeSettingsError,
     check_resume_settings,
+    load_optimizer_state,
     prepare_run_dir,
     resume_run_state,
     save_run_state,
@@ -44,6 +45,7 @@ __all__ = [
     "add_run_arguments",
     "check_resume_settings",
     "config_from_args",
+    "load_optimizer_state",
     "non_negative_float",
     "non_negative_int",
     "positive_float",

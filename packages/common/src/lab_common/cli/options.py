@@ -129,7 +129,9 @@ def add_run_arguments(
         )
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last.pt")
     g.add_argument(
-        "--overwrite", action="store_true", help="replace a previous run in a non-empty --out"
+        "--overwrite",
+        action="store_true",
+        help="replace a previous run's files in --out (other files and the inputs stay)",
     )
     g.add_argument(
         "--allow-changed",
@@ -181,8 +183,10 @@ def run_console(
     0 on success whatever ``main`` returns; on a user error (``ValueError``,
     ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``,
     including :class:`lab_common.CheckpointError`) one line ``<prog>: error: <message>`` on
-    stderr and status 2; interrupted by Ctrl-C, status 130. ``prog`` is the console script's
-    name (default: the basename of ``sys.argv[0]``).
+    stderr and status 2; on a run that failed after it started (``FloatingPointError``: a
+    non-finite loss) the same line and status 1; interrupted by Ctrl-C, status 130. Any other
+    exception keeps its traceback. ``prog`` is the console script's name (default: the
+    basename of ``sys.argv[0]``).
     """
     if prog is None:
         prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lab"
@@ -200,4 +204,7 @@ def run_console(
     ) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
     return 0

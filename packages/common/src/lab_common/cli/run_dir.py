@@ -2,10 +2,13 @@
 
 Every trainer of the project follows the same rules:
 
-- a fresh run refuses a non-empty ``--out`` unless ``--overwrite`` (which replaces a folder
-  that holds a previous run, and nothing else);
+- a fresh run refuses a non-empty ``--out`` unless ``--overwrite``, which deletes the run's own
+  files (the list each trainer passes) and nothing else: not the user's other files or
+  folders, not an input the command names (e.g. a teacher checkpoint kept in ``--out``);
 - ``--resume`` needs a checkpoint in ``--out`` and refuses settings that differ from the
-  checkpoint's unless ``--allow-changed`` names them;
+  checkpoint's unless ``--allow-changed`` names them; a setting the checkpoint's state is tied
+  to (the model, the seed) cannot be named, and a named one applies from the resume on
+  (:func:`load_optimizer_state` keeps the optimiser's settings of this run);
 - on resume, metrics records written after the checkpoint (by a run that was killed) are
   dropped, so ``metrics.jsonl`` reads as one uninterrupted run.
 
@@ -32,6 +35,7 @@ from ..seeding import get_rng_state, set_rng_state
 
 __all__ = [
     "check_resume_settings",
+    "load_optimizer_state",
     "prepare_run_dir",
     "resume_run_state",
     "save_run_state",
@@ -47,15 +51,20 @@ def prepare_run_dir(
     resume: bool,
     overwrite: bool = False,
     checkpoint: str = "last.pt",
-    markers: Iterable[str] = ("config.json", "metrics.jsonl"),
+    run_files: Iterable[str],
+    keep: Iterable[str | os.PathLike[str] | None] = (),
 ) -> Path:
     """Check (and create) a run's output folder by the rules above; returns it as a Path.
 
     Args:
         checkpoint: the file ``--resume`` continues from.
-        markers: other files whose presence shows a folder holds a previous run (only such
-            a folder may be replaced by ``overwrite``); the default covers a run killed before
-            its first checkpoint, which has written only its ``config.json``.
+        run_files: every file or folder the trainer writes in ``out`` (names relative to it,
+            checkpoints' previous generations included). ``overwrite`` deletes these (and the
+            temporary files of their interrupted atomic writes) and nothing else; a folder
+            holding none of them holds no previous run and is not replaced.
+        keep: the run's input paths (``None`` and ``""`` are skipped): never deleted, even when
+            one is a run file (a teacher checkpoint ``out/teacher.pt`` named as input), nor a
+            run folder holding one; ``out`` holding only these counts as empty.
 
     Raises:
         ValueError: ``resume`` and ``overwrite`` together.
@@ -65,6 +74,8 @@ def prepare_run_dir(
         NotADirectoryError: ``out`` is a file.
     """
     path = Path(out)
+    run_files = tuple(run_files)
+    kept = {Path(p).resolve() for p in keep if p}
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass one of them")
     if path.exists() and not path.is_dir():
@@ -76,18 +87,28 @@ def prepare_run_dir(
                 f"--resume: no {checkpoint} in {path}; start the run without --resume"
             )
         return path
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.resolve() not in kept for p in path.iterdir()):
         if not overwrite:
             raise FileExistsError(
                 f"--out {path} is not empty; pass --resume to continue the run in it, "
-                "--overwrite to replace it, or choose another --out"
+                "--overwrite to replace the run's files in it, or choose another --out"
             )
-        if not any((path / name).exists() for name in (checkpoint, *markers)):
+        if not any((path / name).exists() for name in run_files):
             raise FileExistsError(
-                f"--overwrite: {path} holds no previous run (no {checkpoint} or "
-                f"{', '.join(markers)}); refusing to delete it, choose another --out"
+                f"--overwrite: {path} holds no previous run (none of {', '.join(run_files)}); "
+                "refusing to write into it, choose another --out"
             )
-        shutil.rmtree(path)
+        for name in run_files:
+            target = path / name
+            resolved = target.resolve()
+            if any(k == resolved or resolved in k.parents for k in kept):
+                continue
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                tmp.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -102,6 +123,7 @@ def check_resume_settings(
     *,
     allow_changed: Iterable[str] = (),
     always_allowed: Iterable[str] = (),
+    fixed: Iterable[str] = (),
 ) -> None:
     """Refuse a resume whose settings differ from the checkpoint's.
 
@@ -111,9 +133,12 @@ def check_resume_settings(
         allow_changed: settings the user lets differ (``--allow-changed lr epochs``; dashes
             or underscores).
         always_allowed: settings that may always differ (e.g. ``progress``, ``device``).
+        fixed: settings the checkpoint's state is tied to (the model, the seed of the restored
+            RNG streams): ``allow_changed`` may not name them.
 
     Raises:
-        ResumeSettingsError: naming each changed setting with both values, and the fix.
+        ResumeSettingsError: naming each changed setting with both values, and the fix; or
+            ``allow_changed`` naming a ``fixed`` setting.
         ValueError: ``allow_changed`` names unknown settings.
     """
     names = {name.replace("-", "_") for name in allow_changed}
@@ -122,6 +147,12 @@ def check_resume_settings(
         raise ValueError(
             f"--allow-changed names unknown settings {sorted(unknown)}; "
             f"known: {', '.join(sorted(set(stored) | set(current)))}"
+        )
+    frozen = sorted(names & set(fixed))
+    if frozen:
+        raise ResumeSettingsError(
+            f"--allow-changed {' '.join(frozen)}: the checkpoint's state is tied to "
+            f"{', '.join(frozen)}, which cannot change on resume; start a new run (another --out)"
         )
     allowed = names | set(always_allowed)
     changed = [
@@ -191,23 +222,52 @@ def resume_run_state(
     *,
     allow_changed: Iterable[str] = (),
     always_allowed: Iterable[str] = (),
+    fixed: Iterable[str] = (),
     metrics_key: str = "epoch",
+    length_key: str = "epochs",
 ) -> dict[str, Any]:
     """Load a :func:`save_run_state` checkpoint to resume from; returns the state.
 
     Falls back to the previous generation (with a warning) when ``path`` is unreadable, refuses
-    settings that differ from ``config`` (:func:`check_resume_settings`), restores this rank's
-    RNG states (rank 0's when the run had fewer ranks) and, on the main rank, drops the
-    ``metrics.jsonl`` records beside ``path`` written after the checkpoint (``metrics_key``
-    greater than ``state[metrics_key]``).
+    settings that differ from ``config`` (:func:`check_resume_settings`, with ``allow_changed``,
+    ``always_allowed`` and ``fixed``) and a run length ``config[length_key]`` below the
+    checkpoint's ``state[metrics_key]``, restores this rank's RNG states (rank 0's when the run
+    had fewer ranks) and, on the main rank, drops the ``metrics.jsonl`` records beside ``path``
+    written after the checkpoint (``metrics_key`` greater than ``state[metrics_key]``).
     """
     path = Path(path)
     state = load_checkpoint(path, map_location="cpu", fallback=True)
     check_resume_settings(
-        state["config"], config, allow_changed=allow_changed, always_allowed=always_allowed
+        state["config"],
+        config,
+        allow_changed=allow_changed,
+        always_allowed=always_allowed,
+        fixed=fixed,
     )
+    done, length = state[metrics_key], config[length_key]
+    if done > length:
+        option = "--" + length_key.replace("_", "-")
+        raise ValueError(
+            f"--resume: {path} is at {metrics_key} {done}, past {option} {length}; a run cannot "
+            f"be shortened below its checkpoint, pass {option} {done} or more"
+        )
     rng = state["rng"]
     set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
     if ctx.is_main:
         truncate_metrics(path.parent / "metrics.jsonl", metrics_key, state[metrics_key])
     return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load a checkpoint's optimiser ``state`` into ``optimizer``, keeping its group settings.
+
+    The moments and step counts are the checkpoint's; each param group's settings (``lr``,
+    ``initial_lr``, ``weight_decay``, ``betas``, ...) stay those ``optimizer`` (and the scheduler
+    built on it, which sets ``initial_lr``) was built with from this run's config, so a setting
+    changed on resume applies. Set the groups' ``lr`` to the schedule's value at the resumed
+    step afterwards.
+    """
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, settings, strict=True):
+        group.update(kept)

@@ -9,6 +9,8 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
   :func:`default_lr`;
 - :mod:`~lab_common.distill.distiller`: :class:`Distiller` (student + frozen teacher + loss),
   :class:`SupervisedModel` (cross-entropy with the same call signature);
+- :mod:`~lab_common.distill.teacher_cache`: :class:`TeacherCache` (the teacher's outputs for
+  K fixed views of every training image, ``--teacher-cache K``), :class:`CachedViews`;
 - :mod:`~lab_common.distill.evaluate`: :func:`evaluate`;
 - :mod:`~lab_common.distill.engine`: :func:`run_distillation` (teacher caching, the training
   loop, DDP, exact resume) and :class:`DistillResult`;
@@ -23,14 +25,17 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
 from . import zoo
 from .checks import check_logits_targets
 from .config import DistillConfig, add_distill_arguments, default_milestones
-from .data import DistillDatasets, TensorImageDataset, build_datasets
+from .data import DistillDatasets, SeededSamples, TensorImageDataset, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
 from .engine import RUN_ONLY_SETTINGS, DistillResult, LossFactory, run_distillation
 from .evaluate import evaluate
 from .kd import KDLoss, kd_loss, softened_kl_div
 from .models import check_model_name, create_model, default_lr
+from .teacher_cache import CachedViews, CacheError, TeacherCache
 
 __all__ = [
+    "CacheError",
+    "CachedViews",
     "DistillConfig",
     "DistillDatasets",
     "DistillResult",
@@ -39,7 +44,9 @@ __all__ = [
     "KDLoss",
     "LossFactory",
     "RUN_ONLY_SETTINGS",
+    "SeededSamples",
     "SupervisedModel",
+    "TeacherCache",
     "TensorImageDataset",
     "add_distill_arguments",
     "build_datasets",

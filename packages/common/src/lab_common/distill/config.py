@@ -29,6 +29,7 @@ from ..cli import (
 __all__ = [
     "PROTOCOL_EPOCHS",
     "PROTOCOL_MILESTONES",
+    "SCHEDULES",
     "DistillConfig",
     "add_distill_arguments",
     "default_milestones",
@@ -36,6 +37,8 @@ __all__ = [
 
 PROTOCOL_EPOCHS = 240
 PROTOCOL_MILESTONES = (150, 180, 210)
+#: Learning-rate schedules of a phase: the protocol's step drops, or cosine decay to 0.
+SCHEDULES = ("step", "cosine")
 
 
 def default_milestones(epochs: int) -> list[int]:
@@ -53,6 +56,9 @@ class DistillConfig:
         data_root: folder holding the named dataset (None: the shared datasets folder).
         image_size: input size for image folders (the named datasets keep their own).
         train_subset / test_subset: use N images (a fixed draw from ``subset_seed``).
+        val_images: hold out N class-balanced training images (a fixed draw from
+            ``val_seed``) and evaluate on them instead of the test split, which is then not
+            read (choose settings on this split, never on the test split). None: the test split.
         workers: DataLoader worker processes per training process.
     Models:
         teacher / student: zoo (``cifar_*``) or any timm model name.
@@ -64,7 +70,13 @@ class DistillConfig:
         epochs, batch_size (per process: a ``torchrun`` job of P processes takes
         ``P × batch_size`` images a step), lr (None: 0.05, or 0.01 for MobileNet/ShuffleNet
         students), momentum, weight_decay, milestones (epochs where lr ×= ``lr_decay``; None:
-        the protocol's, scaled to ``epochs``), amp (autocast: bf16 on CPU, fp16 on CUDA).
+        the protocol's, scaled to ``epochs``), schedule (``step``: those drops; ``cosine``:
+        cosine decay from ``lr`` to 0 over the phase's epochs, stepped per epoch), amp
+        (autocast: bf16 on CPU, fp16 on CUDA).
+        teacher_cache: K > 0 computes the teacher's outputs once for K augmented views of every
+        training image (:class:`~lab_common.distill.TeacherCache`, stored beside the teacher
+        checkpoint) and lets each student epoch read them for one view per image instead of
+        running the teacher; 0 runs the teacher live on every batch.
     Run:
         out: output folder; stop_after: run at most N epochs of each phase in this call (e.g.
         a job time limit; continue with ``resume=True``); seed; deterministic (deterministic
@@ -80,6 +92,8 @@ class DistillConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     subset_seed: int = 0
+    val_images: int | None = None
+    val_seed: int = 0
     workers: int = 2
     teacher: str = "cifar_resnet32x4"
     student: str = "cifar_resnet8x4"
@@ -93,6 +107,8 @@ class DistillConfig:
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] | None = None
     lr_decay: float = 0.1
+    schedule: str = "step"
+    teacher_cache: int = 0
     amp: bool = False
     out: str = "runs/distill"
     stop_after: int | None = None
@@ -112,11 +128,15 @@ class DistillConfig:
                 raise ValueError(f"milestones must be epochs >= 1, got {self.milestones}")
         at_least_one = ("image_size", "epochs", "batch_size")
         at_least_one += ("train_subset", "test_subset", "teacher_epochs", "stop_after")
+        at_least_one += ("val_images",)
         for name in at_least_one:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("workers", "seed", "subset_seed", "momentum", "weight_decay"):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        names = ("workers", "seed", "subset_seed", "val_seed", "momentum", "weight_decay")
+        for name in (*names, "teacher_cache"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "teacher_lr", "lr_decay"):
@@ -155,6 +175,16 @@ def add_distill_arguments(
         "--test-subset", type=positive_int, default=defaults.test_subset, help="N test images"
     )
     d.add_argument("--subset-seed", type=non_negative_int, default=defaults.subset_seed)
+    d.add_argument(
+        "--val-images",
+        type=positive_int,
+        default=defaults.val_images,
+        help="hold out N class-balanced training images as the evaluation split (the test "
+        "split is then not read); unset: evaluate on the test split",
+    )
+    d.add_argument(
+        "--val-seed", type=non_negative_int, default=defaults.val_seed, help="of --val-images"
+    )
     m = parser.add_argument_group("models")
     m.add_argument("--teacher", default=defaults.teacher, help="zoo (cifar_*) or any timm model")
     m.add_argument("--student", default=defaults.student, help="zoo (cifar_*) or any timm model")
@@ -171,6 +201,14 @@ def add_distill_arguments(
         help="default: --epochs",
     )
     m.add_argument("--teacher-lr", type=positive_float, default=defaults.teacher_lr)
+    m.add_argument(
+        "--teacher-cache",
+        type=non_negative_int,
+        default=defaults.teacher_cache,
+        metavar="K",
+        help="compute the teacher's outputs once for K augmented views of every training image "
+        "and read them in the student epochs instead of running the teacher (0: live teacher)",
+    )
     o = parser.add_argument_group("optimisation (mdistiller/CRD CIFAR protocol by default)")
     o.add_argument(
         "--lr",
@@ -188,6 +226,12 @@ def add_distill_arguments(
         help="epochs where lr ×= --lr-decay (default 150/180/210 of 240, scaled to --epochs)",
     )
     o.add_argument("--lr-decay", type=positive_float, default=defaults.lr_decay)
+    o.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=defaults.schedule,
+        help="step: the --milestones drops; cosine: decay to 0 over the epochs",
+    )
     add_run_arguments(parser, defaults, deprecated={"--out-dir": "--out"})
     r = parser.add_argument_group("run (distillation)")
     r.add_argument(

@@ -113,12 +113,27 @@ class Distiller(nn.Module):
             yield from (p for p in module.parameters() if p.requires_grad)
 
     def forward(
-        self, x: torch.Tensor, target: torch.Tensor
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        teacher_outputs: tuple[torch.Tensor | None, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``x (B, ...)``, ``target (B,)`` → student logits ``(B, K)`` and the ``loss_*`` terms."""
+        """``x (B, ...)``, ``target (B,)`` → student logits ``(B, K)`` and the ``loss_*`` terms.
+
+        ``teacher_outputs = (features or None, logits (B, K))`` computed earlier for this very
+        ``x`` (e.g. read from a :class:`~lab_common.distill.TeacherCache`) replace running the
+        teacher.
+        """
+        if teacher_outputs is not None:
+            t_feats, t_logits = teacher_outputs
+            if self.needs_features and t_feats is None:
+                raise ValueError(
+                    f"{type(self.loss).__name__} reads teacher features; teacher_outputs has none"
+                )
         if self.needs_features:
-            with torch.no_grad():
-                t_feats, t_logits = self.teacher_features(self.teacher, x)
+            if teacher_outputs is None:
+                with torch.no_grad():
+                    t_feats, t_logits = self.teacher_features(self.teacher, x)
             s_feats, s_logits = self.student_features(self.student, x)
             losses = self.loss(
                 s_logits,
@@ -128,8 +143,9 @@ class Distiller(nn.Module):
                 teacher_features=t_feats,
             )
         else:
-            with torch.no_grad():
-                t_logits = self.teacher(x)
+            if teacher_outputs is None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
             s_logits = self.student(x)
             losses = self.loss(s_logits, t_logits, target)
         if not isinstance(losses, dict) or not all(k.startswith("loss_") for k in losses):

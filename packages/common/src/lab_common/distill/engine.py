@@ -30,7 +30,9 @@ is unreadable.
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,10 +56,11 @@ from ..distributed import (
 from ..logging import MetricsLogger, plot_metrics, progress
 from ..seeding import seed_everything
 from .config import DistillConfig, default_milestones
-from .data import DistillDatasets, build_datasets
+from .data import DistillDatasets, SeededSamples, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
 from .evaluate import evaluate
 from .models import check_model_name, create_model, default_lr
+from .teacher_cache import CachedViews, TeacherCache
 
 __all__ = ["RUN_ONLY_SETTINGS", "DistillResult", "LossFactory", "run_distillation"]
 
@@ -69,12 +72,18 @@ LossFactory = Callable[[int], "nn.Module | None"]
 RUN_ONLY_SETTINGS = ("out", "device", "workers", "progress", "stop_after")
 
 _PHASES = ("teacher", "student")
-#: Files that show a folder holds a previous distillation run (``overwrite`` may replace it).
-_RUN_MARKERS = (
+#: What a distillation run writes in ``out``: what ``overwrite`` deletes (a ``teacher_checkpoint``
+#: the run names as input excepted).
+_RUN_FILES = (
     "teacher_last.pt",
+    "teacher_last.prev.pt",
     "teacher_metrics.jsonl",
+    "teacher_curves.png",
     "teacher.pt",
+    "student_last.pt",
+    "student_last.prev.pt",
     "student_metrics.jsonl",
+    "student_curves.png",
     "student.pt",
     "result.json",
 )
@@ -103,6 +112,41 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
 
 
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: DistillConfig, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The phase's per-epoch learning-rate schedule (``cfg.schedule``)."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    milestones = list(cfg.milestones) if cfg.milestones is not None else default_milestones(epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_decay)
+
+
+def _kept(epoch: int) -> str:
+    """What a run stopped in 0-based ``epoch`` leaves to resume from."""
+    return f"the checkpoint after epoch {epoch} is kept" if epoch else "no checkpoint was written"
+
+
+def _resumed_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: DistillConfig, epochs: int, lr: float, start: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule of ``cfg`` advanced to epoch ``start``, applied to a restored optimiser.
+
+    The optimiser's hyper-parameters are set from ``cfg`` (a resume that changes ``lr``,
+    ``momentum``, ``weight_decay``, ``schedule`` or ``milestones`` runs with the new values from
+    here on); with unchanged settings the learning rate is the one the checkpointed run had.
+    """
+    for group in optimizer.param_groups:
+        group.update(lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        group.pop("initial_lr", None)
+    scheduler = _scheduler(optimizer, cfg, epochs)
+    with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start):
+            scheduler.step()
+    return scheduler
+
+
 def _fit(
     model: Distiller | SupervisedModel,
     train_ds: Dataset,
@@ -114,10 +158,14 @@ def _fit(
     epochs: int,
     lr: float,
     state: dict[str, Any] | None,
+    cache: TeacherCache | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` with checkpoints ``<out>/<phase>_last.pt``; final metrics.
 
-    ``state`` is the phase checkpoint to continue from (None: start at epoch 0).
+    ``state`` is the phase checkpoint to continue from (None: start at epoch 0). With ``cache``
+    the student sees the cached views and the distiller reads the teacher's stored outputs.
+    Every epoch's items are drawn from ``(seed, epoch, index)`` alone, so they do not depend on
+    the number of DataLoader workers.
     """
     out_dir = Path(cfg.out)
     ckpt_path = out_dir / f"{phase}_last.pt"
@@ -128,10 +176,9 @@ def _fit(
             f"{len(train_ds)} training images over {ctx.world_size} process(es) give {per_process} "
             f"per process < --batch-size {cfg.batch_size} (per process); lower --batch-size"
         )
-    milestones = list(cfg.milestones) if cfg.milestones is not None else default_milestones(epochs)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_decay)
+    scheduler = _scheduler(optimizer, cfg, epochs)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and ctx.device.type == "cuda")
     start = 0
     if state is not None:
@@ -139,9 +186,9 @@ def _fit(
         if unexpected or any(not k.startswith("teacher.") for k in missing):
             raise ValueError(f"{ckpt_path} does not match the model: {missing=} {unexpected=}")
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start = state["epoch"]
+        scheduler = _resumed_scheduler(optimizer, cfg, epochs, lr, start)
     if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
         truncate_metrics(metrics_path, "epoch", start - 1)
     logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
@@ -150,6 +197,7 @@ def _fit(
         ddp: nn.Module = DistributedDataParallel(model, device_ids=device_ids)
     else:
         ddp = model
+    train_ds = CachedViews(train_ds, cache.views) if cache is not None else SeededSamples(train_ds)
     sampler = DistributedSampler(
         train_ds,
         num_replicas=ctx.world_size,
@@ -162,6 +210,7 @@ def _fit(
     record: dict[str, Any] = {}
     for epoch in range(start, stop):
         seed_everything(_epoch_seed(cfg.seed, epoch, ctx.rank))
+        train_ds.set_epoch(_epoch_seed(cfg.seed, epoch, 0))
         sampler.set_epoch(epoch)
         model.set_epoch(epoch, epochs)
         loader = DataLoader(
@@ -182,15 +231,19 @@ def _fit(
             desc=f"{phase} {epoch + 1}/{epochs}",
             leave=False,
         )
-        for x, y in bar:
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        for batch in bar:
+            x, y = (t.to(ctx.device, non_blocking=True) for t in batch[:2])
+            extra = {}
+            if cache is not None:  # items (x, y, position, view): the teacher's stored outputs
+                extra["teacher_outputs"] = cache.lookup(batch[2], batch[3], ctx.device)
             with autocast(ctx.device, enabled=cfg.amp):
-                logits, losses = ddp(x, y)
+                logits, losses = ddp(x, y, **extra)
             loss = sum(v.float() for v in losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"{phase} epoch {epoch}: non-finite loss "
-                    f"{ {k: v.item() for k, v in losses.items()} }; lower --lr or disable --amp"
+                    f"{phase} epoch {epoch + 1}: non-finite loss "
+                    f"{ {k: v.item() for k, v in losses.items()} }; {_kept(epoch)}; lower --lr "
+                    "or disable --amp"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -212,8 +265,15 @@ def _fit(
             **train_stats,
             "train_acc": train_acc,
             **evaluate(model.student, test_ds, ctx, amp=cfg.amp),
+            "eval_split": "val" if cfg.val_images is not None else "test",
             "epoch_time": time.perf_counter() - tic,
         }
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"{phase} epoch {epoch + 1}: non-finite {', '.join(bad)} (the weights diverged); "
+                f"{_kept(epoch)}; lower --lr or disable --amp"
+            )
         scheduler.step()
         if ctx.is_main:
             logger.log(**record)
@@ -302,6 +362,33 @@ def _teacher(
     return teacher.eval()
 
 
+def _teacher_cache(
+    cfg: DistillConfig, ctx: DistContext, model: Distiller, train_ds: Dataset
+) -> TeacherCache:
+    """The teacher's stored outputs for ``cfg.teacher_cache`` views of every training image."""
+
+    def teacher_fn(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        with autocast(ctx.device, enabled=cfg.amp):
+            if model.needs_features:
+                return model.teacher_features(teacher, x)
+            return None, teacher(x)
+
+    def bar(steps: Any) -> Any:
+        desc = f"teacher cache ({cfg.teacher_cache} views)"
+        return progress(steps, enabled=ctx.is_main and cfg.progress, desc=desc, leave=False)
+
+    return TeacherCache.build_or_load(
+        model.teacher,
+        train_ds,
+        teacher_fn,
+        teacher_checkpoint=_teacher_path(cfg),
+        views=cfg.teacher_cache,
+        device=ctx.device,
+        with_features=model.needs_features,
+        progress=bar,
+    )
+
+
 def _kernel_flags() -> tuple[bool, bool, bool, bool]:
     """Torch's process-wide kernel switches that ``seed_everything(deterministic=True)`` sets."""
     cudnn = torch.backends.cudnn
@@ -354,8 +441,11 @@ def _resume_states(
     return states
 
 
-def _prepare_out(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> None:
-    """Apply :func:`lab_common.cli.prepare_run_dir` to ``cfg.out`` with the engine's files."""
+def _prepare_out(
+    cfg: DistillConfig, *, resume: bool, overwrite: bool, extra_files: Sequence[str]
+) -> None:
+    """Apply :func:`lab_common.cli.prepare_run_dir` to ``cfg.out`` with the engine's files
+    (and the teacher cache of a teacher kept in ``out``), plus ``extra_files``."""
     out = Path(cfg.out)
     exists = {
         phase: any(
@@ -373,8 +463,21 @@ def _prepare_out(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> None:
         "teacher_last.pt" if exists["teacher"] and not exists["student"] else "student_last.pt"
     )
     prepare_run_dir(
-        out, resume=resume, overwrite=overwrite, checkpoint=checkpoint, markers=_RUN_MARKERS
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        checkpoint=checkpoint,
+        run_files=(*_RUN_FILES, *_cache_files(cfg), *extra_files),
+        keep=(cfg.teacher_checkpoint,),
     )
+
+
+def _cache_files(cfg: DistillConfig) -> tuple[str, ...]:
+    """The teacher cache's folder and lock file when they live in ``out`` (default teacher)."""
+    if not cfg.teacher_cache or cfg.teacher_checkpoint is not None:
+        return ()
+    folder = TeacherCache.folder_for("teacher.pt", cfg.teacher_cache).name
+    return folder, f"{folder}.lock"
 
 
 def run_distillation(
@@ -387,6 +490,7 @@ def run_distillation(
     datasets: DistillDatasets | None = None,
     student_features: FeatureFn = features_and_logits,
     teacher_features: FeatureFn = features_and_logits,
+    run_files: Sequence[str] = (),
 ) -> DistillResult:
     """Train (or load) the teacher, then train the student with ``make_loss(num_classes)``.
 
@@ -402,6 +506,8 @@ def run_distillation(
             :func:`~lab_common.distill.build_datasets` (e.g. a long-tailed subset); items
             ``(x (C, H, W), label)``.
         student_features / teacher_features: feature functions for losses that need features.
+        run_files: files the caller writes into ``config.out`` besides the engine's (e.g. a
+            plot), so that ``overwrite`` replaces them too.
 
     Writes to ``config.out``: ``teacher.pt`` (unless ``teacher_checkpoint`` names an existing
     file), ``{teacher,student}_last.pt`` (resume state; the epoch before it as
@@ -421,7 +527,7 @@ def run_distillation(
     ctx = init_distributed(device=config.device)
     try:
         if ctx.is_main:
-            _prepare_out(config, resume=resume, overwrite=overwrite)
+            _prepare_out(config, resume=resume, overwrite=overwrite, extra_files=run_files)
         barrier()
         states = _resume_states(config, ctx, allow_changed) if resume else {}
         seed_everything(config.seed, deterministic=config.deterministic)
@@ -448,6 +554,9 @@ def run_distillation(
                 teacher_features=teacher_features,
             )
         model.to(ctx.device)
+        cache = None
+        if config.teacher_cache and isinstance(model, Distiller):
+            cache = _teacher_cache(config, ctx, model, train_ds)
         lr = config.lr if config.lr is not None else default_lr(config.student)
         metrics = _fit(
             model,
@@ -459,6 +568,7 @@ def run_distillation(
             epochs=config.epochs,
             lr=lr,
             state=states.get("student"),
+            cache=cache,
         )
         if ctx.is_main and metrics["completed"]:
             state = {

@@ -87,13 +87,19 @@ def kd_loss(
 
 
 class KDLoss(nn.Module):
-    """:func:`kd_loss` as a Distiller loss: ``KDLoss(ce_weight=0.1, kd_weight=0.9, temperature=4)``.
+    """:func:`kd_loss` as a Distiller loss; ``KDLoss()`` is :data:`KD_DEFAULTS` (CE 1, KD 1, T 4).
 
     ``forward(student_logits (B, C), teacher_logits (B, C), target (B,))`` returns
     ``{"loss_ce", "loss_kd"}``, already weighted; their sum is the training loss.
     """
 
-    def __init__(self, *, ce_weight: float, kd_weight: float, temperature: float) -> None:
+    def __init__(
+        self,
+        *,
+        ce_weight: float = KD_DEFAULTS["ce_weight"],
+        kd_weight: float = KD_DEFAULTS["kd_weight"],
+        temperature: float = KD_DEFAULTS["temperature"],
+    ) -> None:
         super().__init__()
         _check_weights(ce_weight, kd_weight, temperature)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature

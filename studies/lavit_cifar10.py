@@ -1,0 +1,152 @@
+"""LaViT against all-VA, LaViT with PVTv2's depthwise-conv MLP and PVTv2 on CIFAR-10.
+
+Protocol: the 50,000 training images of ``../shared/datasets/cifar10``; a class-balanced
+validation split of 5,000 (seed 0, the distillation study's) is every number's evaluation
+split, the other 45,000 train. Every row is ``lavit.train`` with the same recipe: 32² inputs
+in memory, random crop (padding 4) + horizontal flip (``augment="crop-flip"``), AdamW lr 2e-3,
+weight decay 0.05, cosine schedule with 3 warm-up epochs, label smoothing 0.1, no mixup, no
+drop path, batch 128, 30 epochs; the DP loss at weight 0.1 where the model is a LaViT. The
+models share three stages (token grids 8/4/2, widths 32/64/128, heads 1/2/4, MLP ratio 4,
+depth 2 per stage) and differ only in what the study compares: LaViT (one VA then one LA
+block in every stage, square maps, the first LA block on the softmax attention), all-VA (no
+LA block), each with the plain or the depthwise-conv MLP, and timm's PVTv2 (full-resolution
+keys). The attention-saturation analysis (consecutive-map cosine per stage) runs on the
+seed-0 models.
+
+    python studies/lavit_cifar10.py --jobs 2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    RESULTS,
+    Evaluation,
+    Row,
+    Store,
+    plot_curves,
+    seeds,
+    study_main,
+    summarise,
+    write_report,
+)
+
+STUDY = "lavit_cifar10"
+SEEDS = (0, 1, 2)
+STAGES = {
+    "depths": (2, 2, 2),
+    "embed_dims": (32, 64, 128),
+    "num_heads": (1, 2, 4),
+    "mlp_ratios": (4, 4, 4),
+}
+LAVIT = {
+    **STAGES,
+    "la_depths": (1, 1, 1),
+    "sr_ratios": (1, 1, 1),
+    "window_sizes": (0, 0, 0),
+    "la_input": "softmax",
+}
+RECIPE = {
+    "dataset": "cifar10",
+    "val_images": 5000,
+    "val_seed": 0,
+    "augment": "crop-flip",
+    "img_size": 32,
+    "epochs": 30,
+    "batch_size": 128,
+    "lr": 2e-3,
+    "min_lr": 1e-5,
+    "warmup_lr": 1e-5,
+    "warmup_epochs": 3,
+    "weight_decay": 0.05,
+    "smoothing": 0.1,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "drop_path": 0.0,
+    "workers": 0,
+}
+
+
+def model_run(model: str, model_kwargs: dict[str, Any], dp_loss_weight: float) -> dict[str, Any]:
+    return {
+        **RECIPE,
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "dp_loss_weight": dp_loss_weight,
+    }
+
+
+#: row name -> trainer kwargs
+MODELS = {
+    "LaViT": model_run("lavit_tiny", LAVIT, 0.1),
+    "all-VA": model_run("lavit_tiny", {**LAVIT, "la_depths": (0, 0, 0)}, 0.0),
+    "LaViT + dwconv MLP": model_run("lavit_tiny", {**LAVIT, "mlp_dwconv": True}, 0.1),
+    "PVTv2-style": model_run("pvt_v2_b0", {**STAGES, "sr_ratios": (1, 1, 1)}, 0.0),
+    "all-VA + dwconv MLP": model_run(
+        "lavit_tiny", {**LAVIT, "la_depths": (0, 0, 0), "mlp_dwconv": True}, 0.0
+    ),
+    "LaViT, no DP loss": model_run("lavit_tiny", LAVIT, 0.0),
+}
+
+
+def saturation(folder: Path) -> dict[str, Any]:
+    """Consecutive-layer attention cosine of a trained model on 64 validation images."""
+    import json
+
+    import timm
+    import torch
+
+    import lavit  # noqa: F401  (registers the lavit_* models)
+    from lab_common.data import tensor_datasets
+    from lavit.analysis import capture_attention, consecutive_similarity
+
+    cfg = json.loads((folder / "config.json").read_text())
+    model = timm.create_model(
+        cfg["model"],
+        num_classes=10,
+        in_chans=3,
+        **({"img_size": 32} if cfg["model"].startswith("lavit") else {}),
+        **cfg["model_kwargs"],
+    )
+    model.load_state_dict(torch.load(folder / "model.pth", map_location="cpu", weights_only=False))
+    _, val, _, _ = tensor_datasets(
+        "cifar10", val_images=cfg["val_images"], val_seed=cfg["val_seed"]
+    )
+    x = torch.stack([val[i][0] for i in range(64)])
+    return {"layers": consecutive_similarity(capture_attention(model.eval(), x))}
+
+
+ROWS = [Row(name, seeds("lavit", kwargs, SEEDS)) for name, kwargs in MODELS.items()]
+SATURATION = [Evaluation(row.runs[0], "lavit_cifar10:saturation") for row in ROWS[:4]]
+
+
+def report(store: Store, command: str) -> None:
+    rows = summarise(ROWS, store, baseline="LaViT")
+    curves = plot_curves(ROWS, store, RESULTS / f"{STUDY}_curves.png", "epoch")
+    sat = {ev.run.key: store.record(ev)["result"] for ev in SATURATION if store.finished(ev)}
+    names = {row.runs[0].key: row.name for row in ROWS}
+    write_report(
+        STUDY,
+        title="LaViT on CIFAR-10 (45,000 training images, 5,000 validation)",
+        protocol={
+            "train_images": 45000,
+            "val_images": 5000,
+            "epochs": RECIPE["epochs"],
+            "img_size": 32,
+            "batch_size": RECIPE["batch_size"],
+        },
+        rows=rows,
+        baseline="LaViT",
+        command=command,
+        text=__doc__.split("\n\n")[1],
+        curves=curves,
+        extra={"saturation": {names[k]: v["layers"] for k, v in sat.items()}},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        study_main(STUDY, [*ROWS, Row("saturation", SATURATION)], report, description=__doc__)
+    )

@@ -1,0 +1,178 @@
+"""The study harness (``studies/harness.py``): runs the packages' trainers in keyed folders,
+waits for dependencies, never recomputes a finished run, resumes a killed one exactly, and
+aggregates seeds with paired differences."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+sys.path.insert(0, str(STUDIES))
+
+from harness import (  # noqa: E402
+    Evaluation,
+    Output,
+    Row,
+    Run,
+    Store,
+    execute,
+    summarise,
+    write_report,
+)
+
+DATA = {"dataset": "cifar10", "val_images": 100, "train_subset": 256, "workers": 0}
+TEACHER = Run(
+    "clkd",
+    {**DATA, "method": "ce", "student": "cifar_resnet8", "epochs": 1, "batch_size": 64},
+    keep=("student.pt",),
+)
+
+
+def _student(seed: int, method: str = "kd", epochs: int = 1) -> Run:
+    kwargs = {
+        **DATA,
+        "method": method,
+        "teacher": "cifar_resnet8",
+        "teacher_checkpoint": Output(TEACHER, "student.pt"),
+        "student": "cifar_resnet8",
+        "epochs": epochs,
+        "batch_size": 64,
+        "teacher_cache": 2,
+    }
+    return Run("clkd", kwargs, seed)
+
+
+def test_keys_depend_on_the_studys_settings_not_on_where_runs_live(tmp_path):
+    assert _student(0).key == _student(0).key
+    assert _student(0).key != _student(1).key != _student(0, "clkd").key
+    assert _student(0).needs == [TEACHER]
+    assert _student(0).key.startswith("clkd-")
+    with pytest.raises(ValueError, match="'out' is set by the harness"):
+        Run("clkd", {"out": "x"})
+    with pytest.raises(ValueError, match="unknown trainer"):
+        Run("nope", {})
+
+
+def test_a_study_runs_its_dependencies_first_then_never_again(tmp_path, capsys):
+    store = Store(tmp_path / "runs", tmp_path / "records")
+    runs = [_student(0), _student(1)]
+    assert execute(runs, store, jobs=2, report_every=5) == []
+    for run in [TEACHER, *runs]:
+        record = store.record(run)
+        assert record["key"] == run.key and 0 <= record["acc"] <= 100
+        assert record["config"]["val_images"] == 100 and record["curve"][0]["epoch"] == 0
+    # the teacher's weights are kept with its record; students read them through the cache
+    assert (tmp_path / "records" / TEACHER.key / "student.pt").is_file()
+    assert store.record(runs[0])["config"]["teacher_cache"] == 2
+    capsys.readouterr()
+    assert execute(runs, store, jobs=2) == []
+    assert "0 run(s) to do" in capsys.readouterr().out
+    # another machine: the run folders are gone, the records and kept files are enough
+    new = Store(tmp_path / "elsewhere", tmp_path / "records")
+    assert execute([_student(2)], new, jobs=1) == []
+    assert (tmp_path / "elsewhere" / TEACHER.key / "student.pt").is_file()
+
+    rows = [Row("KD", [*runs, _student(2)]), Row("CE", [_student(0, "ce"), _student(5, "ce")])]
+    summary = summarise(rows, new, baseline="KD")
+    kd, ce = summary
+    assert kd["seeds"] == [0, 1, 2] and "paired" not in kd
+    assert ce["seeds"] == [] and "mean" not in ce
+    md, js = write_report(
+        "toy",
+        title="toy",
+        protocol={"train_images": 256, "val_images": 100, "epochs": 1},
+        rows=summary,
+        baseline="KD",
+        command="python studies/toy.py",
+        text="A toy study.",
+        curves=None,
+        results=tmp_path / "results",
+    )
+    payload = json.loads(js.read_text())
+    assert payload["protocol"]["train_images"] == 256 and payload["rows"][0]["name"] == "KD"
+    assert "not run yet" in md.read_text()
+
+
+def test_evaluations_run_after_their_run_and_are_stored_apart(tmp_path, monkeypatch):
+    module = tmp_path / "mod"
+    module.mkdir()
+    (module / "toy_eval.py").write_text(
+        "import json\n"
+        "def evaluate(folder, scale):\n"
+        "    acc = json.loads((folder / 'result.json').read_text())['test_acc']\n"
+        "    return {'accuracy': acc * scale, 'files': sorted(p.name for p in folder.iterdir())}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{module}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    store = Store(tmp_path / "runs", tmp_path / "records")
+    evals = [Evaluation(TEACHER, "toy_eval:evaluate", {"scale": s}) for s in (1, 2)]
+    assert evals[0].key.startswith(TEACHER.key + ".eval-") and evals[0].key != evals[1].key
+    assert execute(evals, store, jobs=2) == []
+    one, two = (store.record(e)["result"] for e in evals)
+    assert two["accuracy"] == pytest.approx(2 * one["accuracy"])
+    assert "student.pt" in one["files"]
+    row = Row("x2", [evals[1]], metric=lambda r: r["result"]["accuracy"])
+    assert summarise([row], store, None)[0]["mean"] == pytest.approx(two["accuracy"], abs=1e-3)
+
+
+def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
+    store = Store(tmp_path / "runs", tmp_path / "records")
+    a = [_student(s) for s in (0, 1, 2)]
+    b = [_student(s, "clkd") for s in (0, 1)]
+    for run, acc in zip([*a, *b], [50.0, 52.0, 54.0, 51.0, 54.0], strict=True):
+        store.records.mkdir(parents=True, exist_ok=True)
+        store.record_path(run).write_text(json.dumps({"acc": acc, "curve": []}))
+    kd, clkd = summarise([Row("KD", a), Row("CLKD", b)], store, baseline="KD")
+    assert kd["mean"] == pytest.approx(52.0)
+    assert clkd["paired"]["seeds"] == [0, 1] and clkd["paired"]["mean"] == pytest.approx(1.5)
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_the_run_exactly_on_another_machine(tmp_path):
+    """SIGKILL the harness and its child mid-run, keep only the records (with the run's
+    checkpoint saved into them); starting again ends bit-identical."""
+    run = _student(0, epochs=6)
+    code = (
+        f"import sys; sys.path[:0] = [{str(STUDIES)!r}, {str(Path(__file__).parent)!r}]\n"
+        "from pathlib import Path\n"
+        "from harness import Store, execute\n"
+        "from test_studies import _student\n"
+        "root = Path(sys.argv[1])\n"
+        "raise SystemExit(len(execute([_student(0, epochs=6)], Store(root / 'runs', root / "
+        "'records'), jobs=1, threads=1)))\n"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    killed = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "a")], env=env, start_new_session=True
+    )
+    checkpoint = tmp_path / "a" / "runs" / run.key / "student_last.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert checkpoint.is_file() and not (tmp_path / "a" / "records" / f"{run.key}.json").exists()
+    # another machine: only the records travel, with the unfinished run's checkpoint in them
+    store = Store(tmp_path / "a" / "runs", tmp_path / "a" / "records")
+    assert store.save_partial(run) and not store.save_partial(TEACHER)  # the teacher finished
+    shutil.rmtree(tmp_path / "a" / "runs")
+    for root in (tmp_path / "a", tmp_path / "b"):
+        subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True)
+    weights = [
+        torch.load(root / "runs" / run.key / "student.pt", weights_only=False)["model"]
+        for root in (tmp_path / "a", tmp_path / "b")
+    ]
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+    log = (tmp_path / "a" / "runs" / f"{run.key}.log").read_text()
+    assert log.count("[student] epoch 6/6") == 1 and "[student] epoch 1/6" not in log
+    assert not store.partial(run).exists()  # dropped once the run finished
