@@ -397,11 +397,28 @@ def run_child(spec_path: Path) -> None:
     resume = any((out / name).is_file() for name in trainer.checkpoints)
     if not resume and out.is_dir():  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(out)
-    _attr(trainer.train)(config, resume=resume)
+    added = _added_settings(out, trainer, config) if resume else []
+    _attr(trainer.train)(config, resume=resume, allow_changed=added)
     if trainer.result and not (out / trainer.result).is_file():
         raise SystemExit(f"{out}: the trainer ended without {trainer.result}")
     config_json = {"trainer": job["trainer"], **dataclasses.asdict(config)}
     (out / "study_config.json").write_text(json.dumps(config_json, indent=1, default=str))
+
+
+def _added_settings(out: Path, trainer: Trainer, config: Any) -> list[str]:
+    """Settings a newer version of the trainer added since the run's checkpoint was written,
+    at their defaults: a resume may pass them (the default keeps the old behaviour)."""
+    import torch
+
+    path = next(out / n for n in trainer.checkpoints if (out / n).is_file())
+    stored = torch.load(path, map_location="cpu", weights_only=False).get("config", {})
+    defaults = {f.name: f for f in dataclasses.fields(config)}
+    added = []
+    for name, f in defaults.items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if name not in stored and getattr(config, name) == default:
+            added.append(name)
+    return added
 
 
 # ------------------------------------------------------------------------------ scheduling

@@ -122,8 +122,38 @@ ROWS = [Row(name, seeds("lavit", kwargs, SEEDS)) for name, kwargs in MODELS.item
 SATURATION = [Evaluation(row.runs[0], "lavit_cifar10:saturation") for row in ROWS[:4]]
 
 
+def _frontier(rows: list[dict[str, Any]]) -> Path | None:
+    """Validation accuracy against inference throughput (``lavit_cifar10_speed.py``'s JSON)."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    speed_path = RESULTS / "lavit_cifar10_speed.json"
+    if not speed_path.is_file():
+        return None
+    speed = {r["model"]: r for r in json.loads(speed_path.read_text())["rows"]}
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for row in rows:
+        if "mean" not in row or row["name"] not in speed:
+            continue
+        x = speed[row["name"]]["infer_img_s"]
+        ax.errorbar(x, row["mean"], yerr=row["ci95"], fmt="o", capsize=3)
+        ax.annotate(
+            row["name"], (x, row["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
+    ax.set_xlabel("inference throughput (img/s, 32², batch 128, CPU)")
+    ax.set_ylabel("validation accuracy (%), mean ± 95 % CI")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = RESULTS / f"{STUDY}_frontier.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def report(store: Store, command: str) -> None:
     rows = summarise(ROWS, store, baseline="LaViT")
+    frontier = _frontier(rows)
     curves = plot_curves(ROWS, store, RESULTS / f"{STUDY}_curves.png", "epoch")
     sat = {ev.run.key: store.record(ev)["result"] for ev in SATURATION if store.finished(ev)}
     names = {row.runs[0].key: row.name for row in ROWS}
@@ -142,7 +172,10 @@ def report(store: Store, command: str) -> None:
         command=command,
         text=__doc__.split("\n\n")[1],
         curves=curves,
-        extra={"saturation": {names[k]: v["layers"] for k, v in sat.items()}},
+        extra={
+            "saturation": {names[k]: v["layers"] for k, v in sat.items()},
+            "frontier_png": frontier.name if frontier else None,
+        },
     )
 
 

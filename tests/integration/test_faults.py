@@ -274,3 +274,35 @@ def test_gp_maml_resume_applies_a_changed_learning_rate(tmp_path):
     shorter = _gp_maml_args(out, "--lr", "0.01", "--iterations", "2", "--resume")
     shorter += ["--allow-changed", "iterations"]
     _one_line_error(_console("gp_maml.train", *shorter), "at iteration 3, past --iterations 2")
+
+
+def test_clkd_workers_may_change_on_resume_without_changing_the_weights(tmp_path):
+    """--workers 2 for the first epoch, --resume --workers 0 for the second: the same weights as
+    an uninterrupted --workers 0 run (items are drawn per index and epoch, not per worker)."""
+    teacher = tmp_path / "teacher.pt"
+    args = [
+        "--dataset",
+        "fashion-mnist",
+        "--teacher",
+        "cifar_resnet8",
+        "--student",
+        "cifar_resnet8",
+    ]
+    args += [
+        "--epochs",
+        "2",
+        "--teacher-epochs",
+        "1",
+        "--train-subset",
+        "96",
+        "--test-subset",
+        "32",
+    ]
+    args += ["--batch-size", "32", "--no-progress", "--teacher-checkpoint", teacher]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _console("clkd.train", *args, "--workers", "0", "--out", straight).returncode == 0
+    first = _console("clkd.train", *args, "--workers", "2", "--stop-after", "1", "--out", split)
+    assert first.returncode == 0
+    resumed = _console("clkd.train", *args, "--workers", "0", "--resume", "--out", split)
+    assert resumed.returncode == 0
+    _assert_same(_weights(straight / "student.pt"), _weights(split / "student.pt"))

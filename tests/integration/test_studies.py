@@ -4,6 +4,7 @@ aggregates seeds with paired differences."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,11 +21,13 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 sys.path.insert(0, str(STUDIES))
 
 from harness import (  # noqa: E402
+    TRAINERS,
     Evaluation,
     Output,
     Row,
     Run,
     Store,
+    _added_settings,
     execute,
     summarise,
     write_report,
@@ -176,3 +179,14 @@ def test_a_killed_study_resumes_the_run_exactly_on_another_machine(tmp_path):
     log = (tmp_path / "a" / "runs" / f"{run.key}.log").read_text()
     assert log.count("[student] epoch 6/6") == 1 and "[student] epoch 1/6" not in log
     assert not store.partial(run).exists()  # dropped once the run finished
+
+
+def test_a_setting_added_since_the_checkpoint_may_pass_at_its_default(tmp_path):
+    from clkd.train import TrainConfig
+
+    config = TrainConfig(out=str(tmp_path))
+    stored = {k: v for k, v in dataclasses.asdict(config).items() if k != "clkd_correlation_axis"}
+    torch.save({"config": stored}, tmp_path / "student_last.pt")
+    assert _added_settings(tmp_path, TRAINERS["clkd"], config) == ["clkd_correlation_axis"]
+    changed = dataclasses.replace(config, clkd_correlation_axis="batch")
+    assert _added_settings(tmp_path, TRAINERS["clkd"], changed) == []  # not its default

@@ -47,10 +47,10 @@ from torch import nn
 from clkd import CLKDLoss, DKDLoss, dkd_beta_for
 from lab_common import cache_dir, mean_confidence_interval, seed_everything, write_benchmark
 from lab_common.data import class_balanced_split, load_cifar10_tensors, load_fashion_mnist_tensors
+from lab_common.data.longtail import longtail_indices, shot_splits, split_accuracy
 from lab_common.distill import KDLoss, create_model, default_milestones
 from lab_common.distill.kd import KD_DEFAULTS
 from trg_kd import TRGLoss
-from trg_kd.longtail import longtail_indices, shot_splits, split_accuracy
 
 RESULTS = Path(__file__).parent / "results"
 TEACHER, STUDENT = "cifar_resnet20", "cifar_resnet8"

@@ -341,3 +341,22 @@ def test_covariance_mode_divides_by_classes_minus_one():
     z = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
     g = class_correlation_matrix(z, "covariance")
     torch.testing.assert_close(g, torch.tensor([[2.0, 4.0], [4.0, 8.0]]) / (2 - 1))
+
+
+def test_batch_axis_correlates_the_samples_over_the_classes():
+    # rows centred over the C = 3 classes: (-1, 0, 1), (1, 0, -1), (-1, 1, 0)
+    z = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    cov = class_correlation_matrix(z, "covariance", axis="batch")
+    expected = torch.tensor([[2.0, -2.0, 1.0], [-2.0, 2.0, -1.0], [1.0, -1.0, 2.0]]) / (3 - 1)
+    torch.testing.assert_close(cov, expected)
+    pearson = class_correlation_matrix(z, "pearson", axis="batch")
+    torch.testing.assert_close(pearson, expected * (3 - 1) / 2)  # every row has norm √2
+    assert pearson.shape == (3, 3)  # B × B, not C × C
+    s, t, y = random_logits(b=6, c=5)
+    out = clkd_loss(s, t, y, correlation_axis="batch")
+    direct = class_correlation_loss(s, t, "pearson", axis="batch")
+    assert out["loss_cc"].item() == pytest.approx(0.4 * direct.item())
+    assert direct.item() != pytest.approx(class_correlation_loss(s, t).item())
+    assert CLKDLoss(correlation_axis="batch").config.correlation_axis == "batch"
+    with pytest.raises(ValueError, match="correlation_axis must be one of"):
+        CLKDConfig(correlation_axis="classes")

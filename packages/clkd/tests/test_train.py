@@ -72,6 +72,8 @@ def test_options_map_to_configs_and_method_defaults():
     loss = make_loss(cfg, 10)
     assert isinstance(loss, DKDLoss) and loss.config.beta == 2 and loss.config.temperature == 3
     assert loss.config.alpha == 1.0 and loss.config.ce_weight == 1.0  # method defaults kept
+    batch = make_loss(parse_config(["--clkd-correlation-axis", "batch"]), 10)
+    assert batch.config.correlation_axis == "batch"
     clkd = make_loss(parse_config(["--clkd-variant", "softmax", "--class-weight", "2"]), 10)
     assert clkd.config.variant == "softmax" and clkd.config.class_weight == 2
     assert make_loss(parse_config(["--method", "ce"]), 10) is None
@@ -257,3 +259,20 @@ def test_torchrun_two_processes_gloo_ranks_identical(tmp_path):
     records = (tmp_path / "run/student_metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]
     assert (tmp_path / "run/student_curves.png").is_file()
+
+
+def test_long_tailed_training_set_reports_the_shot_splits(tmp_path):
+    cfg = TrainConfig(
+        **{**BASE, "epochs": 1, "teacher_epochs": 1},
+        method="clkd",
+        imbalance_ratio=4,
+        lt_n_max=8,
+        many_shot=6,
+        few_shot=3,
+        out=str(tmp_path),
+    )
+    result = train(cfg, datasets=synthetic())
+    assert result.metrics["train_counts"] == [8, 5, 3, 2]  # 8 * 4^(-i/3)
+    assert result.metrics["shot_splits"] == {"many": [0], "medium": [1, 2], "few": [3]}
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert {"test_acc_all", "test_acc_many", "test_acc_few"} <= set(saved)

@@ -93,6 +93,7 @@ def test_paper_preset_sets_the_rules():
         )
         assert isinstance(learner.relation_net, TPNRelationNet)
         assert (learner.lp_encoder is not None) == (method == "gp-anil")
+        assert learner.pick_pool == 75  # the code's pic_num, at meta-training
     base = _paper("maml")  # nothing changes for a base learner (no graph at all)
     assert base.relation_net is None and base.lp_encoder is None and base.class_mass_norm
     assert _paper("gp-maml", lp_loss_weight=0.5).lp_loss_weight == 0.5  # explicit wins
@@ -152,6 +153,10 @@ def test_paper_config_and_final_checkpoint(shared_omniglot, tmp_path):
     cfg = TrainConfig(preset="paper")
     assert (cfg.lp_loss_weight, cfg.class_mass_norm, cfg.lr, cfg.gamma) == (1.0, False, 1e-3, 0.1)
     assert (cfg.milestones, cfg.iterations) == ((10000, 20000), 30000)
+    assert (cfg.pick_pool, cfg.moment_restart) == (75, 100)  # pic_num; Adam re-created per 100
+    assert TrainConfig(preset="paper", method="maml").pick_pool is None  # GP methods only
+    with pytest.raises(ValueError, match="preset='paper' sets moment_restart=100, got 50"):
+        TrainConfig(preset="paper", moment_restart=50)
     with pytest.raises(ValueError, match="preset='paper' sets lp_loss_weight=1.0, got 0.5"):
         TrainConfig(preset="paper", lp_loss_weight=0.5)
     assert TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg

@@ -132,3 +132,32 @@ def test_learner_with_a_low_threshold_picks_every_query():
     ys, yq = torch.tensor([[0, 1]] * 2), torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
     with torch.no_grad():
         assert learner(xs, ys, xq, yq).picked.tolist() == [6.0, 6.0]
+
+
+def test_pool_picks_class_balanced_among_the_most_confident_queries_only():
+    # confidences (softmax of the scores) fall with the row; labels 0 0 1 1 0 1
+    scores = torch.tensor([[9.0, 0.0], [8.0, 0.0], [0.0, 7.0], [0.0, 6.0], [1.0, 0.0], [0.0, 0.5]])
+    full, labels = pick_pseudo_labels(scores, 2)
+    assert full.tolist() == [1, 1, 1, 1, 1, 1]  # every query: 3 of each class, k = 3
+    pooled, same = pick_pseudo_labels(scores, 2, pool=3)  # candidates: rows 0, 1, 2
+    assert torch.equal(labels, same)
+    assert pooled.tolist() == [1, 0, 1, 0, 0, 0]  # k = 1 (class 1 has one candidate)
+    assert pick_pseudo_labels(scores, 2, pool=2)[0].sum() == 0  # only class 0 in the pool
+    v_mask, _ = torch.func.vmap(pick_pseudo_labels, in_dims=(0, None, None))(
+        scores.expand(3, -1, -1), 2, 3
+    )
+    assert torch.equal(v_mask[1], pooled)
+
+
+def test_learner_uses_the_pool_at_meta_training_only():
+    torch.manual_seed(0)
+    model = create_backbone("conv4-32", in_chans=1, num_classes=3, img_size=28)
+    learner = create_learner("gp-maml", model, pick_pool=2, first_order=True)
+    xs, ys = torch.randn(3, 1, 28, 28), torch.arange(3)
+    xq, yq = torch.randn(12, 1, 28, 28), torch.arange(3).repeat(4)
+    learner.train()
+    assert learner(xs[None], ys[None], xq[None], yq[None]).picked.item() <= 2
+    with pytest.raises(ValueError, match="pick_pool must be >= 1"):
+        create_learner("gp-maml", model, pick_pool=0)
+    with pytest.raises(ValueError, match="pick_pool applies to GP methods only"):
+        create_learner("maml", model, pick_pool=75)

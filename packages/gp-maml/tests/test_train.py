@@ -95,8 +95,13 @@ def test_cli_and_errors(shared_omniglot, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["best_val"] >= 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "train_acc"} <= set(records[0]) and "val_acc" in records[-1]
-    with pytest.raises(ValueError, match=">= 600"):
+    with pytest.raises(ValueError, match=">= 600 .*lower --min-tasks"):
         evaluate_main(["--checkpoint", str(out / "best.pt"), "--data-root", "x", "--tasks", "10"])
+    quick = evaluate_main(
+        ["--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--split", "val"]
+        + ["--tasks", "4", "--min-tasks", "4", "--no-progress", "--threads", "1"]
+    )
+    assert quick["tasks"] == 4 and 0 <= quick["accuracy"] <= 100
     with pytest.raises(ValueError, match="unknown method"):
         TrainConfig(method="protonet")
     with pytest.raises(ValueError, match="batch_size"):
@@ -398,3 +403,15 @@ def test_picking_thresholds_are_refused_for_base_learners(omniglot_zip, tmp_path
     few = dict(tasks=2, min_tasks=1, batch_size=1, show_progress=False, alphabets=("alpha1",))
     with pytest.raises(ValueError, match=r"--fallback-threshold applies to GP learners only"):
         evaluate(tmp_path / "run" / "last.pt", omniglot_zip, fallback_threshold=0.5, **few)
+
+
+def test_moment_restart_clears_adam_every_n_iterations(shared_omniglot, tmp_path):
+    root = shared_omniglot / "images_background_small1.zip"
+    train(_cfg(root, tmp_path / "r", iterations=3, moment_restart=3, val_every=0))
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert state["optimizer"]["state"] == {}  # restarted after iteration 3, as a new Adam
+    train(_cfg(root, tmp_path / "k", iterations=3, val_every=0))
+    kept = torch.load(tmp_path / "k" / "last.pt", weights_only=False)["optimizer"]["state"]
+    assert kept and all(s["step"].item() == 3 for s in kept.values())
+    with pytest.raises(ValueError, match="moment_restart must be >= 0"):
+        TrainConfig(moment_restart=-1)

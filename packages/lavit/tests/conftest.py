@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny LaViT configuration that exercises every code path quickly."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,45 @@ def run_modules() -> Callable[..., list[subprocess.CompletedProcess]]:
         return done
 
     return run
+
+
+@pytest.fixture
+def write_coco() -> Callable[..., object]:
+    """:func:`_write_coco`: a tiny COCO folder made in the test."""
+    return _write_coco
+
+
+def _write_coco(
+    root, annotations: dict[int, list[tuple]], categories=(0, 5), size=64, stated_size=None
+):
+    """A COCO folder of ``size``-pixel random images: image id -> ``(ann id, category id,
+    [x, y, w, h])`` rows, each with a polygon mask filling its box; ``stated_size`` (default
+    ``size``) is the height/width the JSON states and the masks are decoded at."""
+    from PIL import Image
+
+    stated = stated_size or size
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    g = torch.Generator().manual_seed(0)
+    for image_id, rows in annotations.items():
+        pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / "images" / f"{image_id}.png")
+        images.append(dict(id=image_id, file_name=f"{image_id}.png", height=stated, width=stated))
+        for ann_id, category, (x, y, w, h) in rows:
+            polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
+            anns.append(
+                dict(
+                    id=ann_id,
+                    image_id=image_id,
+                    category_id=category,
+                    bbox=[x, y, w, h],
+                    area=w * h,
+                    iscrowd=0,
+                    segmentation=[polygon],
+                )
+            )
+    cats = [dict(id=c, name=f"c{c}") for c in categories]
+    (root / "annotations.json").write_text(
+        json.dumps(dict(images=images, annotations=anns, categories=cats))
+    )
+    return root

@@ -1,9 +1,13 @@
 import json
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+from lab_common import save_checkpoint
+from lab_common.cli import run_console
 from lavit.analysis import (
     AnalysisConfig,
     capture_attention,
@@ -12,6 +16,7 @@ from lavit.analysis import (
     run_analysis,
 )
 from lavit.lavit import LessAttention
+from lavit.train import TrainConfig
 
 
 def test_capture_lavit_attention_and_la_identity(tiny_model, tiny_input):
@@ -113,3 +118,40 @@ def test_console_script_exit_status(tmp_path, run_modules):
     assert lines[-1].startswith("lavit-analysis: error: unknown model 'lavit_huge'"), bad.stderr
     assert sum("error:" in line for line in lines) == 1 and "Traceback" not in bad.stderr
     assert "timm.list_models('lavit*')" in lines[-1]
+
+
+def _lavit_train_run(folder, tiny_kwargs) -> str:
+    """A folder as ``lavit-train`` leaves it: ``config.json`` and ``model.pth`` (10 classes)."""
+    kwargs = {k: v for k, v in tiny_kwargs.items() if k not in ("img_size", "num_classes")}
+    kwargs["window_sizes"] = (0, 0, 0, 0)
+    model = timm.create_model("lavit_tiny", img_size=32, num_classes=10, **kwargs)
+    cfg = TrainConfig(model="lavit_tiny", model_kwargs=kwargs, img_size=32, out=str(folder))
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(asdict(cfg)))
+    return str(save_checkpoint(model.state_dict(), folder / "model.pth"))
+
+
+def test_a_lavit_train_checkpoint_loads_with_its_run_settings(tmp_path, tiny_kwargs):
+    checkpoint = _lavit_train_run(tmp_path / "r", tiny_kwargs)
+    argv = ["--models", "lavit_tiny", "--checkpoint", f"lavit_tiny={checkpoint}"]
+    results = main([*argv, "--img-size", "32", "--out", str(tmp_path / "a")])
+    assert len(results["lavit_tiny"]) > 0
+    with pytest.raises(ValueError, match=r"trained at img_size 32 .*pass --img-size 32"):
+        main([*argv, "--img-size", "64", "--out", str(tmp_path / "b")])
+
+
+def test_bad_checkpoints_and_images_are_one_line_naming_the_file(tmp_path, tiny_kwargs, capsys):
+    checkpoint = _lavit_train_run(tmp_path / "r", tiny_kwargs)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(Path(checkpoint).read_bytes()[:1000])
+    corrupt = tmp_path / "cat.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not a jpeg")
+    common = ["--models", "lavit_tiny", "--img-size", "32", "--out", str(tmp_path / "a")]
+    for extra, name in [
+        (["--checkpoint", f"lavit_tiny={tmp_path / 'missing.pth'}"], "missing.pth"),
+        (["--checkpoint", f"lavit_tiny={truncated}"], "truncated.pth"),
+        (["--image", str(corrupt)], "cat.jpg"),
+    ]:
+        assert run_console(main, [*common, *extra], prog="lavit-analysis") == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("lavit-analysis: error: ") and name in line, line

@@ -1,6 +1,9 @@
+import io
 import json
 import os
+import re
 import warnings
+from contextlib import redirect_stderr
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -9,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lab_common.cli import config_from_args
+from lab_common.cli import config_from_args, run_console
 from lab_common.testing import run_torchrun
-from lavit.train import TrainConfig, build_parser, train
+from lavit.train import TrainConfig, build_parser, main, train
 
 #: lists, as ``--model-kwargs`` JSON gives them
 TINY_KWARGS = dict(
@@ -318,3 +321,49 @@ def test_a_diverged_evaluation_stops_the_run(tmp_path, monkeypatch):
     assert not (tmp_path / "nan/last.pt").exists()
     metrics = tmp_path / "nan/metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text().strip()
+
+
+def _console(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stderr(err):
+        status = run_console(main, list(argv), prog="lavit-train")
+    return status, err.getvalue()
+
+
+def test_a_diverging_lr_is_one_line_naming_the_step_and_the_fix(image_folder, tmp_path):
+    argv = _argv(image_folder, tmp_path / "run", "--lr", "1e6", "--warmup-epochs", "0")
+    status, err = _console(*argv)
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert re.search(r"lavit-train: error: non-finite loss .* step \d+.*lower --lr", err), err
+
+
+def test_a_refused_start_leaves_nothing_in_out(image_folder, tmp_path):
+    out = tmp_path / "run"
+    status, err = _console(*_argv(tmp_path / "nowhere", out, "--epochs", "1"))
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert not (out / "config.json").exists()
+    assert _console(*_argv(image_folder, out, "--epochs", "1")) == (0, "")
+
+
+def test_the_readme_training_example_runs(tmp_path):
+    """The README's ``TrainConfig`` example (shortened: one epoch on 64 images, no AMP)."""
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        model="lavit_tiny",
+        img_size=32,
+        augment="crop-flip",
+        val_images=5000,
+        epochs=1,
+        batch_size=32,
+        lr=1e-3,
+        dp_loss_weight=0.1,
+        ema_decay=0.9998,
+        max_train_samples=64,
+        max_val_samples=64,
+        workers=0,
+        progress=False,
+        out=str(tmp_path / "fm"),
+    )
+    train(cfg)
+    record = json.loads((tmp_path / "fm/metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and record["train_loss_dp"] > 0  # the DP loss is active at 32²

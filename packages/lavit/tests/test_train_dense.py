@@ -1,15 +1,23 @@
 """lavit.train_dense: the detection / segmentation trainer (``lavit-train-dense``)."""
 
+import io
 import json
 import math
+import re
+import sys
+import warnings
+from contextlib import redirect_stderr
 from dataclasses import replace
+from unittest import mock
 
 import pytest
 import torch
+from PIL import Image
 
 from lab_common import read_metrics
+from lab_common.cli import run_console
 from lab_common.testing import run_torchrun
-from lavit.train_dense import DenseTrainConfig, build_parser, train_dense
+from lavit.train_dense import DenseTrainConfig, build_parser, main, train_dense
 
 #: a very small paper-layout LaViT (7x7 windows, VA + LA in every stage)
 BACKBONE = dict(
@@ -163,3 +171,71 @@ def test_a_learning_rate_changed_on_resume_applies_from_the_resume_on(scenes, tm
         train_dense(replace(faster, epochs=1), resume=True, allow_changed=["lr", "epochs"])
     with pytest.raises(ValueError, match="--allow-changed backbone_kwargs: .*cannot change"):
         train_dense(faster, resume=True, allow_changed=["backbone_kwargs"])
+
+
+def _coco_config(tmp_path, write_coco, task="maskrcnn", **overrides) -> DenseTrainConfig:
+    rows = {1: [(1, 0, [4, 4, 20, 20])], 2: [], 3: [(2, 5, [8, 8, 30, 24]), (3, 5, [9, 9, 0, 4])]}
+    train_root = write_coco(tmp_path / "train", rows)
+    val_root = write_coco(tmp_path / "val", {1: [], 2: []})
+    scenes = (train_root, val_root)
+    return _config(task, scenes, tmp_path / "run", epochs=1, **overrides)
+
+
+def test_coco_category_ids_map_to_labels_and_no_ground_truth_is_not_zero(tmp_path, write_coco):
+    cfg = _coco_config(tmp_path, write_coco)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_dense(cfg)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "requires_grad" in m], messages
+    assert sum("dropped 1 annotations" in m for m in messages) == 1
+    assert any("has no annotations: AP is undefined" in m for m in messages)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["category_ids"] == [0, 5]
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["num_classes"] == 3
+    (record,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert record["val_bbox_AP"] is None and record["val_segm_AP50"] is None
+
+
+def test_bad_data_is_refused_before_the_first_step(tmp_path, write_coco):
+    cfg = _coco_config(tmp_path, write_coco)
+    small = write_coco(tmp_path / "small", {1: [(1, 0, [4, 4, 20, 20])]}, stated_size=32)
+    with pytest.raises(ValueError, match=r"1\.png: the mask of annotation 1 is 32x32"):
+        train_dense(replace(cfg, val_root=str(small)))
+    unknown = write_coco(tmp_path / "unknown", {1: [(9, 2, [4, 4, 20, 20])]})
+    with pytest.raises(ValueError, match="annotation 9 has category_id 2"):
+        train_dense(replace(cfg, train_root=str(unknown)))
+    root = tmp_path / "pairs"
+    for name in ("images", "masks"):
+        (root / name).mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (32, 32)).save(root / "images" / f"{i}.png")
+        Image.new("L", (32, 32 if i else 16)).save(root / "masks" / f"{i}.png")
+    semantic = replace(cfg, task="semantic_fpn", num_classes=3, train_root=str(root))
+    with pytest.raises(ValueError, match=r"masks/0\.png is 32x16 but its image"):
+        train_dense(replace(semantic, val_root=str(root)))
+    assert not (tmp_path / "run").exists()
+
+
+def _console(*argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with mock.patch.object(sys, "argv", ["lavit-train-dense"]), redirect_stderr(err):
+        status = run_console(main, [str(a) for a in argv], prog="lavit-train-dense")
+    return status, err.getvalue()
+
+
+def test_console_one_line_without_pycocotools_and_on_divergence(tmp_path, write_coco, monkeypatch):
+    cfg = _coco_config(tmp_path, write_coco, task="retinanet")
+    argv = ["--task", "retinanet", "--train-root", cfg.train_root, "--backbone-kwargs"]
+    argv += [json.dumps(BACKBONE), "--fpn-channels", "32", "--min-size", "128", "--max-size"]
+    argv += ["128", "--workers", "0", "--no-progress", "--epochs", "3", "--batch-size", "1"]
+    status, err = _console(*argv, "--lr", "1e6", "--out", tmp_path / "diverged")
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert re.search(r"non-finite loss at epoch \d+ step \d+ .*lower --lr", err)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pycocotools", None)
+        status, err = _console(*argv, "--out", tmp_path / "nococo")
+    assert status == 2 and err == (
+        "lavit-train-dense: error: COCO folders (retinanet, maskrcnn) need pycocotools, which "
+        "the lavit[detection] extra installs: pip install 'lavit[detection]'\n"
+    )

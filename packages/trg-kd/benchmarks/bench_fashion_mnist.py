@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from lab_common import seed_everything, write_benchmark
 from lab_common.data import load_fashion_mnist_tensors
+from lab_common.data.longtail import longtail_indices, shot_splits, split_accuracy
 from lab_common.distill import Distiller, KDLoss
 from trg_kd import TokenExtractor, TRGConfig, TRGLoss
-from trg_kd.longtail import longtail_indices, shot_splits, split_accuracy
 
 RESULTS = Path(__file__).parent / "results"
 MEAN, STD = 0.2860, 0.3530

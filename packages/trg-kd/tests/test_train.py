@@ -204,7 +204,7 @@ def test_unknown_model_and_bad_numbers_are_one_line_errors(tmp_path, capsys):
     [
         ("kd_temperature", 0.0, r"kd_temperature \(--kd-temperature\) must be > 0"),
         ("imbalance_ratio", 0.5, r"imbalance_ratio \(--imbalance-ratio\) must be >= 1"),
-        ("lt_n_max", 0, r"lt_n_max \(--lt-n-max\) must be >= 1"),
+        ("lt_n_max", 0, r"lt_n_max must be >= 1"),
         ("few_shot", 200, r"few_shot <= many_shot \(--few-shot, --many-shot\), got 200 and 100"),
         ("tau_start", 0.0, "temperatures must be > 0"),
         ("global_weight", -1.0, "global_weight must be >= 0"),

@@ -59,6 +59,8 @@ _REDUCTIONS = ("mean", "batchmean")
 _VARIANTS = ("mse", "softmax")
 Correlation = Literal["pearson", "covariance"]
 _CORRELATIONS = ("pearson", "covariance")
+Axis = Literal["class", "batch"]
+_AXES = ("class", "batch")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class CLKDConfig:
         correlation: matrix compared by the class-correlation term: "pearson" (correlation
             matrix, bounded and scale-invariant, default) or "covariance" (raw covariance: the
             literal reconstruction, quartic in the logit scale and unstable at lr 0.05).
+        correlation_axis: what the matrix correlates: "class" (``C × C``, the classes over the
+            batch, default) or "batch" (``B × B``, the samples over the classes, centred per
+            sample; with "covariance" divided by ``C − 1`` as the other public
+            re-implementation does).
     """
 
     ce_weight: float = 1.0
@@ -92,6 +98,7 @@ class CLKDConfig:
     variant: Variant = "mse"
     temperature: float = 4.0
     correlation: Correlation = "pearson"
+    correlation_axis: Axis = "class"
 
     def __post_init__(self) -> None:
         if self.reduction not in _REDUCTIONS:
@@ -101,6 +108,10 @@ class CLKDConfig:
         if self.correlation not in _CORRELATIONS:
             raise ValueError(
                 f"correlation must be one of {_CORRELATIONS}, got {self.correlation!r}"
+            )
+        if self.correlation_axis not in _AXES:
+            raise ValueError(
+                f"correlation_axis must be one of {_AXES}, got {self.correlation_axis!r}"
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -148,12 +159,22 @@ def class_loss(
     return instance_loss(s.t(), t.t(), variant, temperature, reduction)
 
 
-def class_correlation_matrix(z: torch.Tensor, correlation: Correlation = "pearson") -> torch.Tensor:
-    """``(B, C)`` logits → ``(C, C)`` covariance or Pearson correlation of the classes over the batch.
+def class_correlation_matrix(
+    z: torch.Tensor, correlation: Correlation = "pearson", axis: Axis = "class"
+) -> torch.Tensor:
+    """``(B, C)`` logits → covariance or Pearson correlation matrix.
 
-    A class whose logits are constant over the batch has zero correlation with every class
-    (its centred column is not rescaled below a norm of 1e-12).
+    ``axis="class"``: ``(C, C)``, the classes over the batch (columns centred over the batch).
+    ``axis="batch"``: ``(B, B)``, the samples over the classes (rows centred over the classes;
+    the covariance divided by ``C − 1``). A constant column (row) has zero correlation with
+    every other (it is not rescaled below a norm of 1e-12).
     """
+    if axis == "batch":
+        centred = z - z.mean(dim=1, keepdim=True)
+        if correlation == "pearson":
+            unit = F.normalize(centred, dim=1, eps=1e-12)
+            return unit @ unit.t()
+        return centred @ centred.t() / (z.shape[1] - 1)
     centred = z - z.mean(dim=0, keepdim=True)
     if correlation == "pearson":
         unit = F.normalize(centred, dim=0, eps=1e-12)
@@ -162,12 +183,20 @@ def class_correlation_matrix(z: torch.Tensor, correlation: Correlation = "pearso
 
 
 def class_correlation_loss(
-    s: torch.Tensor, t: torch.Tensor, correlation: Correlation = "pearson"
+    s: torch.Tensor,
+    t: torch.Tensor,
+    correlation: Correlation = "pearson",
+    axis: Axis = "class",
 ) -> torch.Tensor:
-    """``‖G_s − G_t‖²_F / C²`` for ``(B, C)`` logits, ``G`` from :func:`class_correlation_matrix`."""
+    """Mean squared difference of the two :func:`class_correlation_matrix` es: ``‖G_s − G_t‖²_F``
+    over ``C²`` (``axis="class"``) or ``B²`` (``axis="batch"``) entries."""
     if correlation not in _CORRELATIONS:
         raise ValueError(f"correlation must be one of {_CORRELATIONS}, got {correlation!r}")
-    diff = class_correlation_matrix(s, correlation) - class_correlation_matrix(t, correlation)
+    if axis not in _AXES:
+        raise ValueError(f"axis must be one of {_AXES}, got {axis!r}")
+    diff = class_correlation_matrix(s, correlation, axis) - class_correlation_matrix(
+        t, correlation, axis
+    )
     return diff.pow(2).mean()
 
 
@@ -184,6 +213,7 @@ def clkd_loss(
     variant: Variant = "mse",
     temperature: float = 4.0,
     correlation: Correlation = "pearson",
+    correlation_axis: Axis = "class",
 ) -> dict[str, torch.Tensor]:
     """Weighted CLKD terms for logits ``(B, C)`` (B ≥ 2, C ≥ 2) and targets ``(B,)``.
 
@@ -207,7 +237,8 @@ def clkd_loss(
             "loss_cla": logit_weight
             * class_weight
             * class_loss(s, t, variant, temperature, reduction),
-            "loss_cc": correlation_weight * class_correlation_loss(s, t, correlation),
+            "loss_cc": correlation_weight
+            * class_correlation_loss(s, t, correlation, correlation_axis),
         }
 
 

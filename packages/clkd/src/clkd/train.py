@@ -74,8 +74,9 @@ class TrainConfig(DistillConfig):
     Attributes:
         method: ``ce`` (student alone), ``kd`` (Hinton KD), ``dkd`` (decoupled KD) or ``clkd``.
         ce_weight, temperature: shared by the methods (None: the method's default).
-        clkd_variant, clkd_correlation, clkd_reduction, logit_weight, class_weight,
-            correlation_weight: CLKD's ``variant``, ``correlation``, ``reduction``, μ, β, ν.
+        clkd_variant, clkd_correlation, clkd_correlation_axis, clkd_reduction, logit_weight,
+            class_weight, correlation_weight: CLKD's ``variant``, ``correlation``,
+            ``correlation_axis``, ``reduction``, μ, β, ν.
         kd_weight: KD's weight of the softened KL (None: 1, :data:`KD_DEFAULTS`).
         dkd_alpha, dkd_beta, dkd_warmup: DKD's α, β and warm-up epochs.
     """
@@ -85,6 +86,7 @@ class TrainConfig(DistillConfig):
     temperature: float | None = None
     clkd_variant: Literal["mse", "softmax"] = "mse"
     clkd_correlation: Literal["pearson", "covariance"] = "pearson"
+    clkd_correlation_axis: Literal["class", "batch"] = "class"
     clkd_reduction: Literal["batchmean", "mean"] = "batchmean"
     logit_weight: float | None = None
     class_weight: float | None = None
@@ -101,6 +103,7 @@ class TrainConfig(DistillConfig):
         choices = {
             "clkd_variant": ("mse", "softmax"),
             "clkd_correlation": ("pearson", "covariance"),
+            "clkd_correlation_axis": ("class", "batch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -124,6 +127,7 @@ _OPTIONS = {
     "clkd": {
         "variant": "clkd_variant",
         "correlation": "clkd_correlation",
+        "correlation_axis": "clkd_correlation_axis",
         "reduction": "clkd_reduction",
         "logit_weight": "logit_weight",
         "class_weight": "class_weight",
@@ -212,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("pearson", "covariance"),
         default="pearson",
         help="CLKD class-correlation matrix (covariance = literal reconstruction, unstable)",
+    )
+    g.add_argument(
+        "--clkd-correlation-axis",
+        choices=("class", "batch"),
+        default="class",
+        help="CLKD correlation over the classes (C x C) or over the batch (B x B)",
     )
     weights = {
         "--logit-weight": "CLKD μ (if unset: 0.5)",

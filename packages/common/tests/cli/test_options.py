@@ -3,6 +3,7 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
+from torch.utils.data import DataLoader, Dataset
 
 from lab_common.cli import add_run_arguments, config_from_args, run_console
 
@@ -103,3 +104,42 @@ def test_no_warning_without_old_names():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _parser().parse_args(["--out", "o"])
+
+
+class _BrokenImages(Dataset):
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (OSError("cannot identify image file 'a.jpg'"), 1),
+        (FileNotFoundError(2, "No such file or directory", "b.jpg"), 2),
+    ],
+)
+def test_run_console_shows_a_worker_error_as_its_original_last_line(error, status, capsys):
+    def main(argv):
+        list(DataLoader(_BrokenImages(error), num_workers=2))
+
+    assert run_console(main, [], prog="trainer") == status
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("trainer: error: ") and str(error) in line
+    assert "DataLoader worker" not in line
+
+
+def test_run_console_reports_a_missing_optional_dependency(capsys):
+    def main(argv):
+        raise ModuleNotFoundError("needs pycocotools: pip install 'lavit[detection]'")
+
+    assert run_console(main, [], prog="trainer") == 2
+    assert (
+        capsys.readouterr().err
+        == "trainer: error: needs pycocotools: pip install 'lavit[detection]'\n"
+    )

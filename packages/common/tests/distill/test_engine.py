@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lab_common import seed_everything
 from lab_common.checkpoint import load_checkpoint
@@ -349,3 +351,23 @@ def test_non_finite_evaluation_stops_the_run_and_keeps_the_last_checkpoint(tmp_p
     assert not (tmp_path / "n/result.json").exists()
     records = (tmp_path / "n/student_metrics.jsonl").read_text()
     assert "NaN" not in records and len(records.splitlines()) == 1
+
+
+def test_read_only_out_is_refused_before_any_training(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    steps = []
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    hook = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        with pytest.raises(PermissionError, match="--out .*cannot write"):
+            run_distillation(config(out), kd_factory, datasets=synthetic())
+    finally:
+        hook.remove()
+    assert not steps

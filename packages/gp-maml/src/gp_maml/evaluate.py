@@ -88,7 +88,10 @@ def evaluate(
             with non-finite weights, or a picking threshold for a base learner.
     """
     if tasks < min_tasks:
-        raise ValueError(f"tasks={tasks} is too few for a meaningful 95% CI; use >= {min_tasks}")
+        raise ValueError(
+            f"tasks={tasks} is too few for a meaningful 95% CI; use >= {min_tasks} "
+            "(--tasks), or lower --min-tasks for a quick look"
+        )
     if data_root is None or str(data_root) == "":
         raise ValueError("data_root is required: pass the test data (--data-root)")
     state = load_checkpoint(checkpoint, fallback=True)
@@ -220,7 +223,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test even on classes the checkpoint trained on (then it is no test accuracy)",
     )
-    p.add_argument("--tasks", type=positive_int, default=10000, help="test episodes (>= 600)")
+    p.add_argument(
+        "--tasks", type=positive_int, default=10000, help="test episodes (>= --min-tasks)"
+    )
+    p.add_argument(
+        "--min-tasks",
+        type=positive_int,
+        default=600,
+        help="the fewest episodes accepted (a quick look: --tasks 20 --min-tasks 20; the CI is "
+        "then wide)",
+    )
     p.add_argument(
         "--queries",
         type=positive_int,
@@ -268,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         split=a.split,
         alphabets=a.alphabets,
         tasks=a.tasks,
+        min_tasks=a.min_tasks,
         queries=a.queries,
         pick_threshold=a.pick_threshold,
         fallback_threshold=a.fallback_threshold,

@@ -75,6 +75,8 @@ __all__ = [
 
 METHODS = ("maml", "anil", "boil", "gp-maml", "gp-anil", "gp-boil")
 PRESETS = ("default", "paper")
+#: The paper's code's ``pic_num``: candidates of the class-balanced pick at meta-training.
+PAPER_PICK_POOL = 75
 _ENCODER = "lp_encoder."
 _MODES = ("func", "autograd")
 
@@ -176,6 +178,9 @@ class MetaLearner(nn.Module):
         fallback_threshold: GP methods, class-balanced picking: where it picks nothing
             (``k = 0``), pick by this confidence share instead (``pick_balanced_or_confident``;
             an option, see the README); ``None`` keeps θ′ there, as the paper.
+        pick_pool: GP methods, class-balanced picking at meta-training (``self.training``):
+            only the ``pick_pool`` most confident queries are candidates (the paper's code's
+            ``pic_num = 75``); ``None`` (default) and every evaluation use all queries.
         self_loops: keep each node's link to itself in the label-propagation graph (the
             paper's code, the default: it tied or won against a zeroed diagonal on the
             validation split, see the README); ``False`` zeroes the diagonal (Zhou et al.).
@@ -210,6 +215,7 @@ class MetaLearner(nn.Module):
         class_mass_norm: bool = True,
         pick_threshold: float | None = None,
         fallback_threshold: float | None = None,
+        pick_pool: int | None = None,
         self_loops: bool = True,
         separate_lp_encoder: bool = False,
         task_batching: str = "auto",
@@ -247,6 +253,9 @@ class MetaLearner(nn.Module):
         self.class_mass_norm = class_mass_norm
         self.pick_threshold = pick_threshold
         self.fallback_threshold = fallback_threshold
+        if pick_pool is not None and pick_pool < 1:
+            raise ValueError(f"pick_pool must be >= 1 queries or None (all), got {pick_pool}")
+        self.pick_pool = pick_pool
         self.self_loops = self_loops
         self.task_batching = task_batching
         self.compiled = compiled
@@ -263,6 +272,7 @@ class MetaLearner(nn.Module):
             separate_lp_encoder=separate_lp_encoder,
             pick_threshold=pick_threshold,
             fallback_threshold=fallback_threshold,
+            pick_pool=pick_pool,
         )
         for name, value in gp_only.items():
             if value not in (None, False) and not self.gp:
@@ -435,10 +445,13 @@ class MetaLearner(nn.Module):
         query_scores = scores[n_s:]
         if self.class_mass_norm:
             query_scores = class_mass_normalize(query_scores)
+        pool = self.pick_pool if self.training else None
         if self.fallback_threshold is not None:
-            mask, pseudo = pick_balanced_or_confident(query_scores, ways, self.fallback_threshold)
+            mask, pseudo = pick_balanced_or_confident(
+                query_scores, ways, self.fallback_threshold, pool
+            )
         elif self.pick_threshold is None:
-            mask, pseudo = pick_pseudo_labels(query_scores, ways)
+            mask, pseudo = pick_pseudo_labels(query_scores, ways, pool)
         else:
             mask, pseudo = pick_confident(query_scores, self.pick_threshold)
         use = mask.sum() > 0
@@ -544,9 +557,10 @@ def paper_rules(method: str, model: nn.Module) -> dict:
     """The keyword arguments of ``preset="paper"``: the paper's code's rules for ``method``.
 
     GP methods: self-loops kept in the graph, pseudo-labels picked from the raw propagated
-    scores (no class-mass normalisation), label-propagation loss weight 1, TPN's conv relation
-    network on the embedding's feature map (``model.feature_channels`` channels; a 1x1 map of
-    the flat embedding when the model has no such attribute), and for GP-ANIL a separate
+    scores (no class-mass normalisation) among the 75 most confident queries at meta-training
+    (``pic_num``), label-propagation loss weight 1, TPN's conv relation network on the
+    embedding's feature map (``model.feature_channels`` channels; a 1x1 map of the flat
+    embedding when the model has no such attribute), and for GP-ANIL a separate
     label-propagation encoder. Base methods: nothing changes.
     """
     if not method.startswith("gp-"):
@@ -555,6 +569,7 @@ def paper_rules(method: str, model: nn.Module) -> dict:
         "self_loops": True,
         "class_mass_norm": False,
         "lp_loss_weight": 1.0,
+        "pick_pool": PAPER_PICK_POOL,
         "relation_net": tpn_relation_net(model),
         "separate_lp_encoder": method == "gp-anil",
     }
@@ -579,7 +594,7 @@ def create_learner(
 
     Args:
         preset: ``"default"`` (this package's rules) or ``"paper"`` (the paper's code's rules,
-            see ``paper_rules``; its optimiser schedule is ``TrainConfig``'s default). Explicit
+            see ``paper_rules``; its optimiser schedule is ``TrainConfig``'s). Explicit
             keyword arguments override the preset's.
         kwargs: ``MetaLearner`` arguments.
     """

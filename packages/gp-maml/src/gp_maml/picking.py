@@ -17,16 +17,21 @@ __all__ = [
 ]
 
 
-def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+def pick_pseudo_labels(
+    scores: Tensor, num_classes: int, pool: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Pick the ``k`` most confident queries of every predicted class.
 
     ``k`` is the smallest number of queries predicted for any class, so the pick is
-    class-balanced; ``k = 0`` (a class nobody predicts) picks nothing. Shapes never depend on
-    the data, so the function is ``vmap``-able.
+    class-balanced; ``k = 0`` (a class nobody predicts) picks nothing. With ``pool`` only the
+    ``pool`` most confident queries overall are candidates (the paper's code's ``pic_num`` at
+    meta-training): ``k`` and the ranks are counted among them. Shapes never depend on the
+    data, so the function is ``vmap``-able.
 
     Args:
         scores: ``(N_q, C)`` propagated scores of the queries (e.g. label-propagation ``F``).
         num_classes: ``C``.
+        pool: candidates, the most confident first (``None``: every query).
 
     Returns:
         ``(mask, labels)``: ``(N_q,)`` float 0/1 mask of picked queries and ``(N_q,)`` int64
@@ -34,17 +39,20 @@ def pick_pseudo_labels(scores: Tensor, num_classes: int) -> tuple[Tensor, Tensor
     """
     prob = scores.detach().softmax(-1)
     conf, labels = prob.max(-1)
-    same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    counts = F.one_hot(labels, num_classes).sum(0)
-    k = counts.min()
     n = scores.shape[0]
     order = torch.arange(n, device=scores.device)
-    # rank_i = number of same-class queries ranked before i (higher confidence, ties by index)
+    # before[i, j]: query j is ranked before query i (higher confidence, ties by index)
     before = (conf.unsqueeze(0) > conf.unsqueeze(1)) | (
         (conf.unsqueeze(0) == conf.unsqueeze(1)) & (order.unsqueeze(0) < order.unsqueeze(1))
     )
+    candidate = torch.ones(n, dtype=torch.bool, device=scores.device)
+    if pool is not None:
+        candidate = before.sum(1) < pool
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)) & candidate.unsqueeze(0)
+    counts = (F.one_hot(labels, num_classes) * candidate.unsqueeze(1)).sum(0)
+    k = counts.min()
     rank = (same & before).sum(1)
-    mask = (rank < k).to(scores.dtype)
+    mask = (candidate & (rank < k)).to(scores.dtype)
     return mask, labels
 
 
@@ -93,7 +101,7 @@ def pick_confident(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
 
 
 def pick_balanced_or_confident(
-    scores: Tensor, num_classes: int, threshold: float
+    scores: Tensor, num_classes: int, threshold: float, pool: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Class-balanced picking (``pick_pseudo_labels``); where it picks nothing (``k = 0``, a
     class nobody predicts), every query with at least ``threshold`` of its mass on one class
@@ -107,10 +115,11 @@ def pick_balanced_or_confident(
         scores: ``(N_q, C)`` non-negative propagated scores of the queries.
         num_classes: ``C``.
         threshold: minimum top share of the fallback, in (0, 1].
+        pool: candidates of the class-balanced rule (``pick_pseudo_labels``).
 
     Returns:
         ``(mask, labels)`` as ``pick_pseudo_labels`` (both rules label by the top class).
     """
-    balanced, labels = pick_pseudo_labels(scores, num_classes)
+    balanced, labels = pick_pseudo_labels(scores, num_classes, pool)
     confident, _ = pick_confident(scores, threshold)
     return torch.where(balanced.sum() > 0, balanced, confident), labels

@@ -58,7 +58,14 @@ from .backbones import create_backbone
 from .batching import BATCHING
 from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
-from .learners import METHODS, PRESETS, MetaLearner, create_learner, tpn_relation_net
+from .learners import (
+    METHODS,
+    PAPER_PICK_POOL,
+    PRESETS,
+    MetaLearner,
+    create_learner,
+    tpn_relation_net,
+)
 from .picking import check_picking_rule
 
 __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "train"]
@@ -96,9 +103,12 @@ class TrainConfig:
     ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets
     ``lp_loss_weight=1.0`` (another value than the package default or the paper's is refused
     as contradictory), ``class_mass_norm=False``, ``self_loops=True``, ``relation_net="tpn"``,
-    ``separate_lp_encoder`` for GP-ANIL, and meta-tests the final checkpoint: no ``best.pt``
-    is written (validation is still logged). Its schedule, Adam 1e-3 -> 1e-4 at 10k -> 1e-5 at
-    20k of 30k iterations, is the default one. The default preset keeps the self-loops too
+    ``separate_lp_encoder`` for GP-ANIL, ``pick_pool=75`` for GP methods (the code's ``pic_num``:
+    the class-balanced pick at meta-training among the 75 most confident queries) and
+    ``moment_restart=100`` (the code re-creates its Adam optimiser at every outer iteration of
+    100 batches, so the moments and bias correction restart), and meta-tests the final
+    checkpoint: no ``best.pt`` is written (validation is still logged). Its learning rates,
+    Adam 1e-3 -> 1e-4 at 10k -> 1e-5 at 20k of 30k iterations, are the default ones. The default preset keeps the self-loops too
     (``self_loops=False`` zeroes the graph's diagonal); each of the other rules can be switched
     on alone (``relation_net="tpn"``, ``separate_lp_encoder``, ``class_mass_norm=False``); GP
     methods only, they are inert for base learners.
@@ -131,7 +141,10 @@ class TrainConfig:
     separate_lp_encoder: bool = False
     pick_threshold: float | None = None
     fallback_threshold: float | None = None
+    pick_pool: int | None = None
     lr: float = 1e-3
+    #: restart Adam's moments (re-create the optimiser) every N meta-iterations; 0: never.
+    moment_restart: int = 0
     milestones: tuple[int, ...] = (10000, 20000)
     gamma: float = 0.1
     rotate: bool = True
@@ -161,9 +174,12 @@ class TrainConfig:
                     f"unknown {name} {getattr(self, name)!r}; choose one of {tuple(choices)}"
                 )
         if self.preset == "paper":
+            gp = self.method.startswith("gp-")
             for name, package, paper in (
                 ("lp_loss_weight", 0.01, 1.0),
                 ("class_mass_norm", True, False),
+                ("moment_restart", 0, 100),
+                *((("pick_pool", None, PAPER_PICK_POOL),) if gp else ()),
             ):
                 value = getattr(self, name)
                 if value not in (package, paper):
@@ -177,7 +193,8 @@ class TrainConfig:
                 object.__setattr__(self, "relation_net", "tpn")
                 object.__setattr__(self, "separate_lp_encoder", self.method == "gp-anil")
         if not self.method.startswith("gp-"):
-            for name in ("separate_lp_encoder", "pick_threshold", "fallback_threshold"):
+            gp_only = ("separate_lp_encoder", "pick_threshold", "fallback_threshold", "pick_pool")
+            for name in gp_only:
                 if getattr(self, name) not in (None, False):
                     raise ValueError(
                         f"{name} applies to GP methods only, not {self.method!r}; drop "
@@ -200,7 +217,9 @@ class TrainConfig:
         for name in ("inner_lr", "gamma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lr", "lp_loss_weight", "threads"):
+        if self.pick_pool is not None and self.pick_pool < 1:
+            raise ValueError(f"pick_pool must be >= 1 queries or None (all), got {self.pick_pool}")
+        for name in ("lr", "lp_loss_weight", "threads", "moment_restart"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_picking_rule(self.pick_threshold, self.fallback_threshold)
@@ -261,6 +280,7 @@ def build_learner(cfg: TrainConfig, data: FewShotDataset) -> MetaLearner:
         separate_lp_encoder=cfg.separate_lp_encoder,
         pick_threshold=cfg.pick_threshold,
         fallback_threshold=cfg.fallback_threshold,
+        pick_pool=cfg.pick_pool,
         task_batching=cfg.task_batching,
         compiled=cfg.compiled,
     )
@@ -439,6 +459,8 @@ def train(
             raise diverged(step, f"non-finite loss {result.loss.item()}")
         optimizer.step()
         scheduler.step()
+        if cfg.moment_restart and step % cfg.moment_restart == 0:
+            optimizer.state.clear()  # as a re-created optimiser: moments and step count restart
         if step % cfg.log_every == 0 or step == cfg.iterations:
             record = logger.log(
                 step=step,
@@ -562,6 +584,13 @@ def _parser() -> argparse.ArgumentParser:
         help="GP methods: class-balanced picking, and where it picks nothing, every query with "
         "at least this share of its mass on one class (default: none, keep θ′ there)",
     )
+    g.add_argument(
+        "--pick-pool",
+        type=positive_int,
+        default=d.pick_pool,
+        help="GP methods: at meta-training, pick class-balanced among the N most confident "
+        "queries only (the paper's code: 75; default: all)",
+    )
     g.add_argument("--task-batching", default=d.task_batching, choices=BATCHING)
     g.add_argument(
         "--compile",
@@ -571,6 +600,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("optimisation and bookkeeping")
     g.add_argument("--lr", type=non_negative_float, default=d.lr, help="Adam learning rate")
+    g.add_argument(
+        "--moment-restart",
+        type=non_negative_int,
+        default=d.moment_restart,
+        metavar="N",
+        help="restart Adam's moments every N meta-iterations, as re-creating the optimiser "
+        "(the paper's code: 100; default 0: never)",
+    )
     g.add_argument(
         "--milestones",
         type=non_negative_int,

@@ -29,7 +29,9 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import clean_state_dict
 
+from lab_common import load_checkpoint
 from lab_common.cli import positive_int, run_console
 
 from .lavit import LessAttention
@@ -53,7 +55,8 @@ class AnalysisConfig:
 
     #: timm model names, analysed in this order.
     models: tuple[str, ...] = ("lavit_small", "deit_small_patch16_224", "pvt_v2_b2")
-    #: model name -> timm-loadable checkpoint (models without one keep their random init).
+    #: model name -> checkpoint (models without one keep their random init); one in a
+    #: ``lavit-train`` run folder is built with the run's ``config.json`` settings.
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     #: image file (``None``: a smooth random image, deterministic, no data needed).
     image: str | None = None
@@ -186,7 +189,57 @@ def _load_image(path: str | None, size: int) -> torch.Tensor:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
     tf = create_transform(size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=1.0)
-    return tf(Image.open(path).convert("RGB"))[None]
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            return tf(img.convert("RGB"))[None]
+    except OSError as err:  # PIL's UnidentifiedImageError, a truncated file
+        raise ValueError(f"--image {path} is not a readable image ({err})") from err
+
+
+def _run_settings(checkpoint: Path, name: str, img_size: int) -> dict:
+    """``timm.create_model`` keywords of the ``lavit-train`` run folder holding ``checkpoint``
+    (its ``config.json``); ``{}`` outside a run folder."""
+    path = checkpoint.parent / "config.json"
+    run = json.loads(path.read_text()) if path.is_file() else None
+    if not isinstance(run, dict) or not {"model", "model_kwargs", "img_size"} <= set(run):
+        return {}
+    if run["model"] != name:
+        raise ValueError(f"{checkpoint} is a {run['model']} (see {path}), not a {name}")
+    if not name.startswith("pvt_v2") and run["img_size"] != img_size:
+        raise ValueError(
+            f"{checkpoint} was trained at img_size {run['img_size']} (see {path}); "
+            f"pass --img-size {run['img_size']}"
+        )
+    return dict(run["model_kwargs"])
+
+
+def _create_model(name: str, img_size: int, checkpoint: str | None) -> nn.Module:
+    """``name`` at ``img_size``, with ``checkpoint``'s weights and (in a ``lavit-train`` run
+    folder) its run's settings; the number of classes is read from the checkpoint's head."""
+    # pvt_v2 is size-agnostic; ViTs and LaViT are built for one input size
+    kwargs = {} if name.startswith("pvt_v2") else {"img_size": img_size}
+    if checkpoint is None:
+        return timm.create_model(name, **kwargs)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {name}={checkpoint}: no such file")
+    state = load_checkpoint(checkpoint)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    state = clean_state_dict(state)
+    model = timm.create_model(name, **kwargs, **_run_settings(Path(checkpoint), name, img_size))
+    head = next(n for n, m in model.named_modules() if m is model.get_classifier())
+    if f"{head}.weight" in state:
+        model.reset_classifier(state[f"{head}.weight"].shape[0])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(f"{checkpoint} does not fit {name}: {first}") from err
+    return model
 
 
 def run_analysis(cfg: AnalysisConfig) -> dict[str, list[dict]]:
@@ -200,11 +253,7 @@ def run_analysis(cfg: AnalysisConfig) -> dict[str, list[dict]]:
     out = Path(cfg.out)
     results = {}
     for name in cfg.models:
-        # pvt_v2 is size-agnostic; ViTs and LaViT are built for one input size
-        kwargs = {} if name.startswith("pvt_v2") else {"img_size": cfg.img_size}
-        if name in cfg.checkpoints:
-            kwargs["checkpoint_path"] = cfg.checkpoints[name]
-        model = timm.create_model(name, **kwargs)
+        model = _create_model(name, cfg.img_size, cfg.checkpoints.get(name))
         maps = capture_attention(model, x)
         results[name] = consecutive_similarity(maps)
         plot_attention_maps(maps, out / f"attention_{name}.png", title=name)

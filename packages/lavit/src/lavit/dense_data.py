@@ -13,20 +13,23 @@ and masks. It writes
 
 The ``"train"`` split uses Fashion-MNIST training items and even-numbered CIFAR-10 images, the
 ``"val"`` split Fashion-MNIST test items and odd-numbered CIFAR-10 images, so held-out scenes
-share no source picture with training scenes. :func:`coco_scenes` reads a COCO folder through
-``torchvision.datasets.CocoDetection`` + ``wrap_dataset_for_transforms_v2`` (boxes, labels,
-masks as tv_tensors), the format torchvision's detectors train on.
+share no source picture with training scenes. :func:`coco_scenes` reads a COCO folder as
+:class:`CocoFolder` (boxes, labels, masks as tv_tensors, category ids mapped to ``1..K``), the
+format torchvision's detectors train on.
 """
 
+import contextlib
+import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lab_common import shared_datasets_root
@@ -34,6 +37,7 @@ from lab_common.data import load_cifar10_tensors, load_fashion_mnist_tensors
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "CocoFolder",
     "SegmentationFolder",
     "coco_scenes",
     "load_cifar10_backgrounds",
@@ -213,37 +217,169 @@ def make_scenes(
     return out
 
 
+def _require_pycocotools() -> None:
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(
+            "COCO folders (retinanet, maskrcnn) need pycocotools, which the lavit[detection] "
+            "extra installs: pip install 'lavit[detection]'"
+        ) from None
+
+
+class CocoFolder(Dataset):
+    """A COCO folder (``images/`` + ``annotations.json``) as detection ``(image, target)`` pairs.
+
+    Items are a float ``tv_tensors.Image`` ``(3, H, W)`` in ``[0, 1]`` and a dict with ``boxes``
+    (XYXY ``BoundingBoxes`` ``(N, 4)``), ``labels`` ``(N,)``, ``image_id`` and, with
+    ``with_masks``, ``masks`` ``(N, H, W)``. The dataset's category ids are mapped to labels
+    ``1..K`` in sorted order (``category_ids[label - 1]`` is the COCO id; label 0 is
+    torchvision's background), so a category with id 0 is learned like any other. An image
+    without annotations is a negative (``N = 0``); annotations with a zero-width or
+    zero-height box are dropped with one warning that counts them. ``train`` adds a random
+    horizontal flip.
+
+    Raises:
+        FileNotFoundError: no ``annotations.json``, or (``with_masks``) a missing image.
+        ValueError: no categories, an annotation whose category is not in ``categories``, or
+            (``with_masks``) a mask whose size differs from its image's.
+        ModuleNotFoundError: pycocotools (the ``lavit[detection]`` extra) is not installed.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], train: bool = False, with_masks: bool = True):
+        _require_pycocotools()
+        from pycocotools.coco import COCO
+
+        root = Path(root)
+        self.annotation_file = root / "annotations.json"
+        if not self.annotation_file.is_file():
+            raise FileNotFoundError(
+                f"{self.annotation_file} not found: expected a COCO folder with images/ beside it"
+            )
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(self.annotation_file))
+        self.category_ids = sorted(self.coco.getCatIds())
+        if not self.category_ids:
+            raise ValueError(f"{self.annotation_file} lists no categories")
+        self.images = root / "images"
+        self.with_masks = with_masks
+        self.ids = sorted(self.coco.imgs)
+        self.annotations = {i: self._checked(i) for i in self.ids}
+        dropped = sum(a["bbox"][2] <= 0 or a["bbox"][3] <= 0 for a in self.coco.anns.values())
+        if dropped:
+            warnings.warn(
+                f"{self.annotation_file}: dropped {dropped} annotations with a zero-width or "
+                "zero-height box",
+                stacklevel=2,
+            )
+        self.transform = v2.Compose(
+            ([v2.RandomHorizontalFlip()] if train else []) + [v2.ToDtype(torch.float32, scale=True)]
+        )
+
+    def _checked(self, image_id: int) -> list[dict]:
+        """The image's annotations with a ``label``, degenerate boxes dropped, checked."""
+        label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        kept = []
+        for a in self.coco.imgToAnns[image_id]:
+            if a["category_id"] not in label:
+                raise ValueError(
+                    f"{self.annotation_file}: annotation {a['id']} has category_id "
+                    f"{a['category_id']}, which is not in categories {self.category_ids}"
+                )
+            if a["bbox"][2] > 0 and a["bbox"][3] > 0:
+                kept.append(a | {"label": label[a["category_id"]]})
+        if self.with_masks and kept:
+            info = self.coco.imgs[image_id]
+            path = self.images / info["file_name"]
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} (image id {image_id}) not found")
+            with Image.open(path) as img:
+                width, height = img.size
+            for a in kept:
+                seg = a.get("segmentation")
+                h, w = seg["size"] if isinstance(seg, dict) else (info["height"], info["width"])
+                if (h, w) != (height, width):
+                    raise ValueError(
+                        f"{path}: the mask of annotation {a['id']} is {h}x{w} but the image is "
+                        f"{height}x{width} (height x width); fix the annotation's size"
+                    )
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[tv_tensors.Image, dict]:
+        image_id = self.ids[i]
+        info = self.coco.imgs[image_id]
+        with Image.open(self.images / info["file_name"]) as img:
+            image = tv_tensors.Image(
+                torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+            )
+        height, width = image.shape[-2:]
+        anns = self.annotations[image_id]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                format="XYXY",
+                canvas_size=(height, width),
+            ),
+            "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64),
+            "image_id": image_id,
+        }
+        if self.with_masks:
+            masks = [torch.from_numpy(self.coco.annToMask(a)) for a in anns]
+            target["masks"] = tv_tensors.Mask(
+                torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+            )
+        return self.transform(image, target)
+
+
 def coco_scenes(
     root: str | os.PathLike[str], train: bool = False, with_masks: bool = True
-) -> Dataset:
-    """A COCO folder (``images/`` + ``annotations.json``) as a torchvision detection dataset.
+) -> CocoFolder:
+    """A COCO folder as a :class:`CocoFolder` (boxes, labels, ``image_id`` and masks)."""
+    return CocoFolder(root, train=train, with_masks=with_masks)
 
-    Items are ``(image, target)``: a float ``tv_tensors.Image`` in ``[0, 1]`` and a dict with
-    ``boxes`` (XYXY ``BoundingBoxes``), ``labels``, ``image_id`` and, with ``with_masks``,
-    ``masks``. ``train`` adds a random horizontal flip.
-    """
-    root = Path(root)
-    ann = root / "annotations.json"
-    if not ann.is_file():
-        raise FileNotFoundError(f"{ann} not found: expected a COCO folder with images/ beside it")
-    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if train:
-        steps.insert(1, v2.RandomHorizontalFlip())
-    dataset = torchvision.datasets.CocoDetection(
-        str(root / "images"), str(ann), transforms=v2.Compose(steps)
-    )
-    keys = ("boxes", "labels", "image_id") + (("masks",) if with_masks else ())
-    return torchvision.datasets.wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
+
+#: the mask value that marks a pixel to ignore (:class:`lavit.segmentation.SemanticFPN`'s default).
+IGNORE_INDEX = 255
+
+
+def _check_mask(image: Path, mask: Path, num_classes: int) -> None:
+    with Image.open(image) as img:
+        size = img.size
+    values = np.asarray(Image.open(mask))
+    if values.shape[:2] != size[::-1]:
+        raise ValueError(
+            f"{mask} is {values.shape[1]}x{values.shape[0]} but its image {image.name} is "
+            f"{size[0]}x{size[1]} (width x height)"
+        )
+    bad = np.unique(values[(values >= num_classes) & (values != IGNORE_INDEX)])
+    if bad.size:
+        raise ValueError(
+            f"{mask} has values {bad[:5].tolist()}, not classes below --num-classes "
+            f"{num_classes} nor the ignore value {IGNORE_INDEX}"
+        )
 
 
 class SegmentationFolder(Dataset):
     """Image/mask pairs: ``root/images/NAME.png`` with ``root/masks/NAME.png``.
 
     Items are ``(image (3, H, W) float in [0, 1], mask (H, W) int64)``; mask values are class
-    indices (``0`` = background) and ``255`` = ignore. ``train`` flips both at random.
+    indices (``0`` = background) and ``255`` (:data:`IGNORE_INDEX`) = ignore. ``train`` flips
+    both at random. With ``num_classes`` every pair is checked up front (before any training):
+    a mask must have its image's size and values below ``num_classes`` or ``255``.
+
+    Raises:
+        FileNotFoundError: no images, or an image without its mask.
+        ValueError: (``num_classes``) a mask of the wrong size or with an out-of-range value,
+            naming the file.
     """
 
-    def __init__(self, root: str | os.PathLike[str], train: bool = False):
+    def __init__(
+        self, root: str | os.PathLike[str], train: bool = False, num_classes: int | None = None
+    ):
         root = Path(root)
         self.images = sorted((root / "images").glob("*.png"))
         if not self.images:
@@ -253,6 +389,9 @@ class SegmentationFolder(Dataset):
         if missing:
             raise FileNotFoundError(f"{len(missing)} masks missing, e.g. {missing[0]}")
         self.train = train
+        if num_classes is not None:
+            for image, mask in zip(self.images, self.masks, strict=True):
+                _check_mask(image, mask, num_classes)
 
     def __len__(self) -> int:
         return len(self.images)

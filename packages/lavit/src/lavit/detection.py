@@ -25,7 +25,9 @@ import io
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import timm
@@ -340,17 +342,20 @@ def train_detector(
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         scheduler.step()
-        record = {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+        record = {k: float(v.detach()) for k, v in (losses | {"loss": loss}).items()}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
     return history
 
 
-def _coco_eval(gt, results: list[dict], iou_type: str) -> dict[str, float]:
+def _coco_eval(gt, results: list[dict], iou_type: str) -> dict[str, float | None]:
     from pycocotools.cocoeval import COCOeval
 
+    names = (f"{iou_type}_AP", f"{iou_type}_AP50", f"{iou_type}_AP75")
+    if not gt.getAnnIds():
+        return dict.fromkeys(names)
     if not results:
-        return {f"{iou_type}_AP": 0.0, f"{iou_type}_AP50": 0.0, f"{iou_type}_AP75": 0.0}
+        return dict.fromkeys(names, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iou_type)
@@ -358,7 +363,7 @@ def _coco_eval(gt, results: list[dict], iou_type: str) -> dict[str, float]:
         ev.accumulate()
         ev.summarize()
     stats = [max(0.0, float(s)) for s in ev.stats[:3]]
-    return dict(zip((f"{iou_type}_AP", f"{iou_type}_AP50", f"{iou_type}_AP75"), stats, strict=True))
+    return dict(zip(names, stats, strict=True))
 
 
 @torch.no_grad()
@@ -369,18 +374,31 @@ def evaluate_detector(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
-) -> dict[str, float]:
+    category_ids: Sequence[int] | None = None,
+) -> dict[str, float | None]:
     """COCO-style AP (pycocotools ``COCOeval``) of ``model`` on ``dataset``.
 
     Returns ``bbox_AP`` (AP@[.5:.95]), ``bbox_AP50``, ``bbox_AP75`` and, for models that
-    predict ``masks``, the same three for ``segm``. ``annotation_file`` is the dataset's COCO
-    JSON (its image ids must match the targets' ``image_id``).
+    predict ``masks``, the same three for ``segm``; all ``None`` (with a warning) when
+    ``annotation_file`` holds no annotations, as AP is undefined without ground truth.
+    ``annotation_file`` is the dataset's COCO JSON (its image ids must match the targets'
+    ``image_id``). ``category_ids[label - 1]`` is the COCO id of a predicted label (``None``:
+    labels are the ids, as in :func:`lavit.dense_data.make_scenes` folders).
     """
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(annotation_file))
+    if not gt.getAnnIds():
+        warnings.warn(
+            f"{annotation_file} has no annotations: AP is undefined (reported as None)",
+            stacklevel=2,
+        )
+
+    def category(label: int) -> int:
+        return label if category_ids is None else category_ids[label - 1]
+
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
@@ -396,7 +414,9 @@ def evaluate_detector(
                 for box, score, label in zip(
                     xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True
                 ):
-                    boxes.append(dict(image_id=image_id, category_id=label, bbox=box, score=score))
+                    boxes.append(
+                        dict(image_id=image_id, category_id=category(label), bbox=box, score=score)
+                    )
                 if "masks" in out:
                     has_masks = True
                     masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
@@ -408,7 +428,7 @@ def evaluate_detector(
                         segms.append(
                             dict(
                                 image_id=image_id,
-                                category_id=label,
+                                category_id=category(label),
                                 segmentation=rle,
                                 score=score,
                             )

@@ -174,7 +174,7 @@ def train_segmenter(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         bar.set_postfix(loss=f"{history[-1]:.3f}")
     return history
 

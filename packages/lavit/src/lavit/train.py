@@ -16,7 +16,7 @@ processes a step sees ``P × batch_size`` images, and ``--lr`` is used as given 
 Example (Fashion-MNIST subset, 2 epochs on CPU)::
 
     python -m lavit.train --dataset fashion-mnist --data-root ../shared/datasets \
-        --model lavit_tiny --img-size 32 --model-kwargs '{"sr_ratios": [2, 1, 1, 1]}' \
+        --model lavit_tiny --img-size 32 --augment crop-flip --val-images 5000 \
         --epochs 2 --max-train-samples 2000 --out runs/fm
 """
 
@@ -516,7 +516,8 @@ def train(
                 loss = loss_ce + cfg.dp_loss_weight * loss_dp
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at epoch {epoch} step {step}"
+                    f"non-finite loss {loss.item()} at epoch {epoch} step {step}: the weights "
+                    "diverged; lower --lr or add --clip-grad and start again"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -1,9 +1,10 @@
 """Train a detector or a semantic segmenter on a LaViT (or any timm) backbone: ``lavit-train-dense``.
 
 Tasks: ``retinanet`` and ``maskrcnn`` (torchvision's detectors, :mod:`lavit.detection`) read a
-COCO-format folder (``images/`` + ``annotations.json``, through ``CocoDetection`` +
-``wrap_dataset_for_transforms_v2``) and report COCO box (and mask) AP with pycocotools;
-``semantic_fpn`` (:mod:`lavit.segmentation`) reads a folder of image/mask pairs (``images/`` +
+COCO-format folder (``images/`` + ``annotations.json``, through
+:class:`lavit.dense_data.CocoFolder`: category ids mapped to labels ``1..K`` in sorted order,
+recorded as ``category_ids`` in ``config.json``) and report COCO box (and mask) AP with
+pycocotools; ``semantic_fpn`` (:mod:`lavit.segmentation`) reads a folder of image/mask pairs (``images/`` +
 ``masks/``, same file names, mask values = class, 255 = ignore) and reports mIoU and pixel
 accuracy. The backbone is any timm name (``lavit_tiny``, ``pvt_v2_b1``, ...), so the same
 command runs LaViT and PVTv2 side by side.
@@ -64,7 +65,7 @@ from lab_common.cli import (
     start_options,
 )
 
-from .dense_data import SegmentationFolder, coco_scenes
+from .dense_data import CocoFolder, SegmentationFolder
 from .detection import (
     collate_detection,
     dense_optimizer,
@@ -108,8 +109,8 @@ class DenseTrainConfig:
     backbone: str = "lavit_tiny"
     #: extra keyword arguments for the backbone's ``timm.create_model``.
     backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    #: classes including the background (``None``: COCO tasks read ``max category id + 1``;
-    #: ``semantic_fpn`` needs it).
+    #: classes including the background (``None``: COCO tasks use ``K + 1`` for the ``K``
+    #: categories, whose ids map to labels ``1..K`` in sorted order; ``semantic_fpn`` needs it).
     num_classes: int | None = None
     fpn_channels: int = 256
     #: detectors' resize range (torchvision ``GeneralizedRCNNTransform``).
@@ -166,20 +167,29 @@ def _is_detection(task: str) -> bool:
 
 
 def _dataset(cfg: DenseTrainConfig, root: str, train: bool) -> Dataset:
+    """The task's dataset, its data checked before any training (see the two classes)."""
     if _is_detection(cfg.task):
-        return coco_scenes(root, train=train, with_masks=cfg.task == "maskrcnn")
-    return SegmentationFolder(root, train=train)
+        return CocoFolder(root, train=train, with_masks=cfg.task == "maskrcnn")
+    return SegmentationFolder(root, train=train, num_classes=cfg.num_classes)
 
 
-def _coco_num_classes(root: str) -> int:
-    """``max category id + 1`` of a COCO folder's ``annotations.json``."""
-    ann = Path(root) / "annotations.json"
-    if not ann.is_file():
-        raise FileNotFoundError(f"{ann} not found: expected a COCO folder with images/ beside it")
-    categories = json.loads(ann.read_text()).get("categories") or []
-    if not categories:
-        raise ValueError(f"{ann} lists no categories; pass num_classes (--num-classes)")
-    return max(int(c["id"]) for c in categories) + 1
+def _category_ids(cfg: DenseTrainConfig, train_ds: Dataset, val_ds: Dataset | None) -> list[int]:
+    """The COCO category ids of labels ``1..K`` (empty for ``semantic_fpn``), checked."""
+    if not _is_detection(cfg.task):
+        return []
+    ids = train_ds.category_ids
+    if val_ds is not None and val_ds.category_ids != ids:
+        raise ValueError(
+            f"{val_ds.annotation_file} lists categories {val_ds.category_ids}, the training "
+            f"set {ids}: both need the same categories"
+        )
+    if cfg.num_classes is not None and cfg.num_classes != len(ids) + 1:
+        raise ValueError(
+            f"num_classes {cfg.num_classes} (--num-classes) does not fit the {len(ids)} "
+            f"categories of {train_ds.annotation_file} plus the background: use {len(ids) + 1} "
+            "or leave it out"
+        )
+    return ids
 
 
 def build_model(cfg: DenseTrainConfig, num_classes: int) -> nn.Module:
@@ -204,10 +214,17 @@ def _losses(model: nn.Module, batch: tuple, device: torch.device, detection: boo
 
 
 def evaluate(cfg: DenseTrainConfig, model: nn.Module, val_ds: Dataset, device) -> dict:
-    """COCO AP (``bbox_*``, ``segm_*``) or ``mIoU`` / ``pixel_acc`` on the validation set."""
+    """COCO AP (``bbox_*``, ``segm_*``; ``None`` without ground truth) or ``mIoU`` /
+    ``pixel_acc`` on the validation set."""
     if _is_detection(cfg.task):
-        ann = Path(cfg.val_root) / "annotations.json"
-        return evaluate_detector(model, val_ds, ann, cfg.eval_batch_size, device)
+        return evaluate_detector(
+            model,
+            val_ds,
+            val_ds.annotation_file,
+            cfg.eval_batch_size,
+            device,
+            category_ids=val_ds.category_ids,
+        )
     metrics = evaluate_segmenter(model, val_ds, cfg.eval_batch_size, device)
     return {k: metrics[k] for k in ("mIoU", "pixel_acc")}
 
@@ -241,7 +258,8 @@ def train_dense(
     detection = _is_detection(cfg.task)
     train_ds = _dataset(cfg, cfg.train_root, train=True)
     val_ds = _dataset(cfg, cfg.val_root, train=False) if cfg.val_root else None
-    num_classes = cfg.num_classes or _coco_num_classes(cfg.train_root)
+    category_ids = _category_ids(cfg, train_ds, val_ds)
+    num_classes = cfg.num_classes or len(category_ids) + 1
     ctx = init_distributed(device=cfg.device)
     device = ctx.device
     out = Path(cfg.out)
@@ -298,7 +316,8 @@ def train_dense(
     else:
         seed_everything(cfg.seed + ctx.rank)
     if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        record = asdict(cfg) | {"category_ids": category_ids}  # label k is category_ids[k - 1]
+        (out / "config.json").write_text(json.dumps(record, indent=2))
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
     for epoch in range(start_epoch, cfg.epochs):
@@ -312,8 +331,10 @@ def train_dense(
                 losses = _losses(ddp, batch, device, detection)
                 loss = sum(losses.values())
             if not torch.isfinite(loss):
+                parts = ", ".join(f"{k} {float(v.detach()):.3g}" for k, v in losses.items())
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at epoch {epoch} step {step} ({losses})"
+                    f"non-finite loss at epoch {epoch} step {step} ({parts}): the weights "
+                    "diverged; lower --lr (or --clip-grad) and start again"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -326,7 +347,9 @@ def train_dense(
             step += 1
             for k, v in (losses | {"loss": loss}).items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+            )
         names = sorted(sums)
         means = all_reduce_mean(torch.tensor([sums[k] for k in names], device=device)).cpu()
         record: dict[str, Any] = dict(epoch=epoch + 1, step=step, lr=scheduler.get_last_lr()[0])
@@ -344,6 +367,7 @@ def train_dense(
                 "epoch": epoch + 1,
                 "step": step,
                 "num_classes": num_classes,
+                "category_ids": category_ids,
                 "config": asdict(cfg),
             },
             last,

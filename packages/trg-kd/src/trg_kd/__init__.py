@@ -6,18 +6,18 @@ project's one KD weighting ``lab_common.distill.kd.KD_DEFAULTS``, the same loss 
 ``clkd-train --method kd``).
 """
 
-from trg_kd.contextual import contextual_loss, token_self_similarity
-from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
-from trg_kd.extraction import TokenExtractor
-from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
-from trg_kd.local import local_preserving_loss
-from trg_kd.longtail import (
+from lab_common.data.longtail import (  # the long-tailed data and splits, shared with clkd
     longtail_counts,
     longtail_indices,
     longtail_subset,
     shot_splits,
     split_accuracy,
 )
+from trg_kd.contextual import contextual_loss, token_self_similarity
+from trg_kd.contrastive import TemperatureSchedule, global_relation_loss
+from trg_kd.extraction import TokenExtractor
+from trg_kd.graph import TokenGraph, gaussian_kernel, knn_graph
+from trg_kd.local import local_preserving_loss
 from trg_kd.tokens import (
     TokenProjector,
     align_token_grids,

@@ -37,7 +37,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from lab_common.cli import (
     config_from_args,
@@ -61,7 +61,6 @@ from lab_common.distill import (
 )
 from trg_kd.contrastive import TemperatureSchedule
 from trg_kd.extraction import TokenExtractor
-from trg_kd.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from trg_kd.tokens import align_token_grids
 from trg_kd.trg import TRGConfig, TRGLoss
 
@@ -87,9 +86,6 @@ class TrainConfig(DistillConfig):
         kd_weight ... chunk_size: the :class:`~trg_kd.TRGConfig` fields (``tau_*`` its
             temperature schedule); ``kd_weight`` and ``kd_temperature`` also set ``kd``.
         graph: under torchrun, one graph over all ranks' tokens (``gathered``) or one per rank.
-        imbalance_ratio: ρ = n_max / n_min of a long-tailed training set (None: balanced);
-            ``lt_n_max`` images of the largest class (None: the smallest class size);
-            ``many_shot`` / ``few_shot`` the split thresholds of the evaluation.
         tsne: t-SNE plot of the student's features on N test images (0: none).
     """
 
@@ -107,10 +103,6 @@ class TrainConfig(DistillConfig):
     tau_schedule: Literal["cosine", "linear", "exp", "constant"] = _DEFAULTS.temperature.kind
     chunk_size: int = _DEFAULTS.chunk_size
     graph: Literal["gathered", "per-rank"] = "gathered"
-    imbalance_ratio: float | None = None
-    lt_n_max: int | None = None
-    many_shot: int = 100
-    few_shot: int = 20
     tsne: int = 0
 
     def __post_init__(self) -> None:
@@ -124,18 +116,6 @@ class TrainConfig(DistillConfig):
         if self.kd_temperature <= 0:
             raise ValueError(
                 f"kd_temperature (--kd-temperature) must be > 0, got {self.kd_temperature}"
-            )
-        if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
-            raise ValueError(
-                f"imbalance_ratio (--imbalance-ratio) must be >= 1 (n_max / n_min), got "
-                f"{self.imbalance_ratio}"
-            )
-        if self.lt_n_max is not None and self.lt_n_max < 1:
-            raise ValueError(f"lt_n_max (--lt-n-max) must be >= 1, got {self.lt_n_max}")
-        if not 0 <= self.few_shot <= self.many_shot:
-            raise ValueError(
-                f"need 0 <= few_shot <= many_shot (--few-shot, --many-shot), got "
-                f"{self.few_shot} and {self.many_shot}"
             )
         self.trg_config()  # the loss fields are validated by TRGConfig
 
@@ -206,28 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("gathered", "per-rank"),
         default=d.graph,
         help="under torchrun: one graph over all ranks' tokens, or one per rank",
-    )
-    lt = p.add_argument_group("long-tailed training set (Cao et al. 2019 profile)")
-    lt.add_argument(
-        "--imbalance-ratio",
-        type=positive_float,
-        default=None,
-        help="ρ = n_max / n_min; off when not given",
-    )
-    lt.add_argument(
-        "--lt-n-max",
-        type=positive_int,
-        default=None,
-        help="images of the largest class (default: smallest class size)",
-    )
-    lt.add_argument(
-        "--many-shot",
-        type=non_negative_int,
-        default=d.many_shot,
-        help="many-shot: > this many images",
-    )
-    lt.add_argument(
-        "--few-shot", type=non_negative_int, default=d.few_shot, help="few-shot: < this many images"
     )
     p.add_argument(
         "--tsne",
@@ -325,27 +283,14 @@ def train(
     ``--overwrite``; see :func:`lab_common.distill.run_distillation`). The model names and
     the token graph's settings (:func:`check_graph_settings`) are checked before any training.
     ``datasets = (train, test, num_classes, in_chans)`` replaces loading ``config.dataset`` (the
-    long-tailed subset is still applied to ``train``). Besides the engine's outputs in
-    ``config.out``, a long-tailed run adds ``train_counts``, ``shot_splits`` and
-    ``test_acc_{many,medium,few}`` to ``result.json``; ``tsne > 0`` writes ``tsne.png``.
+    engine still applies a long-tailed subset, ``imbalance_ratio``, to ``train``). Besides the
+    engine's outputs in ``config.out``, ``tsne > 0`` writes ``tsne.png``.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a trg_kd.train.TrainConfig, got {type(config).__name__}")
     check_model_name(config.student, "--student")
     check_model_name(config.teacher, "--teacher")
     train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
-    train_counts = None
-    if config.imbalance_ratio is not None:
-        targets = dataset_targets(train_ds)
-        keep = longtail_indices(
-            targets,
-            config.imbalance_ratio,
-            n_max=config.lt_n_max,
-            num_classes=num_classes,
-            seed=config.subset_seed,
-        )
-        train_ds = Subset(train_ds, keep.tolist())
-        train_counts = torch.bincount(targets[keep], minlength=num_classes)
     input_shape = tuple(test_ds[0][0].shape)
     check_graph_settings(config, num_classes, input_shape)
 
@@ -378,13 +323,6 @@ def train(
         return result
     out_dir = Path(config.out)
     extra: dict[str, object] = {}
-    if train_counts is not None:
-        splits = shot_splits(train_counts, many=config.many_shot, few=config.few_shot)
-        preds, labels = _predict(result.student, test_ds)
-        extra["train_counts"] = train_counts.tolist()
-        extra["shot_splits"] = splits
-        accs = split_accuracy(preds, labels, splits)  # nan (no classes in a split) -> null
-        extra.update({f"test_acc_{k}": None if v != v else v for k, v in accs.items()})
     if config.tsne:
         from trg_kd.visualize import plot_tsne
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -172,6 +173,28 @@ def start_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"resume": args.resume, "overwrite": args.overwrite, "allow_changed": args.allow_changed}
 
 
+#: errors :func:`run_console` reports as one line with status 2.
+_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
+_WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+")
+
+
+def _worker_error(err: BaseException) -> str | None:
+    """The last line of the original exception a ``DataLoader`` worker raised (torch re-raises
+    it with the worker's traceback in the message), or ``None`` for any other error."""
+    text = str(err)
+    if not _WORKER.search(text):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1]
+
+
 def run_console(
     main: Callable[[Sequence[str] | None], Any],
     argv: Sequence[str] | None = None,
@@ -182,11 +205,14 @@ def run_console(
 
     0 on success whatever ``main`` returns; on a user error (``ValueError``,
     ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``,
-    including :class:`lab_common.CheckpointError`) one line ``<prog>: error: <message>`` on
-    stderr and status 2; on a run that failed after it started (``FloatingPointError``: a
-    non-finite loss) the same line and status 1; interrupted by Ctrl-C, status 130. Any other
-    exception keeps its traceback. ``prog`` is the console script's name (default: the
-    basename of ``sys.argv[0]``).
+    including :class:`lab_common.CheckpointError`, or an ``ImportError`` of a missing
+    optional dependency) one line ``<prog>: error: <message>`` on stderr and status 2; on a
+    run that failed after it started (``FloatingPointError``: a non-finite loss) the same line
+    and status 1; interrupted by Ctrl-C, status 130. An error raised in a ``DataLoader`` worker
+    is the same one line, the original exception's last line rather than the traceback torch
+    embeds in it, with the status of its type (1 for another type, e.g. a corrupt image's
+    ``OSError``). Any other exception keeps its traceback.
+    ``prog`` is the console script's name (default: the basename of ``sys.argv[0]``).
     """
     if prog is None:
         prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lab"
@@ -195,16 +221,13 @@ def run_console(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        PermissionError,
-    ) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        worker = _worker_error(err)
+        if isinstance(err, _USER_ERRORS):
+            print(f"{prog}: error: {worker or err}", file=sys.stderr)
+            return 2
+        if worker is not None or isinstance(err, FloatingPointError):
+            print(f"{prog}: error: {worker or err}", file=sys.stderr)
+            return 1
+        raise
     return 0

@@ -10,6 +10,14 @@ and :func:`lab_common.cache_dir`, are in the core: they need no torchvision.
 """
 
 from .cifar10 import CIFAR10_ARCHIVE, load_cifar10_tensors
+from .longtail import (
+    dataset_targets,
+    longtail_counts,
+    longtail_indices,
+    longtail_subset,
+    shot_splits,
+    split_accuracy,
+)
 from .readers import (
     DATASET_NAMES,
     build_image_dataset,
@@ -35,9 +43,15 @@ __all__ = [
     "build_image_dataset",
     "class_balanced_split",
     "dataset_num_classes",
+    "dataset_targets",
     "load_cifar10_tensors",
     "load_fashion_mnist_tensors",
     "load_tensors",
+    "longtail_counts",
+    "longtail_indices",
+    "longtail_subset",
+    "shot_splits",
+    "split_accuracy",
     "tensor_datasets",
     "validation_split",
 ]

@@ -56,6 +56,11 @@ class DistillConfig:
         data_root: folder holding the named dataset (None: the shared datasets folder).
         image_size: input size for image folders (the named datasets keep their own).
         train_subset / test_subset: use N images (a fixed draw from ``subset_seed``).
+        imbalance_ratio: ρ = n_max / n_min of a long-tailed training set drawn from the
+            training split (Cao et al. 2019 profile; None: balanced); ``lt_n_max`` images of
+            the largest class (None: the smallest class size); the evaluation then adds the
+            accuracy over the many- (> ``many_shot`` training images), medium- and few-shot
+            (< ``few_shot``) classes.
         val_images: hold out N class-balanced training images (a fixed draw from
             ``val_seed``) and evaluate on them instead of the test split, which is then not
             read (choose settings on this split, never on the test split). None: the test split.
@@ -94,6 +99,10 @@ class DistillConfig:
     subset_seed: int = 0
     val_images: int | None = None
     val_seed: int = 0
+    imbalance_ratio: float | None = None
+    lt_n_max: int | None = None
+    many_shot: int = 100
+    few_shot: int = 20
     workers: int = 2
     teacher: str = "cifar_resnet32x4"
     student: str = "cifar_resnet8x4"
@@ -128,11 +137,21 @@ class DistillConfig:
                 raise ValueError(f"milestones must be epochs >= 1, got {self.milestones}")
         at_least_one = ("image_size", "epochs", "batch_size")
         at_least_one += ("train_subset", "test_subset", "teacher_epochs", "stop_after")
-        at_least_one += ("val_images",)
+        at_least_one += ("val_images", "lt_n_max")
         for name in at_least_one:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
+            raise ValueError(
+                f"imbalance_ratio (--imbalance-ratio) must be >= 1 (n_max / n_min), got "
+                f"{self.imbalance_ratio}"
+            )
+        if not 0 <= self.few_shot <= self.many_shot:
+            raise ValueError(
+                f"need 0 <= few_shot <= many_shot (--few-shot, --many-shot), got "
+                f"{self.few_shot} and {self.many_shot}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         names = ("workers", "seed", "subset_seed", "val_seed", "momentum", "weight_decay")
@@ -184,6 +203,31 @@ def add_distill_arguments(
     )
     d.add_argument(
         "--val-seed", type=non_negative_int, default=defaults.val_seed, help="of --val-images"
+    )
+    lt = parser.add_argument_group("long-tailed training set (Cao et al. 2019 profile)")
+    lt.add_argument(
+        "--imbalance-ratio",
+        type=positive_float,
+        default=defaults.imbalance_ratio,
+        help="ρ = n_max / n_min; off when not given",
+    )
+    lt.add_argument(
+        "--lt-n-max",
+        type=positive_int,
+        default=defaults.lt_n_max,
+        help="images of the largest class (default: smallest class size)",
+    )
+    lt.add_argument(
+        "--many-shot",
+        type=non_negative_int,
+        default=defaults.many_shot,
+        help="many-shot: > this many images",
+    )
+    lt.add_argument(
+        "--few-shot",
+        type=non_negative_int,
+        default=defaults.few_shot,
+        help="few-shot: < this many images",
     )
     m = parser.add_argument_group("models")
     m.add_argument("--teacher", default=defaults.teacher, help="zoo (cifar_*) or any timm model")

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,10 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
 from ..cli import check_resume_settings, prepare_run_dir, truncate_metrics
+from ..data.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from ..device import autocast
 from ..distributed import (
     DistContext,
@@ -445,7 +448,8 @@ def _prepare_out(
     cfg: DistillConfig, *, resume: bool, overwrite: bool, extra_files: Sequence[str]
 ) -> None:
     """Apply :func:`lab_common.cli.prepare_run_dir` to ``cfg.out`` with the engine's files
-    (and the teacher cache of a teacher kept in ``out``), plus ``extra_files``."""
+    (and the teacher cache of a teacher kept in ``out``), plus ``extra_files``; then check that
+    ``out`` is writable (``PermissionError`` otherwise)."""
     out = Path(cfg.out)
     exists = {
         phase: any(
@@ -470,6 +474,55 @@ def _prepare_out(
         run_files=(*_RUN_FILES, *_cache_files(cfg), *extra_files),
         keep=(cfg.teacher_checkpoint,),
     )
+    try:  # a read-only folder fails now, not at the end of the first teacher epoch
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=out)
+    except OSError as err:
+        raise PermissionError(
+            f"--out {out}: cannot write in it ({err.strerror}); choose another --out"
+        ) from err
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _longtail(
+    cfg: DistillConfig, train_ds: Dataset, num_classes: int
+) -> tuple[Dataset, torch.Tensor]:
+    """The long-tailed subset of ``train_ds`` (``cfg.imbalance_ratio``) and its ``(C,)`` counts."""
+    targets = dataset_targets(train_ds)
+    keep = longtail_indices(
+        targets,
+        cfg.imbalance_ratio,
+        n_max=cfg.lt_n_max,
+        num_classes=num_classes,
+        seed=cfg.subset_seed,
+    )
+    return Subset(train_ds, keep.tolist()), torch.bincount(targets[keep], minlength=num_classes)
+
+
+@torch.no_grad()
+def _shot_accuracy(
+    cfg: DistillConfig,
+    student: nn.Module,
+    test_ds: Dataset,
+    train_counts: torch.Tensor,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    """Accuracy over the many-, medium- and few-shot classes of a long-tailed run
+    (``test_acc_{all,many,medium,few}``; null for a split without classes), the training
+    counts and the splits."""
+    splits = shot_splits(train_counts, many=cfg.many_shot, few=cfg.few_shot)
+    student.eval()
+    preds, labels = [], []
+    for x, y in DataLoader(test_ds, batch_size=256):
+        with autocast(ctx.device, enabled=cfg.amp):
+            preds.append(student(x.to(ctx.device)).argmax(1).cpu())
+        labels.append(torch.as_tensor(y))
+    accs = split_accuracy(torch.cat(preds), torch.cat(labels), splits)
+    return {
+        "train_counts": train_counts.tolist(),
+        "shot_splits": splits,
+        **{f"test_acc_{k}": None if math.isnan(v) else v for k, v in accs.items()},
+    }
 
 
 def _cache_files(cfg: DistillConfig) -> tuple[str, ...]:
@@ -509,6 +562,10 @@ def run_distillation(
         run_files: files the caller writes into ``config.out`` besides the engine's (e.g. a
             plot), so that ``overwrite`` replaces them too.
 
+    With ``config.imbalance_ratio`` the student (and a teacher trained here) train on a
+    long-tailed subset of the training split, and ``result.json`` adds ``train_counts``,
+    ``shot_splits`` and ``test_acc_{all,many,medium,few}`` (null for a split without classes).
+
     Writes to ``config.out``: ``teacher.pt`` (unless ``teacher_checkpoint`` names an existing
     file), ``{teacher,student}_last.pt`` (resume state; the epoch before it as
     ``*_last.prev.pt``), ``*_metrics.jsonl``, ``*_curves.png``, ``student.pt`` and
@@ -532,6 +589,9 @@ def run_distillation(
         states = _resume_states(config, ctx, allow_changed) if resume else {}
         seed_everything(config.seed, deterministic=config.deterministic)
         train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
+        train_counts = None
+        if config.imbalance_ratio is not None:
+            train_ds, train_counts = _longtail(config, train_ds, num_classes)
         loss = make_loss(num_classes)
         teacher = None
         out_dir = Path(config.out)
@@ -570,6 +630,8 @@ def run_distillation(
             state=states.get("student"),
             cache=cache,
         )
+        if train_counts is not None and metrics["completed"]:
+            metrics.update(_shot_accuracy(config, student, test_ds, train_counts, ctx))
         if ctx.is_main and metrics["completed"]:
             state = {
                 "model": student.state_dict(),

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from trg_kd.longtail import (
+from lab_common.data.longtail import (
     dataset_targets,
     longtail_counts,
     longtail_indices,
