@@ -15,6 +15,8 @@ this split.
 
 from __future__ import annotations
 
+from typing import Any
+
 from harness import (
     RESULTS,
     Output,
@@ -30,31 +32,41 @@ from harness import (
 
 STUDY = "distill_cifar10"
 DATA = {"dataset": "cifar10", "val_images": 5000, "val_seed": 0, "workers": 0}
-TEACHER = Run(
-    "clkd",
-    {
+
+
+def teacher_run(epochs: int, **data: Any) -> Run:
+    """The CE-trained ``cifar_resnet20`` teacher (cosine schedule, batch 128, lr 0.1)."""
+    kwargs = {
         **DATA,
+        **data,
         "method": "ce",
         "student": "cifar_resnet20",
-        "epochs": 40,
+        "epochs": epochs,
         "batch_size": 128,
         "lr": 0.1,
         "schedule": "cosine",
-    },
-    seed=0,
-    keep=("student.pt",),
-)
-STUDENT = {
-    **DATA,
-    "teacher": "cifar_resnet20",
-    "teacher_checkpoint": Output(TEACHER, "student.pt"),
-    "student": "cifar_resnet8",
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 0.05,
-    "schedule": "cosine",
-    "teacher_cache": 8,
-}
+    }
+    return Run("clkd", kwargs, seed=0, keep=("student.pt",))
+
+
+def student_kwargs(teacher: Run, **data: Any) -> dict[str, Any]:
+    """A ``cifar_resnet8`` student of ``teacher``: 30 epochs, cosine, teacher cache K = 8."""
+    return {
+        **DATA,
+        **data,
+        "teacher": "cifar_resnet20",
+        "teacher_checkpoint": Output(teacher, "student.pt"),
+        "student": "cifar_resnet8",
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "teacher_cache": 8,
+    }
+
+
+TEACHER = teacher_run(40)
+STUDENT = student_kwargs(TEACHER)
 SEEDS = (0, 1, 2)
 
 ROWS = [

@@ -15,12 +15,10 @@ thresholds are a design choice: the usual 100 / 20 of ImageNet-LT leave CIFAR-10
 
 from __future__ import annotations
 
-from distill_cifar10 import DATA
+from distill_cifar10 import student_kwargs, teacher_run
 from harness import (
     RESULTS,
-    Output,
     Row,
-    Run,
     Store,
     plot_curves,
     seeds,
@@ -31,33 +29,8 @@ from harness import (
 
 STUDY = "distill_cifar10_lt"
 LONGTAIL = {"imbalance_ratio": 100.0, "lt_n_max": 4500, "many_shot": 1000, "few_shot": 200}
-TEACHER = Run(
-    "clkd",
-    {
-        **DATA,
-        **LONGTAIL,
-        "method": "ce",
-        "student": "cifar_resnet20",
-        "epochs": 60,
-        "batch_size": 128,
-        "lr": 0.1,
-        "schedule": "cosine",
-    },
-    seed=0,
-    keep=("student.pt",),
-)
-STUDENT = {
-    **DATA,
-    **LONGTAIL,
-    "teacher": "cifar_resnet20",
-    "teacher_checkpoint": Output(TEACHER, "student.pt"),
-    "student": "cifar_resnet8",
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 0.05,
-    "schedule": "cosine",
-    "teacher_cache": 8,
-}
+TEACHER = teacher_run(60, **LONGTAIL)
+STUDENT = student_kwargs(TEACHER, **LONGTAIL)
 SEEDS = (0, 1, 2)
 SPLITS = ("all", "many", "medium", "few")
 

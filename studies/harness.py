@@ -268,13 +268,14 @@ class Store:
         """Copy an unfinished run's checkpoint and metrics into the records (for another
         machine to resume exactly from); False when the run has no checkpoint yet."""
         spec, folder = run.trainer_spec, self.folder(run)
-        names = [n for n in (*spec.checkpoints, spec.metrics) if (folder / n).is_file()]
-        if self.finished(run) or not any(n in spec.checkpoints for n in names):
+        newest = [n for n in spec.checkpoints if (folder / n).is_file()][:1]
+        if self.finished(run) or not newest:
             return False
+        metrics = [spec.metrics] if (folder / spec.metrics).is_file() else []
         target = self.partial(run)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        for name in names:
+        for name in [*newest, *metrics]:
             shutil.copy2(folder / name, target / name)
         return True
 
