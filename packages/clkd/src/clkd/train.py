@@ -31,6 +31,7 @@ from typing import Literal
 from torch import nn
 
 from lab_common.cli import (
+    HelpFormatter,
     config_from_args,
     non_negative_float,
     non_negative_int,
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clkd-train",
         description="Class-aware logit knowledge distillation (CLKD) and KD/DKD baselines.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_distill_arguments(p, TrainConfig())
     g = p.add_argument_group("method (unset weights take each method's defaults)")

@@ -40,6 +40,7 @@ from lab_common import (
     seed_everything,
 )
 from lab_common.cli import (
+    HelpFormatter,
     add_run_arguments,
     check_resume_settings,
     config_from_args,
@@ -499,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         epilog="--batch-size is the number of tasks per meta-batch (one process; was "
         "--meta-batch, still accepted until 0.3).",
+        formatter_class=HelpFormatter,
     )
     add_run_arguments(
         p,

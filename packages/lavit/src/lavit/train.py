@@ -56,6 +56,7 @@ from lab_common import (
     seed_everything,
 )
 from lab_common.cli import (
+    HelpFormatter,
     add_run_arguments,
     config_from_args,
     load_optimizer_state,
@@ -225,7 +226,9 @@ def json_dict(text: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lavit-train`` parser; :func:`main` turns its namespace into a :class:`TrainConfig`."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="lavit-train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="lavit-train", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     add_run_arguments(p, d, duration="epochs", deprecated={"--output": "--out"})
     g = p.add_argument_group("data and model")
     a = g.add_argument

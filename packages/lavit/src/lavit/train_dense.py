@@ -51,6 +51,7 @@ from lab_common import (
     seed_everything,
 )
 from lab_common.cli import (
+    HelpFormatter,
     add_run_arguments,
     config_from_args,
     load_optimizer_state,
@@ -386,7 +387,11 @@ def train_dense(
 def build_parser() -> argparse.ArgumentParser:
     """The ``lavit-train-dense`` parser; :func:`main` turns it into a :class:`DenseTrainConfig`."""
     d = DenseTrainConfig(train_root="-")
-    p = argparse.ArgumentParser(prog="lavit-train-dense", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="lavit-train-dense",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     add_run_arguments(p, d, duration="epochs")
     g = p.add_argument_group("data and model")
     a = g.add_argument

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lab_common.cli import (
+    HelpFormatter,
     config_from_args,
     non_negative_float,
     non_negative_int,
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trg-kd-train",
         description="TRG: knowledge distillation via a token-level relationship graph",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_distill_arguments(p, d)
     g = p.add_argument_group("TRG loss (defaults from the Fashion-MNIST sweep, see README)")

@@ -3,7 +3,8 @@
 Each trainer keeps its settings in a frozen dataclass; argparse only builds it.
 :func:`add_run_arguments` adds the shared options (same names, same meanings in
 ``lavit-train``, ``clkd-train``, ``trg-kd-train`` and ``gp-maml-train``) with defaults read
-from that dataclass, :func:`config_from_args` turns the parsed namespace back into the
+from that dataclass, :class:`HelpFormatter` shows the defaults in ``--help``, :func:`config_from_args` turns the
+parsed namespace back into the
 dataclass, and :func:`run_console` makes a console script exit 0 on success, 2 with one clear
 line on a user error and 1 with one clear line on a run that diverged (a non-finite loss).
 
@@ -19,6 +20,7 @@ of the run: they are not config fields (see :mod:`lab_common.cli.run_dir` for th
 """
 
 from .options import (
+    HelpFormatter,
     add_deprecated_alias,
     add_run_arguments,
     config_from_args,
@@ -40,6 +42,7 @@ from .run_dir import (
 )
 
 __all__ = [
+    "HelpFormatter",
     "ResumeSettingsError",
     "add_deprecated_alias",
     "add_run_arguments",

@@ -17,6 +17,7 @@ __all__ = [
     "config_from_args",
     "positive_int",
     "non_negative_int",
+    "HelpFormatter",
     "positive_float",
     "non_negative_float",
     "run_console",
@@ -25,6 +26,18 @@ __all__ = [
 
 C = TypeVar("C")
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where it says nothing: switches
+    (``--amp``, ``--no-progress``) and ``None`` (the help text says what unset means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if switch or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 #: Option -> (dataclass field, help). ``--epochs``/``--iterations`` are chosen per trainer.
 _RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "--out": ("out", "output folder: checkpoints, metrics.jsonl, curves"),
@@ -32,7 +45,10 @@ _RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "--seed": ("seed", "random seed"),
     "--device": ("device", "auto, cpu, cuda or cuda:N"),
     "--workers": ("workers", "DataLoader worker processes per training process"),
-    "--data-root": ("data_root", "dataset folder"),
+    "--data-root": (
+        "data_root",
+        "dataset folder (default: $LAB_DATASETS, else ../shared/datasets beside the checkout)",
+    ),
 }
 
 
@@ -126,9 +142,13 @@ def add_run_arguments(
             type=types.get(name, str),
             default=None if required else getattr(defaults, name),
             required=required,
-            help=help_text,
+            help=help_text.split(" (default:")[0] if required else help_text,
         )
-    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last.pt")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from the run's last checkpoint in --out",
+    )
     g.add_argument(
         "--overwrite",
         action="store_true",
@@ -139,7 +159,7 @@ def add_run_arguments(
         nargs="+",
         default=(),
         metavar="SETTING",
-        help="with --resume: settings that may differ from the checkpoint's (e.g. epochs lr)",
+        help=f"with --resume: settings that may differ from the checkpoint's (e.g. {duration} lr)",
     )
     if "amp" in names:
         g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
