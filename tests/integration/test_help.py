@@ -29,3 +29,12 @@ def test_help_shows_defaults_and_nothing_misleading(script):
         assert "--data-root DATA_ROOT dataset folder" in text and "$LAB_DATASETS" not in text
     elif "--data-root" in text:
         assert "(default: $LAB_DATASETS, else ../shared/datasets" in text  # not "None"
+
+
+@pytest.mark.parametrize("script", ["lavit-train", "clkd-train", "trg-kd-train"])
+def test_named_datasets_can_be_downloaded_on_request(script):
+    module, builder, _ = PARSERS[script]
+    parser = getattr(importlib.import_module(module), builder)()
+    assert "--download" in parser.format_help()
+    args = parser.parse_args(["--dataset", "cifar100", "--download"])
+    assert args.download is True

@@ -144,3 +144,24 @@ def test_image_folder(tmp_path):
     (tmp_path / "only").mkdir()
     with pytest.raises(FileNotFoundError, match="train/"):
         build_image_dataset(str(tmp_path / "only"))
+
+
+def test_download_is_passed_to_torchvision_and_named_when_missing(tmp_path, monkeypatch):
+    import torchvision
+
+    from lab_common.data import readers
+
+    for name in ("cifar10", "fashion-mnist"):
+        with pytest.raises(FileNotFoundError, match="pass --download"):
+            build_image_dataset(name, tmp_path)
+    calls = []
+
+    class Fetched:  # stands in for torchvision's class: nothing is downloaded in tests
+        def __init__(self, root, *, train, transform, download):
+            calls.append((root, train, download))
+
+    monkeypatch.setitem(readers._TORCHVISION, "cifar100", Fetched)
+    root = tmp_path / "new"
+    assert isinstance(build_image_dataset("cifar100", root, False, download=True), Fetched)
+    assert calls == [(str(root), False, True)] and root.is_dir()
+    assert readers._TORCHVISION["cifar10"] is torchvision.datasets.CIFAR10

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,8 @@ class TrainConfig:
     #: the evaluation split; the test split is then not read (``None``: evaluate on it).
     val_images: int | None = None
     val_seed: int = 0
+    #: fetch a missing named dataset with torchvision into ``data_root``.
+    download: bool = False
     #: ``"timm"``: timm's training transform on PIL images (random-resized crop, flip, ``aa``,
     #: ``reprob``) at ``img_size``; ``"crop-flip"``: the named datasets as in-memory tensors,
     #: zero-padded from their own size to ``img_size``, random crop with 1/8 zero padding and
@@ -193,7 +196,7 @@ class ToRGB:
 #: Training augmentations (``TrainConfig.augment``).
 AUGMENTS = ("timm", "crop-flip")
 #: Settings a resumed run may change freely: where and how it runs, not what it computes.
-_RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch")
+_RUN_ONLY = ("device", "workers", "progress", "out", "stop_after_epoch", "download")
 #: Settings a resumed run may not change: the checkpoint holds that model, trained on that data,
 #: and its RNG states continue the seed's streams (which also picks the ``max_*_samples`` subsets).
 _FIXED = ("dataset", "model", "model_kwargs", "img_size", "seed", "val_images", "val_seed")
@@ -320,6 +323,7 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int]:
             val_images=cfg.val_images,
             val_seed=cfg.val_seed,
             size=cfg.img_size,
+            download=cfg.download,
         )
     else:
         common = dict(
@@ -340,14 +344,15 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int, int]:
             [ToRGB(), create_transform(is_training=False, crop_pct=1.0, **common)]
         )
         train_tf = transforms.Compose([ToRGB(), train_tf])
-        train_ds = build_image_dataset(cfg.dataset, cfg.data_root, True, train_tf)
+        get = partial(build_image_dataset, cfg.dataset, cfg.data_root, download=cfg.download)
+        train_ds = get(True, train_tf)
         num_classes, in_chans = dataset_num_classes(train_ds), 3
         if cfg.val_images is not None:
-            plain = build_image_dataset(cfg.dataset, cfg.data_root, True, val_tf)
+            plain = get(True, val_tf)
             train_idx, val_idx = validation_split(train_ds.targets, cfg.val_images, cfg.val_seed)
             train_ds, val_ds = Subset(train_ds, train_idx.tolist()), Subset(plain, val_idx.tolist())
         else:
-            val_ds = build_image_dataset(cfg.dataset, cfg.data_root, False, val_tf)
+            val_ds = get(False, val_tf)
     train_ds = _subset(train_ds, cfg.max_train_samples, cfg.seed)
     val_ds = _subset(val_ds, cfg.max_val_samples, cfg.seed + 1)
     return SeededSamples(train_ds), val_ds, num_classes, in_chans

@@ -161,6 +161,12 @@ def add_run_arguments(
         metavar="SETTING",
         help=f"with --resume: settings that may differ from the checkpoint's (e.g. {duration} lr)",
     )
+    if "download" in names:
+        g.add_argument(
+            "--download",
+            action="store_true",
+            help="fetch a missing named dataset with torchvision into --data-root",
+        )
     if "amp" in names:
         g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
     if "progress" in names:

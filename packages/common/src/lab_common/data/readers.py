@@ -100,6 +100,14 @@ def _unpacked_cache(raw: Path, folder: str) -> Path:
     return tv_root
 
 
+_TORCHVISION = {
+    "fashion-mnist": torchvision.datasets.FashionMNIST,
+    "mnist": torchvision.datasets.MNIST,
+    "cifar10": torchvision.datasets.CIFAR10,
+    "cifar100": torchvision.datasets.CIFAR100,
+}
+
+
 def _mnist_like(
     cls: type[torchvision.datasets.MNIST],
     aliases: tuple[str, ...],
@@ -113,7 +121,7 @@ def _mnist_like(
         raise FileNotFoundError(
             f"{folder} not found under {root}: expected the files {', '.join(_MNIST_FILES)} "
             f"(optionally .gz) in {root / folder / 'raw'} (torchvision's layout), in "
-            f"{root / aliases[0]} or in {root} itself"
+            f"{root / aliases[0]} or in {root} itself; {_DOWNLOAD_HINT}"
         )
     if raw == root / folder / "raw" and all((raw / f).is_file() for f in _MNIST_FILES):
         tv_root = root
@@ -125,11 +133,16 @@ def _mnist_like(
         raise ValueError(f"{folder} files under {raw} are corrupt ({err}); replace them") from err
 
 
+_DOWNLOAD_HINT = "pass --download (download=True) to fetch it with torchvision"
+
+
 def build_image_dataset(
     name_or_path: str,
     root: str | os.PathLike[str] | None = None,
     train: bool = True,
     transform: Callable[[Any], Any] | None = None,
+    *,
+    download: bool = False,
 ) -> Dataset:
     """A labelled image dataset, read from disk (never downloaded).
 
@@ -140,6 +153,8 @@ def build_image_dataset(
         root: folder holding the named dataset (defaults to :func:`shared_datasets_root`).
         train: training or test/validation split.
         transform: applied to each PIL image.
+        download: a named dataset is fetched into ``root`` by torchvision's downloader when it
+            is not there (torchvision's layout); never used by the project's tests.
 
     Gzipped (or non-torchvision) IDX files are unpacked into :func:`lab_common.cache_dir`, keyed
     by the SHA-256 of the source files: a replaced or corrupted source is read again (a corrupt
@@ -153,6 +168,10 @@ def build_image_dataset(
     folders.
     """
     key = name_or_path.lower().replace("_", "-")
+    if key in DATASET_NAMES and download:
+        base = Path(root).expanduser() if root is not None else shared_datasets_root()
+        base.mkdir(parents=True, exist_ok=True)
+        return _TORCHVISION[key](str(base), train=train, transform=transform, download=True)
     if key in DATASET_NAMES:
         base = Path(root).expanduser() if root is not None else shared_datasets_root()
         if not base.is_dir():
@@ -173,7 +192,8 @@ def build_image_dataset(
         except RuntimeError as err:
             folder = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
             raise FileNotFoundError(
-                f"{key} not found or corrupt under {base}: expected torchvision's {base / folder} ({err})"
+                f"{key} not found or corrupt under {base}: expected torchvision's "
+                f"{base / folder}; {_DOWNLOAD_HINT}"
             ) from err
     folder = Path(name_or_path).expanduser()
     if not folder.is_dir():

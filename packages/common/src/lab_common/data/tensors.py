@@ -146,7 +146,9 @@ class SeededSamples(Dataset):
                 np.random.set_state(np_state)  # noqa: NPY002
 
 
-def load_tensors(name: str, root: str | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tensors(
+    name: str, root: str | None, train: bool, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C, H, W)`` uint8 images and ``(N,)`` labels of a named dataset's split.
 
     CIFAR-10's training images come from the JPEG archive (:data:`CIFAR10_ARCHIVE`) when the
@@ -162,7 +164,7 @@ def load_tensors(name: str, root: str | None, train: bool) -> tuple[torch.Tensor
                 )
             images, labels, _ = load_cifar10_tensors(base)
             return images, labels
-    ds = build_image_dataset(name, root, train=train)
+    ds = build_image_dataset(name, root, train=train, download=download)
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
@@ -199,26 +201,28 @@ def tensor_datasets(
     val_images: int | None = None,
     val_seed: int = 0,
     size: int | None = None,
+    download: bool = False,
 ) -> tuple[TensorImageDataset, TensorImageDataset, int, int]:
     """``(train, eval, num_classes, in_chans)`` of a named dataset (``DATASET_STATS``'s keys).
 
     The training split is augmented (random crop with ``H / 8`` zero padding and, except for
     MNIST, horizontal flips); the evaluation split is the test split, or with ``val_images``
     that many class-balanced training images (seed ``val_seed``), not augmented. ``size``
-    zero-pads every image to ``size × size`` first (e.g. Fashion-MNIST's 28² to 32²).
+    zero-pads every image to ``size × size`` first (e.g. Fashion-MNIST's 28² to 32²);
+    ``download`` fetches a missing dataset with torchvision (:func:`build_image_dataset`).
     """
     key = name.lower().replace("_", "-")
     if key not in DATASET_STATS:
         raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASET_STATS)}")
     mean, std = DATASET_STATS[key]
-    xtr, ytr = load_tensors(key, root, True)
+    xtr, ytr = load_tensors(key, root, True, download)
     pad = _padding(xtr.shape[-1], size, name)
     if val_images is not None:
         train_idx, val_idx = validation_split(ytr, val_images, val_seed)
         xte, yte = xtr[val_idx], ytr[val_idx]
         xtr, ytr = xtr[train_idx], ytr[train_idx]
     else:
-        xte, yte = load_tensors(key, root, False)
+        xte, yte = load_tensors(key, root, False, download)
     if pad:
         xtr, xte = F.pad(xtr, (pad,) * 4), F.pad(xte, (pad,) * 4)
     k = 100 if key == "cifar100" else 10

@@ -61,6 +61,7 @@ class DistillConfig:
             the largest class (None: the smallest class size); the evaluation then adds the
             accuracy over the many- (> ``many_shot`` training images), medium- and few-shot
             (< ``few_shot``) classes.
+        download: fetch a missing named dataset with torchvision (into ``data_root``).
         val_images: hold out N class-balanced training images (a fixed draw from
             ``val_seed``) and evaluate on them instead of the test split, which is then not
             read (choose settings on this split, never on the test split). None: the test split.
@@ -99,6 +100,7 @@ class DistillConfig:
     subset_seed: int = 0
     val_images: int | None = None
     val_seed: int = 0
+    download: bool = False
     imbalance_ratio: float | None = None
     lt_n_max: int | None = None
     many_shot: int = 100

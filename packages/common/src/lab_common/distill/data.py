@@ -44,7 +44,11 @@ def build_datasets(config: DistillConfig) -> DistillDatasets:
     key = config.dataset.lower().replace("_", "-")
     if key in DATASET_STATS:
         train, test, k, in_chans = tensor_datasets(
-            key, config.data_root, val_images=config.val_images, val_seed=config.val_seed
+            key,
+            config.data_root,
+            val_images=config.val_images,
+            val_seed=config.val_seed,
+            download=config.download,
         )
     else:
         import timm.data

@@ -72,7 +72,7 @@ LossFactory = Callable[[int], "nn.Module | None"]
 
 #: Settings a resumed run may change without ``allow_changed``: where and how it runs, not
 #: what it computes.
-RUN_ONLY_SETTINGS = ("out", "device", "workers", "progress", "stop_after")
+RUN_ONLY_SETTINGS = ("out", "device", "workers", "progress", "stop_after", "download")
 
 _PHASES = ("teacher", "student")
 #: What a distillation run writes in ``out``: what ``overwrite`` deletes (a ``teacher_checkpoint``
