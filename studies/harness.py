@@ -611,10 +611,9 @@ def _fmt_row(entry: dict[str, Any]) -> str:
     seeds = ", ".join(f"{a:.2f}" for a in entry["acc"])
     paired = entry.get("paired")
     delta = f"{paired['mean']:+.2f} ± {paired['ci95']:.2f}" if paired else ""
-    return (
-        f"| {entry['name']} | {len(entry['seeds'])} | {entry['mean']:.2f} ± {entry['ci95']:.2f} "
-        f"| {seeds} | {delta} |"
-    )
+    n = len(entry["seeds"])
+    mean = f"{entry['mean']:.2f} ± {entry['ci95']:.2f}" if n > 1 else f"{entry['mean']:.2f} (no CI)"
+    return f"| {entry['name']} | {n} | {mean} | {seeds} | {delta} |"
 
 
 def write_report(
