@@ -46,7 +46,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
-from ..cli import check_resume_settings, prepare_run_dir, truncate_metrics
+from ..cli import (
+    check_resume_settings,
+    load_optimizer_state,
+    prepare_run_dir,
+    truncate_metrics,
+)
 from ..data.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from ..device import autocast
 from ..distributed import (
@@ -130,24 +135,12 @@ def _kept(epoch: int) -> str:
     return f"the checkpoint after epoch {epoch} is kept" if epoch else "no checkpoint was written"
 
 
-def _resumed_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: DistillConfig, epochs: int, lr: float, start: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The schedule of ``cfg`` advanced to epoch ``start``, applied to a restored optimiser.
-
-    The optimiser's hyper-parameters are set from ``cfg`` (a resume that changes ``lr``,
-    ``momentum``, ``weight_decay``, ``schedule`` or ``milestones`` runs with the new values from
-    here on); with unchanged settings the learning rate is the one the checkpointed run had.
-    """
-    for group in optimizer.param_groups:
-        group.update(lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        group.pop("initial_lr", None)
-    scheduler = _scheduler(optimizer, cfg, epochs)
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> None:
+    """Step a fresh ``scheduler`` through ``epochs`` finished epochs (a resume's position)."""
     with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
         warnings.simplefilter("ignore", UserWarning)
-        for _ in range(start):
+        for _ in range(epochs):
             scheduler.step()
-    return scheduler
 
 
 def _fit(
@@ -188,10 +181,12 @@ def _fit(
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or any(not k.startswith("teacher.") for k in missing):
             raise ValueError(f"{ckpt_path} does not match the model: {missing=} {unexpected=}")
-        optimizer.load_state_dict(state["optimizer"])
+        # the moments are the checkpoint's, the settings this run's: an allowed change of
+        # lr, momentum, weight decay or schedule applies from the resumed epoch on
+        load_optimizer_state(optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start = state["epoch"]
-        scheduler = _resumed_scheduler(optimizer, cfg, epochs, lr, start)
+        _advance(scheduler, start)
     if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
         truncate_metrics(metrics_path, "epoch", start - 1)
     logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
