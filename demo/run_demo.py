@@ -35,8 +35,8 @@ from lab_common import (
     seed_everything,
     shared_datasets_root,
 )
-from lab_common.cli import ResumeSettingsError
 from lab_common.data import load_fashion_mnist_tensors
+from lab_common.runs import ResumeSettingsError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -355,14 +355,14 @@ def section_distillation(args: argparse.Namespace, data: dict, out: Path) -> tup
         rows.append(
             {
                 "method": name,
-                "student test top-1 (%)": result.metrics["test_acc"],
+                "student test top-1 (%)": result.metrics["val_top1"],
                 "time (s)": time.time() - start,
             }
         )
     names = [r["method"] for r in rows]
     accuracies = [r["student test top-1 (%)"] for r in rows]
     bar_plot(names, accuracies, None, "student test top-1 (%)", out / "distillation.png")
-    teacher_acc = load_checkpoint(teacher_ckpt)["test_acc"]
+    teacher_acc = load_checkpoint(teacher_ckpt)["val_top1"]
     header = (
         f"Teacher {args.teacher} (test top-1 {teacher_acc:.2f}%), student {args.student}, "
         f"{label}, {args.train_images} training images"

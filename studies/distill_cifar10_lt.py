@@ -37,7 +37,7 @@ SPLITS = ("all", "many", "medium", "few")
 
 def _rows(split: str) -> list[Row]:
     def metric(record: dict) -> float:
-        return record["result"][f"test_acc_{split}"]
+        return record["result"][f"val_top1_{split}"]
 
     methods = [
         ("CE", "clkd", "ce"),
@@ -52,7 +52,7 @@ def _rows(split: str) -> list[Row]:
 
 
 ROWS = [
-    Row("teacher resnet20 (CE, all)", [TEACHER], metric=lambda r: r["result"]["test_acc_all"]),
+    Row("teacher resnet20 (CE, all)", [TEACHER], metric=lambda r: r["result"]["val_top1_all"]),
     *(row for split in SPLITS for row in _rows(split)),
 ]
 
@@ -81,7 +81,7 @@ def report(store: Store, command: str) -> None:
         text=__doc__.split("\n\n")[1],
         curves=curves,
         extra={
-            "teacher_val_acc": {s: teacher["result"][f"test_acc_{s}"] for s in SPLITS}
+            "teacher_val_acc": {s: teacher["result"][f"val_top1_{s}"] for s in SPLITS}
             if teacher
             else None
         },

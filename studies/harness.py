@@ -72,7 +72,7 @@ class Trainer:
 _DISTILL = {
     "checkpoints": ("student_last.pt", "student_last.prev.pt"),
     "metrics": "student_metrics.jsonl",
-    "acc_key": "test_acc",
+    "acc_key": "val_top1",
     "result": "result.json",
 }
 TRAINERS: dict[str, Trainer] = {
@@ -90,8 +90,8 @@ TRAINERS: dict[str, Trainer] = {
         "gp_maml.train:train",
         checkpoints=("last.pt", "last.prev.pt"),
         metrics="metrics.jsonl",
-        acc_key="val_acc",
-        x_key="step",
+        acc_key="val_top1",
+        x_key="iteration",
     ),
 }
 

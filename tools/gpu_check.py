@@ -1,4 +1,4 @@
-"""The GPU check of issue 18: CUDA tests, trainer smoke runs and the GPU benchmarks, one command.
+"""The GPU check: CUDA tests, trainer smoke runs and the GPU benchmarks, one command.
 
     bash tools/gpu_check.sh              # on a CUDA machine: within 405 s (--time-limit + 30)
     bash tools/gpu_check.sh --dry-run    # anywhere, on CPU: the same code paths once, tiny sizes
@@ -226,7 +226,7 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "check": "gpu_check (issue 18)",
+            "check": "gpu_check",
             "dry_run": self.dry_run,
             "status": self.status(),
             "device": self.device,
@@ -850,7 +850,7 @@ def trainers_section(ctx: Context) -> None:
 
 #: (LaViT, PVTv2 baseline, the paper's FLOP ratio baseline / LaViT)
 LAVIT_PAIRS = (("lavit_tiny", "pvt_v2_b1", 1.31), ("lavit_small", "pvt_v2_b2", 1.21))
-LAVIT_TARGET = 1.2  # lavit / pvt_v2 images/s at 224x224, batch 256 (issue 18)
+LAVIT_TARGET = 1.2  # lavit / pvt_v2 images/s at 224x224, batch 256 (the target)
 _FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -1089,7 +1089,7 @@ MAML_ROWS = (
     ("GP-MAML loop", "gp-maml", "loop", True),
     ("GP-MAML vmap", "gp-maml", "vmap", False),
 )
-MAML_TARGET = 1.5  # gp_maml MAML / higher speed at meta-batch 32, second order (issue 18)
+MAML_TARGET = 1.5  # gp_maml MAML / higher speed at meta-batch 32, second order (the target)
 
 
 @dataclass(frozen=True)
@@ -1200,7 +1200,7 @@ def maml_section(ctx: Context) -> None:
 # -- section: kd -----------------------------------------------------------------------------
 
 KD_TEACHER, KD_STUDENT = "cifar_resnet32x4", "cifar_resnet8x4"
-#: (method, its KD baseline, the largest step-time ratio allowed by issue 18)
+#: (method, its KD baseline, the largest step-time ratio allowed)
 KD_TARGETS = (("clkd: CLKD", "clkd: KD", 1.05), ("trg-kd: TRG", "trg-kd: KD", 1.5))
 
 

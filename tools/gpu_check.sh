@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 18 in one command (the device tool takes one command of <= 2,000 chars):
+# The GPU check in one command (the device tool takes one command of <= 2,000 chars):
 #
 #   bash tools/gpu_check.sh             # CUDA machine: tests, trainer smoke runs, benchmarks (<= 7 min)
 #   bash tools/gpu_check.sh --dry-run   # anywhere, CPU: the same script end to end in < 1 min

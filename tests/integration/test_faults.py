@@ -176,6 +176,29 @@ def test_bad_numbers_are_refused_with_the_flag_named(module, args, flag, monkeyp
     assert flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("lavit.train", ["--dataset", "fashion-mnist"]),
+        ("lavit.train_dense", ["--task", "semantic_fpn", "--num-classes", "4"]),
+        ("clkd.train", ["--dataset", "fashion-mnist"]),
+        ("trg_kd.train", ["--dataset", "fashion-mnist"]),
+        ("gp_maml.train", []),
+    ],
+)
+def test_a_failed_start_leaves_out_reusable(module, args, tmp_path, monkeypatch, capsys):
+    """A start refused for bad data writes nothing into ``--out``: the corrected command is not
+    met with "--out is not empty"."""
+    missing = tmp_path / "no-such-data"
+    data = ["--train-root", str(missing)] if module == "lavit.train_dense" else []
+    data += ["--data-root", str(missing)] if module != "lavit.train_dense" else []
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [module, *args, *data, "--out", str(out)])
+    assert importlib.import_module(module).cli() == 2
+    assert "no-such-data" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
 def test_clkd_corrupt_dataset_file_is_named(tmp_path):
     from lab_common import shared_datasets_root
 

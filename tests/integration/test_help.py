@@ -31,6 +31,24 @@ def test_help_shows_defaults_and_nothing_misleading(script):
         assert "(default: $LAB_DATASETS, else ../shared/datasets" in text  # not "None"
 
 
+@pytest.mark.parametrize(
+    "module, builder, old",
+    [
+        ("lavit.train", "build_parser", "--output"),
+        ("clkd.train", "build_parser", "--out-dir"),
+        ("trg_kd.train", "build_parser", "--out-dir"),
+        ("gp_maml.train", "_parser", "--meta-batch"),
+    ],
+)
+def test_the_aliases_removed_in_0_3_are_refused(module, builder, old, capsys):
+    """(gp-maml-evaluate's ``--batch`` is argparse's abbreviation of ``--batch-size`` now.)"""
+    parser = getattr(importlib.import_module(module), builder)()
+    required = ["--data-root", "d"] if module == "gp_maml.train" else ["--dataset", "cifar10"]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, old, "8"])
+    assert f"unrecognized arguments: {old} 8" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script", ["lavit-train", "clkd-train", "trg-kd-train"])
 def test_named_datasets_can_be_downloaded_on_request(script):
     module, builder, _ = PARSERS[script]

@@ -112,7 +112,7 @@ def test_evaluations_run_after_their_run_and_are_stored_apart(tmp_path, monkeypa
     (module / "toy_eval.py").write_text(
         "import json\n"
         "def evaluate(folder, scale):\n"
-        "    acc = json.loads((folder / 'result.json').read_text())['test_acc']\n"
+        "    acc = json.loads((folder / 'result.json').read_text())['val_top1']\n"
         "    return {'accuracy': acc * scale, 'files': sorted(p.name for p in folder.iterdir())}\n"
     )
     monkeypatch.setenv("PYTHONPATH", f"{module}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

@@ -37,7 +37,7 @@ from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
 from gp_maml.train import RUN_ONLY, TrainConfig, train
 from lab_common import cache_dir, mean_confidence_interval, shared_datasets_root, write_benchmark
-from lab_common.cli import check_resume_settings
+from lab_common.runs import check_resume_settings
 
 RESULTS = Path(__file__).parent / "results"
 GP_ONLY = (

@@ -84,6 +84,40 @@ def test_gp_learner_picks_on_easy_tasks_and_trains_relation_net():
     assert all(p.grad is not None for p in learner.relation_net.parameters())
 
 
+def _sequential(outputs=3):
+    """A plain ``nn.Sequential`` (no ``head`` submodule, no ``num_features``), as users of
+    learn2learn's ``MAML(model)`` write one."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, outputs),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_any_sequential_model_without_head_argument(method):
+    learner = create_learner(method, _sequential())
+    assert learner.head == "4"  # its last layer with parameters
+    expect = {"maml": ["0.weight", "0.bias", "4.weight", "4.bias"], "anil": ["4.weight", "4.bias"]}
+    expect["boil"] = ["0.weight", "0.bias"]
+    assert learner.adapted == expect[method.removeprefix("gp-")]
+    out = learner(*_tasks())  # GP: a relation net sized from the head's in_features
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in learner.model.parameters())
+
+
+def test_a_head_wider_than_the_tasks_ways_is_refused():
+    learner = create_learner("maml", _sequential(outputs=10))
+    with pytest.raises(
+        ValueError, match=r"the head \('4'\) has 10 outputs but the tasks are 3-way"
+    ):
+        learner(*_tasks(ways=3))
+
+
 def test_from_modules_and_errors():
     body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8))
     learner = MetaLearner.from_modules(
@@ -96,8 +130,10 @@ def test_from_modules_and_errors():
         create_learner("maml", _model(), head="classifier")
     with pytest.raises(ValueError, match="task_batching"):
         create_learner("maml", _model(), task_batching="fast")
+    # the relation net is sized from model.num_features, else a linear head's in_features
+    assert MetaLearner.from_modules(body, nn.Linear(8, 2), method="gp-maml").relation_net
     with pytest.raises(ValueError, match="relation_net"):
-        MetaLearner.from_modules(body, nn.Linear(8, 2), method="gp-maml")
+        MetaLearner.from_modules(body, nn.Sequential(nn.Linear(8, 2)), method="gp-maml")
     with pytest.raises(ValueError, match=r"\(B, N, C, H, W\)"):
         create_learner("maml", _model())(
             torch.randn(3, 1, 16, 16),

@@ -177,7 +177,7 @@ def test_paper_config_and_final_checkpoint(shared_omniglot, tmp_path):
         threads=1,
     )
     result = train(run)
-    assert result["best_val"] >= 0  # validated ...
+    assert result["best_val_top1"] >= 0  # validated ...
     assert not (tmp_path / "paper" / "best.pt").exists()  # ... but the final checkpoint is it
     state = torch.load(tmp_path / "paper" / "last.pt", weights_only=False)
     assert any(k.startswith("lp_encoder.") for k in state["learner"])

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -92,9 +93,12 @@ def test_cli_and_errors(shared_omniglot, tmp_path, capsys):
     argv = ["--method", "anil", "--backbone", "conv4-32", "--data-root", str(root)]
     argv += ["--out", str(out), "--iterations", "2", "--batch-size", "1", "--queries", "1"]
     train_main([*argv, "--val-every", "2", "--val-tasks", "2", "--no-progress", "--threads", "1"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["best_val"] >= 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"gp-maml-train: best val_top1 [\d.]+ \(iteration \d+\), last .*best\.pt", summary
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "train_acc"} <= set(records[0]) and "val_acc" in records[-1]
+    assert {"loss", "train_acc"} <= set(records[0]) and "val_top1" in records[-1]
     with pytest.raises(ValueError, match=">= 600 .*lower --min-tasks"):
         evaluate_main(["--checkpoint", str(out / "best.pt"), "--data-root", "x", "--tasks", "10"])
     quick = evaluate_main(
@@ -122,7 +126,7 @@ def test_validation_can_be_disabled_and_a_too_small_split_is_named(omniglot_zip,
     with pytest.raises(ValueError, match=r"validation split .* 0 classes.*--val-every 0"):
         train(_cfg(omniglot_zip, tmp_path / "val", val_every=1, **small))
     result = train(_cfg(omniglot_zip, tmp_path / "noval", val_every=0, **small))
-    assert result["best_val"] == -1.0
+    assert result["best_val_top1"] == -1.0
     assert (tmp_path / "noval" / "last.pt").is_file()
     assert not (tmp_path / "noval" / "best.pt").exists()
     with pytest.raises(ValueError, match="val_every"):
@@ -160,10 +164,6 @@ def test_parser_builds_the_config_with_the_trainer_dialect():
     cfg = config_from_args(TrainConfig, _parser().parse_args(argv))
     assert (cfg.batch_size, cfg.iterations, cfg.out, cfg.seed) == (8, 3, "o", 2)
     assert (cfg.device, cfg.progress, cfg.milestones) == ("cpu", False, (5, 6))
-    # the 0.1 name of --batch-size still works, with a FutureWarning
-    with pytest.warns(FutureWarning, match="--meta-batch.*--batch-size"):
-        old = _parser().parse_args(["--data-root", "x.zip", "--meta-batch", "8"])
-    assert config_from_args(TrainConfig, old).batch_size == 8
     picked = _parser().parse_args(["--data-root", "x.zip", "--pick-threshold", "0.7"])
     assert config_from_args(TrainConfig, picked).pick_threshold == 0.7
     fallback = _parser().parse_args(["--data-root", "x.zip", "--fallback-threshold", "0.3"])
@@ -244,11 +244,11 @@ def test_run_folder_rules_and_checkpoint_fallback(omniglot_zip, tmp_path):
     # the newest checkpoint corrupted at rest, and a record written after it by a killed run
     os.truncate(out / "last.pt", 20000)
     with (out / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"step": 3, "loss": 9.9}) + "\n")
+        f.write(json.dumps({"iteration": 3, "loss": 9.9}) + "\n")
     with pytest.warns(UserWarning, match="previous generation"):
         train(longer, resume=True, allow_changed=["iterations"])
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["loss"] != 9.9
+    assert [r["iteration"] for r in log] == [1, 2, 3] and log[-1]["loss"] != 9.9
     # resumed from iteration 1 of last.prev.pt, exactly: same weights as an uninterrupted run
     train(dataclasses.replace(cfg, iterations=3, out=str(tmp_path / "straight")))
     a = torch.load(out / "last.pt", weights_only=False)["learner"]
@@ -256,7 +256,7 @@ def test_run_folder_rules_and_checkpoint_fallback(omniglot_zip, tmp_path):
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     train(cfg, overwrite=True)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2]
+    assert [r["iteration"] for r in log] == [1, 2]
 
 
 def test_evaluation_refuses_the_training_classes(omniglot_zip, tmp_path):
@@ -398,7 +398,7 @@ def test_picking_thresholds_are_refused_for_base_learners(omniglot_zip, tmp_path
         with pytest.raises(ValueError, match=f"{name} applies to GP methods only, not 'anil'"):
             TrainConfig(method="anil", **{name: 0.5})
     stored = {**dataclasses.asdict(TrainConfig(method="boil")), "pick_threshold": 0.5}
-    assert TrainConfig.from_dict(stored).pick_threshold is None  # inert, accepted until 0.2
+    assert TrainConfig.from_dict(stored).pick_threshold is None  # inert for a base learner: dropped
     train(_tiny(omniglot_zip, tmp_path / "run", alphabets=("alpha0",), iterations=1))
     few = dict(tasks=2, min_tasks=1, batch_size=1, show_progress=False, alphabets=("alpha1",))
     with pytest.raises(ValueError, match=r"--fallback-threshold applies to GP learners only"):

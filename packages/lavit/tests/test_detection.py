@@ -210,5 +210,5 @@ def test_short_training_raises_box_ap_on_held_out_scenes(small_backbone, tmp_pat
     after = evaluate_detector(model, val_ds, val / "annotations.json")
     assert np.mean([h["loss"] for h in history[-20:]]) < np.mean([h["loss"] for h in history[:20]])
     # held-out AP50 0.000 untrained; 0.069 and 0.038 after 300 steps in two runs (thread
-    # scheduling changes the float sums): learning, not yet "well above" (issue 14)
+    # scheduling changes the float sums): learning, not yet "well above"
     assert before["bbox_AP50"] < 0.01 and after["bbox_AP50"] > 0.02, (before, after)

@@ -37,8 +37,8 @@ WIN = dict(
     window_sizes=(4, 4, 4, 4),
 )
 
-#: The 0.1 lavit_tiny, reachable by arguments (global attention, SR keys, LA in stages 3-4).
-V01_TINY = dict(
+#: lavit_tiny in the PVTv2 layout, reachable by arguments (global attention, SR keys, LA in stages 3-4).
+PVTV2_LAYOUT_TINY = dict(
     depths=(2, 2, 3, 2),
     la_depths=(0, 0, 2, 1),
     embed_dims=(64, 128, 256, 448),
@@ -101,9 +101,9 @@ def test_variants_match_paper_budget_and_layout(name, params_m, macs_g):
             assert la.theta.shape == la.psi.shape == (49, 49) and la.dp_pool_grids is None
 
 
-def test_v01_layout_reachable_by_arguments():
-    model, _, params, macs = _params_macs(lambda: LaViT(**V01_TINY))
-    # the 0.1 README's 11.22 M / 1.56 G; 1.56 G missed the fused (SDPA) attention: 1.59 G
+def test_pvtv2_layout_reachable_by_arguments():
+    model, _, params, macs = _params_macs(lambda: LaViT(**PVTV2_LAYOUT_TINY))
+    # 11.22 M / 1.59 G, the fused (SDPA) attention counted
     assert round(params, 2) == 11.22 and round(macs, 2) == 1.59
     assert not model.any_size
     assert [s.window for s in model.stages] == [None] * 4

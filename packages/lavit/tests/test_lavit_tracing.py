@@ -66,7 +66,7 @@ def test_traced_forward_backward_with_aux_loss_match_eager(mlp_dwconv):
 
 
 def test_global_attention_layout_traces(tiny_kwargs):
-    """The 0.1 layout: global attention, spatial-reduction keys, attention downsampling convs."""
+    """The PVTv2 layout: global attention, spatial-reduction keys, attention downsampling convs."""
     torch.manual_seed(0)
     model = LaViT(**tiny_kwargs).eval()
     x = torch.randn(2, 3, 32, 32)

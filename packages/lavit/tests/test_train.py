@@ -2,7 +2,6 @@ import io
 import json
 import os
 import re
-import warnings
 from contextlib import redirect_stderr
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ TINY_KWARGS = dict(
     num_heads=[1, 2, 2, 4],
     mlp_ratios=[2, 2, 2, 2],
     sr_ratios=[2, 1, 1, 1],
-    window_sizes=[0, 0, 0, 0],  # global attention with spatial-reduction keys (0.1's layout)
+    window_sizes=[0, 0, 0, 0],  # global attention with spatial-reduction keys (the PVTv2 layout)
 )
 
 
@@ -206,12 +205,7 @@ def test_parser_builds_the_config(tmp_path):
     cfg, resume = _parse(_argv(Path("data"), tmp_path, "--scale", "0.5", "1", "--resume"))
     assert cfg == _config(Path("data"), tmp_path, scale=(0.5, 1.0)) and resume is True
     assert isinstance(cfg.scale, tuple) and cfg.model_kwargs["depths"] == [1, 2, 1, 1]
-    with pytest.warns(FutureWarning, match="--output is deprecated.*use --out"):
-        cfg, _ = _parse(["--dataset", "cifar10", "--output", "runs/old"])
-    assert cfg.out == "runs/old"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new name does not warn
-        assert _parse(["--dataset", "cifar10", "--out", "runs/new"])[0].out == "runs/new"
+    assert _parse(["--dataset", "cifar10", "--out", "runs/new"])[0].out == "runs/new"
 
 
 @pytest.mark.parametrize(
@@ -305,7 +299,8 @@ def test_crop_flip_on_a_validation_split_with_any_number_of_workers(tmp_path):
         assert torch.equal(a, b)  # items are drawn per index and epoch, not per worker
     assert models[0].stages[0].patch_embed.proj.in_channels == 1  # the dataset's own channels
     record = json.loads((tmp_path / "w0/metrics.jsonl").read_text().splitlines()[-1])
-    assert record["eval_split"] == "val" and 0 <= record["val_top1"] <= 100
+    assert json.loads((tmp_path / "w0/config.json").read_text())["eval_split"] == "val"
+    assert 0 <= record["val_top1"] <= 100
     with pytest.raises(ValueError, match="28x28 images can be zero-padded .* not to 27"):
         train(_fashion(tmp_path / "bad", img_size=27))
     with pytest.raises(ValueError, match="needs a named dataset"):

@@ -51,8 +51,6 @@ def test_options_build_the_config_and_its_trg_config():
     trg = cfg.trg_config()
     assert trg.inner_weight == 0.5 and trg.k == 3 and trg.temperature.kind == "linear"
     assert not trg.gather_distributed and trg.seed == 3
-    with pytest.warns(FutureWarning, match="--out-dir is deprecated"):
-        assert parse_config(["--out-dir", "old"]).out == "old"
     for bad in (["--epochs", "0"], ["--k", "0"], ["--method", "crd"]):
         with pytest.raises(SystemExit):
             parse_config(bad)
@@ -143,7 +141,7 @@ def test_resume_continues_exactly_and_reports_longtail_splits(tmp_path, kd_run):
     res = json.loads((tmp_path / "b" / "result.json").read_text())
     assert res["train_counts"] == [16, 10, 6, 4]  # 16 * 4^(-i/3)
     assert res["shot_splits"] == {"many": [0], "medium": [1, 2], "few": [3]}
-    assert {"test_acc_many", "test_acc_medium", "test_acc_few"} <= set(res)
+    assert {"val_top1_many", "val_top1_medium", "val_top1_few"} <= set(res)
 
 
 def test_train_needs_its_config():
@@ -218,8 +216,8 @@ def test_config_rejects_bad_numbers(field, value, message):
 
 
 def test_same_seed_runs_are_bit_identical_on_several_threads(tmp_path, kd_run):
-    """Issue 12: two 3-step TRG runs differed by 5.5e-6 after 8 steps on a multi-threaded CPU
-    (the local term's index_put_ accumulation); they are identical now, --deterministic or not."""
+    """Two same-seed TRG runs on a multi-threaded CPU give identical weights, --deterministic
+    or not (the local term's accumulation does not depend on the thread schedule)."""
     data = synthetic(n_train=48)  # 3 steps of 16
     teacher = kd_run[0] / "teacher.pt"
     threads = torch.get_num_threads()

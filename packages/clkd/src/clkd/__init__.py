@@ -18,7 +18,7 @@ from .clkd import (
 )
 from .dkd import DKD_BETAS, DKDConfig, DKDLoss, dkd_beta_for, dkd_loss
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DKD_BETAS",

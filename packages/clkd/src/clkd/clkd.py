@@ -23,8 +23,8 @@ trains like CE at a tenth of the learning rate. The default ``reduction="batchme
 squared error over each vector (``2(1 − cos)`` per row for ``L_ins``, per class column for
 ``L_cla``) and averages over the vectors; the default weights were chosen so that the
 gradient at initialisation is on the order of KD's (``benchmarks/grad_norms.py``) and then on
-the validation split (README). ``CLKDConfig(ce_weight=0.1, reduction="mean")`` is the 0.1
-reading.
+the validation split (README). ``CLKDConfig(ce_weight=0.1, reduction="mean")`` is the public
+re-implementations' reading.
 
 ``variant="softmax"`` reads the two levels as temperature-softened KL divergences instead:
 along the class axis for instances, along the batch axis for classes (both ×T²).
@@ -78,7 +78,7 @@ class CLKDConfig:
         correlation_weight: [ν] weight of the class-correlation term.
         reduction: how the "mse" variant reduces the instance and class terms: "batchmean"
             (sum of squares over each vector, mean over the vectors; default) or "mean" (mean
-            over all entries: the re-implementations' and clkd 0.1's reading).
+            over all entries, as the public re-implementations read it).
         variant: "mse" (L2-normalised logits + MSE, default) or "softmax" (KL at ``temperature``).
         temperature: softmax temperature of the "softmax" variant (ignored by "mse").
         correlation: matrix compared by the class-correlation term: "pearson" (correlation

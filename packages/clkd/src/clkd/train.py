@@ -48,6 +48,7 @@ from lab_common.distill import (
     run_distillation,
 )
 from lab_common.distill.kd import KD_DEFAULTS  # --method kd when unset: CE 1, KD 1, T 4
+from lab_common.runs import print_summary
 
 from .clkd import CLKDConfig, CLKDLoss
 from .dkd import DKDConfig, DKDLoss, dkd_beta_for
@@ -249,9 +250,11 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
-    """Parse ``argv`` and :func:`train`; returns the engine's result."""
+    """Parse ``argv`` and :func:`train`, print the summary line; returns the engine's result."""
     args = build_parser().parse_args(argv)
-    return train(config_from_args(TrainConfig, args), **start_options(args))
+    result = train(config_from_args(TrainConfig, args), **start_options(args))
+    print_summary(result.summary("clkd-train"))
+    return result
 
 
 def cli() -> int:

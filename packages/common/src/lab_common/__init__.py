@@ -34,7 +34,7 @@ from .metrics import mean_confidence_interval, topk_accuracy
 from .paths import cache_dir, shared_datasets_root
 from .seeding import get_rng_state, seed_everything, set_rng_state
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CheckpointError",

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from lab_common.cli import add_run_arguments, config_from_args, run_console
+from lab_common.cli import add_run_arguments, check_model_name, config_from_args, run_console
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class _Config:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="x-train")
     p.add_argument("--milestones", type=int, nargs="*", default=list(_Config.milestones))
-    add_run_arguments(p, _Config(), deprecated={"--out-dir": "--out"})
+    add_run_arguments(p, _Config())
     return p
 
 
@@ -42,12 +42,6 @@ def test_shared_options_fill_the_config():
     cfg = config_from_args(_Config, args)
     assert cfg == _Config("o", 5, 8, 3, "cpu", True, 0, False, "d", (4,))
     assert not hasattr(cfg, "resume") and args.resume is False
-
-
-def test_deprecated_alias_warns_and_sets_the_new_field():
-    with pytest.warns(FutureWarning, match="--out-dir is deprecated.*use --out"):
-        args = _parser().parse_args(["--out-dir", "old"])
-    assert config_from_args(_Config, args).out == "old"
 
 
 @pytest.mark.parametrize(
@@ -142,4 +136,16 @@ def test_run_console_reports_a_missing_optional_dependency(capsys):
     assert (
         capsys.readouterr().err
         == "trainer: error: needs pycocotools: pip install 'lavit[detection]'\n"
+    )
+
+
+def test_check_model_name_names_the_option_and_how_to_list_models():
+    check_model_name("resnet18", {"resnet18"}.__contains__)
+    with pytest.raises(ValueError) as err:
+        check_model_name(
+            "resnet_9000", {"resnet18"}.__contains__, "--teacher", "zoo.list() lists the zoo"
+        )
+    assert str(err.value) == (
+        "unknown model 'resnet_9000' (--teacher): timm has no model of that name; "
+        "zoo.list() lists the zoo, timm.list_models() lists all models"
     )

@@ -84,9 +84,3 @@ def test_bad_numbers_rejected_by_the_parser_naming_the_flag(argv, message, capsy
         _parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"t: error: argument {message}"
-
-
-def test_old_out_dir_still_works_with_a_future_warning():
-    with pytest.warns(FutureWarning, match="--out-dir is deprecated.*use --out"):
-        args = _parser().parse_args(["--out-dir", "old/place"])
-    assert config_from_args(DistillConfig, args).out == "old/place"

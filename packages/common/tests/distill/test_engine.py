@@ -103,7 +103,7 @@ def test_interrupted_runs_resume_exactly(tmp_path, uninterrupted):
     ]
     assert [r["epoch"] for r in lines[1]] == [0, 1, 2]
     for ra, rb in zip(*lines, strict=True):
-        assert ra["loss_kd"] == rb["loss_kd"] and ra["test_acc"] == rb["test_acc"]
+        assert ra["loss_kd"] == rb["loss_kd"] and ra["val_top1"] == rb["val_top1"]
     assert (tmp_path / "b/student_curves.png").stat().st_size > 0
     # the teacher really was frozen during distillation and is the cached one
     _assert_same(full.teacher.state_dict(), _weights(a / "teacher.pt"))
@@ -121,7 +121,7 @@ def test_ce_only_student_has_no_teacher_and_existing_run_needs_resume(tmp_path):
     assert result.teacher is None and not (tmp_path / "teacher.pt").exists()
     assert not torch.are_deterministic_algorithms_enabled()  # switched on for that run only
     rec = json.loads((tmp_path / "result.json").read_text())
-    assert set(rec) >= {"loss_ce", "test_acc", "train_acc", "lr"}
+    assert set(rec) >= {"loss_ce", "val_top1", "train_acc", "lr"}
     with pytest.raises(FileExistsError, match="not empty; pass --resume .* --overwrite"):
         run_distillation(config(tmp_path, epochs=1), ce_only, datasets=data)
 
@@ -341,10 +341,10 @@ def test_non_finite_evaluation_stops_the_run_and_keeps_the_last_checkpoint(tmp_p
     run_distillation(config(tmp_path / "n", stop_after=1), kd_factory, resume=True, datasets=data)
     real = engine.evaluate
     monkeypatch.setattr(
-        engine, "evaluate", lambda *a, **k: {**real(*a, **k), "test_loss": float("nan")}
+        engine, "evaluate", lambda *a, **k: {**real(*a, **k), "val_loss": float("nan")}
     )
     with pytest.raises(
-        FloatingPointError, match="student epoch 2: non-finite test_loss.*after epoch 1 is kept"
+        FloatingPointError, match="student epoch 2: non-finite val_loss.*after epoch 1 is kept"
     ):
         run_distillation(config(tmp_path / "n"), kd_factory, resume=True, datasets=data)
     assert load_checkpoint(tmp_path / "n/student_last.pt")["epoch"] == 1

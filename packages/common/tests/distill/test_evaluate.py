@@ -29,11 +29,11 @@ def test_accuracies_and_loss_match_hand_counts(monkeypatch):
     ds = TensorDataset(torch.zeros(6, 1), y)
     model = Fixed(7).train()
     out = evaluate(model, ds, ctx, batch_size=4)
-    assert out["test_acc"] == pytest.approx(100 * 2 / 6)
-    assert out["test_acc5"] == pytest.approx(100 * 5 / 6)
+    assert out["val_top1"] == pytest.approx(100 * 2 / 6)
+    assert out["val_top5"] == pytest.approx(100 * 5 / 6)
     log_p = torch.log_softmax(torch.arange(7, 0, -1, dtype=torch.float64), 0)
-    assert out["test_loss"] == pytest.approx(-log_p[y].mean().item(), rel=1e-6)
+    assert out["val_loss"] == pytest.approx(-log_p[y].mean().item(), rel=1e-6)
     assert model.training  # restored
     assert evaluate(model, TensorDataset(torch.zeros(6, 1), y.int()), ctx, batch_size=4) == out
     small = evaluate(Fixed(3), TensorDataset(torch.zeros(2, 1), torch.tensor([0, 2])), ctx)
-    assert set(small) == {"test_acc", "test_loss"} and math.isclose(small["test_acc"], 50.0)
+    assert set(small) == {"val_top1", "val_loss"} and math.isclose(small["val_top1"], 50.0)

@@ -29,11 +29,12 @@ from .learners import (
     check_no_running_stats,
     create_learner,
     paper_rules,
+    paper_settings,
     tpn_relation_net,
 )
 from .picking import pick_balanced_or_confident, pick_confident, pick_pseudo_labels
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "METHODS",
@@ -62,6 +63,7 @@ __all__ = [
     "gaussian_affinity",
     "label_propagation",
     "paper_rules",
+    "paper_settings",
     "pick_balanced_or_confident",
     "pick_confident",
     "pick_pseudo_labels",

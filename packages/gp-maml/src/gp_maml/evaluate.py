@@ -25,7 +25,6 @@ import torch
 
 from lab_common import load_checkpoint, mean_confidence_interval, resolve_device, seed_everything
 from lab_common.cli import (
-    add_deprecated_alias,
     non_negative_int,
     positive_float,
     positive_int,
@@ -259,7 +258,6 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="tasks per forward (default: the training --batch-size)",
     )
-    add_deprecated_alias(p, "--batch", "--batch-size", "batch_size", type=positive_int)
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(

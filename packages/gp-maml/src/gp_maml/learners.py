@@ -25,6 +25,7 @@ import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,7 @@ __all__ = [
     "check_no_running_stats",
     "create_learner",
     "paper_rules",
+    "paper_settings",
     "tpn_relation_net",
 ]
 
@@ -125,6 +127,28 @@ def _without(model: nn.Module, path: str) -> nn.Module:
     return view
 
 
+def find_head(model: nn.Module) -> str:
+    """The name of ``model``'s classifier submodule: ``head`` if it has one, else timm's
+    ``model.get_classifier()``, else the last submodule with parameters (an ``nn.Sequential``'s
+    final layer, as learn2learn's ``MAML(model)`` takes it)."""
+    names = {n for n, _ in model.named_parameters()}
+    if any(n.startswith("head.") for n in names):
+        return "head"
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    with_params = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and any(True for _ in module.parameters(recurse=False))
+    ]
+    for name, module in with_params:
+        if module is classifier:
+            return name
+    if not with_params:
+        raise ValueError("the model has no submodule with parameters to adapt as its head")
+    return with_params[-1][0]
+
+
 @dataclass(frozen=True)
 class _Network:
     """The learner's network in the layer variants of one code path: ``model`` (``(B, C, H,
@@ -155,7 +179,9 @@ class MetaLearner(nn.Module):
             submodule named ``head`` (its input is the embedding used by label propagation).
         method: one of ``METHODS``.
         head: name of the head submodule; parameters named ``head.*`` form the head, all others
-            the body (use ``MetaLearner.from_modules`` to pass two modules instead).
+            the body (use ``MetaLearner.from_modules`` to pass two modules instead). ``None``:
+            :func:`find_head` (``head``, timm's ``get_classifier()``, or the last layer with
+            parameters). Its outputs must match the tasks' ways (checked per meta-batch).
         inner_lr: inner learning rate ``alpha``.
         inner_steps: inner SGD steps (also used for the GP re-training step).
         first_order: drop second-order terms of the inner loop.
@@ -204,7 +230,7 @@ class MetaLearner(nn.Module):
         model: nn.Module,
         *,
         method: str = "maml",
-        head: str = "head",
+        head: str | None = None,
         inner_lr: float = 0.5,
         inner_steps: int = 1,
         first_order: bool = False,
@@ -231,6 +257,7 @@ class MetaLearner(nn.Module):
         check_picking_rule(pick_threshold, fallback_threshold)
         check_no_running_stats(model)
         names = [n for n, _ in model.named_parameters()]
+        head = find_head(model) if head is None else head
         head_names = [n for n in names if n.startswith(head + ".")]
         if not head_names:
             raise ValueError(
@@ -259,8 +286,12 @@ class MetaLearner(nn.Module):
         self.self_loops = self_loops
         self.task_batching = task_batching
         self.compiled = compiled
+        head_module = model.get_submodule(head)
+        #: the head's width where it says (``nn.Linear``), checked against each task's ways
+        self._head_width: int | None = getattr(head_module, "out_features", None)
         if self.gp and relation_net is None:
             num_features = getattr(model, "num_features", None)
+            num_features = num_features or getattr(head_module, "in_features", None)
             if num_features is None:
                 raise ValueError(
                     f"method {method!r} needs a relation_net, or a model with a num_features "
@@ -490,6 +521,13 @@ class MetaLearner(nn.Module):
                 f"{tuple(xq.shape)}"
             )
         ways = int(ys.max()) + 1
+        if self._head_width not in (None, ways):
+            raise ValueError(
+                f"the head ({self.head!r}) has {self._head_width} outputs but the tasks are "
+                f"{ways}-way: "
+                f"build the model with {ways} classes (a head of another width trains outputs no "
+                "label of a task uses)"
+            )
         params = dict(self.model.named_parameters())
         rel = dict(self.relation_net.named_parameters()) if self.gp else {}
         if self.lp_encoder is not None:
@@ -553,15 +591,14 @@ def _meta_output(loss: Tensor, logits: Tensor, picked: Tensor, yq: Tensor) -> Me
     return MetaOutput(loss.mean(), accuracy.detach(), logits, picked.detach())
 
 
-def paper_rules(method: str, model: nn.Module) -> dict:
-    """The keyword arguments of ``preset="paper"``: the paper's code's rules for ``method``.
+def paper_settings(method: str) -> dict[str, Any]:
+    """The paper's code's learner rules for ``method``, by setting name (``MetaLearner``
+    arguments and ``gp_maml.train.TrainConfig`` fields; ``relation_net="tpn"``: TPN's net).
 
     GP methods: self-loops kept in the graph, pseudo-labels picked from the raw propagated
     scores (no class-mass normalisation) among the 75 most confident queries at meta-training
-    (``pic_num``), label-propagation loss weight 1, TPN's conv relation network on the
-    embedding's feature map (``model.feature_channels`` channels; a 1x1 map of the flat
-    embedding when the model has no such attribute), and for GP-ANIL a separate
-    label-propagation encoder. Base methods: nothing changes.
+    (``pic_num``), label-propagation loss weight 1, TPN's conv relation network, and for
+    GP-ANIL a separate label-propagation encoder. Base methods: nothing changes.
     """
     if not method.startswith("gp-"):
         return {}
@@ -570,9 +607,19 @@ def paper_rules(method: str, model: nn.Module) -> dict:
         "class_mass_norm": False,
         "lp_loss_weight": 1.0,
         "pick_pool": PAPER_PICK_POOL,
-        "relation_net": tpn_relation_net(model),
+        "relation_net": "tpn",
         "separate_lp_encoder": method == "gp-anil",
     }
+
+
+def paper_rules(method: str, model: nn.Module) -> dict:
+    """The ``MetaLearner`` keyword arguments of ``preset="paper"``: :func:`paper_settings` with
+    TPN's relation net built on ``model``'s embedding (``model.feature_channels`` channels; a
+    1x1 map of the flat embedding when the model has no such attribute)."""
+    rules = paper_settings(method)
+    if rules:
+        rules["relation_net"] = tpn_relation_net(model)
+    return rules
 
 
 def tpn_relation_net(model: nn.Module) -> TPNRelationNet:

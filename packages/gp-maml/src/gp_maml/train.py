@@ -19,7 +19,7 @@ non-finite state is saved. Every checkpoint records the classes it trained on
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,17 +42,23 @@ from lab_common import (
 from lab_common.cli import (
     HelpFormatter,
     add_run_arguments,
-    check_resume_settings,
     config_from_args,
-    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    prepare_run_dir,
     run_console,
     start_options,
+)
+from lab_common.runs import (
+    ACCURACY,
+    check_resume_settings,
+    load_optimizer_state,
+    prepare_run_dir,
+    print_summary,
+    summary_line,
     truncate_metrics,
+    write_config,
 )
 
 from .backbones import create_backbone
@@ -61,10 +67,10 @@ from .data import EpisodeSampler, FewShotDataset
 from .datasets import DATASETS, load_split
 from .learners import (
     METHODS,
-    PAPER_PICK_POOL,
     PRESETS,
     MetaLearner,
     create_learner,
+    paper_settings,
     tpn_relation_net,
 )
 from .picking import check_picking_rule
@@ -74,6 +80,8 @@ __all__ = ["TrainConfig", "build_learner", "cli", "evaluate_tasks", "main", "tra
 BACKBONES = ("conv4-32", "conv4-64", "resnet12")
 RELATION_NETS = ("mlp", "tpn")
 RUN_ONLY = ("device", "progress", "threads", "out")
+#: The paper's code re-creates its Adam optimiser every 100 meta-iterations (``preset="paper"``).
+PAPER_MOMENT_RESTART = 100
 """Settings a ``--resume`` may change without ``--allow-changed`` (they do not change the
 run's numbers)."""
 FIXED = (
@@ -99,7 +107,7 @@ class TrainConfig:
     ``batch_size`` is the number of tasks per meta-batch (``--batch-size``; gp-maml trains in
     one process, so it is also the whole meta-batch). ``threads`` sets torch's CPU threads
     (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
-    (it also reads 0.1's ``meta_batch``).
+    (it also reads older checkpoints' ``meta_batch``).
 
     ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets
     ``lp_loss_weight=1.0`` (another value than the package default or the paper's is refused
@@ -175,24 +183,15 @@ class TrainConfig:
                     f"unknown {name} {getattr(self, name)!r}; choose one of {tuple(choices)}"
                 )
         if self.preset == "paper":
-            gp = self.method.startswith("gp-")
-            for name, package, paper in (
-                ("lp_loss_weight", 0.01, 1.0),
-                ("class_mass_norm", True, False),
-                ("moment_restart", 0, 100),
-                *((("pick_pool", None, PAPER_PICK_POOL),) if gp else ()),
-            ):
-                value = getattr(self, name)
-                if value not in (package, paper):
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            paper = {**paper_settings(self.method), "moment_restart": PAPER_MOMENT_RESTART}
+            for name, value in paper.items():
+                if getattr(self, name) not in (defaults[name], value):
                     raise ValueError(
-                        f"preset='paper' sets {name}={paper!r}, got {value!r}; drop the option "
-                        "or use preset='default'"
+                        f"preset='paper' sets {name}={value!r}, got {getattr(self, name)!r}; "
+                        "drop the option or use preset='default'"
                     )
-                object.__setattr__(self, name, paper)
-            if self.method.startswith("gp-"):  # paper_rules: nothing changes for base learners
-                object.__setattr__(self, "self_loops", True)
-                object.__setattr__(self, "relation_net", "tpn")
-                object.__setattr__(self, "separate_lp_encoder", self.method == "gp-anil")
+                object.__setattr__(self, name, value)
         if not self.method.startswith("gp-"):
             gp_only = ("separate_lp_encoder", "pick_threshold", "fallback_threshold", "pick_pool")
             for name in gp_only:
@@ -245,9 +244,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """The config of ``values`` (e.g. a checkpoint's ``"config"``); lists become tuples,
-        0.1's ``meta_batch`` is read as ``batch_size``, a config without ``self_loops``
-        (stored before the field existed) gets ``False``, the graph it was trained with, and a
-        base learner's picking thresholds (inert, accepted until 0.2) are dropped."""
+        an older checkpoint's ``meta_batch`` is read as ``batch_size``, a config without
+        ``self_loops`` gets ``False`` (the graph it was trained with), and a base learner's
+        picking thresholds (inert) are dropped."""
         values = dict(values)
         # written before the field existed, when the graph's diagonal was always zeroed
         values.setdefault("self_loops", False)
@@ -408,9 +407,9 @@ def train(
             group["lr"] = _scheduled_lr(cfg, start)
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-        truncate_metrics(out / "metrics.jsonl", "step", start)
+        truncate_metrics(out / "metrics.jsonl", "iteration", start)
     if start < cfg.iterations:  # the record of what runs; a finished run stays as it is
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        write_config(out, asdict(cfg), "val")
     logger = MetricsLogger(out / "metrics.jsonl")
     saved = start if state is not None else None
 
@@ -464,7 +463,7 @@ def train(
             optimizer.state.clear()  # as a re-created optimiser: moments and step count restart
         if step % cfg.log_every == 0 or step == cfg.iterations:
             record = logger.log(
-                step=step,
+                iteration=step,
                 loss=result.loss.item(),
                 train_acc=result.accuracy.item(),
                 picked=result.picked.float().mean().item(),
@@ -478,7 +477,7 @@ def train(
             )
             accs, _ = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
             acc, ci = mean_confidence_interval(accs)
-            record = logger.log(step=step, val_acc=acc, val_ci=ci)
+            record = logger.log(iteration=step, **{ACCURACY: acc, f"{ACCURACY}_ci95": ci})
             if acc > best:
                 best = acc
                 if cfg.preset != "paper":  # the paper meta-tests the final checkpoint
@@ -487,10 +486,10 @@ def train(
             checkpoint(last_path, step)
             saved = step
     try:
-        plot_metrics(out / "metrics.jsonl", out / "curves.png", x_key="step")
+        plot_metrics(out / "metrics.jsonl", out / "curves.png", x_key="iteration")
     except (ValueError, FileNotFoundError) as err:  # nothing numeric logged yet
         print(f"no curves plotted: {err}", file=sys.stderr)
-    return {**record, "best_val": best}
+    return {**record, f"best_{ACCURACY}": best}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -498,17 +497,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gp-maml-train",
         description=__doc__.splitlines()[0],
-        epilog="--batch-size is the number of tasks per meta-batch (one process; was "
-        "--meta-batch, still accepted until 0.3).",
+        epilog="--batch-size is the number of tasks per meta-batch (one process).",
         formatter_class=HelpFormatter,
     )
-    add_run_arguments(
-        p,
-        d,
-        duration="iterations",
-        data_root_required=True,
-        deprecated={"--meta-batch": "--batch-size"},
-    )
+    add_run_arguments(p, d, duration="iterations", data_root_required=True)
     g = p.add_argument_group("task")
     g.add_argument("--method", default=d.method, choices=METHODS)
     g.add_argument(
@@ -631,10 +623,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv``, train, print the final metrics as one JSON line and return them."""
+    """Parse ``argv``, train, print the summary line; returns the final metrics."""
     args = _parser().parse_args(argv)
-    result = train(config_from_args(TrainConfig, args), **start_options(args))
-    print(json.dumps(result))
+    cfg = config_from_args(TrainConfig, args)
+    result = train(cfg, **start_options(args))
+    out = Path(cfg.out)
+    weights = out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt"
+    print_summary(summary_line("gp-maml-train", out / "metrics.jsonl", weights, x_key="iteration"))
     return result
 
 

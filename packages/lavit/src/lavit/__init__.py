@@ -7,7 +7,7 @@ from .flops import count_macs
 from .lavit import LA_INPUTS, LaViT, checkpoint_filter_fn, resample_token_matrix
 from .losses import DP_LOSS_VARIANTS, dp_loss
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DP_LOSS_VARIANTS",

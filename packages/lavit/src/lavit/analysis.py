@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from timm.models import clean_state_dict
 
 from lab_common import load_checkpoint
-from lab_common.cli import positive_int, run_console
+from lab_common.cli import check_model_name, positive_int, run_console
 
 from .lavit import LessAttention
-from .train import check_model_name
+from .train import MODELS_HINT
 
 __all__ = [
     "AnalysisConfig",
@@ -248,7 +248,7 @@ def run_analysis(cfg: AnalysisConfig) -> dict[str, list[dict]]:
     Returns model name -> :func:`consecutive_similarity` rows.
     """
     for name in cfg.models:
-        check_model_name(name)
+        check_model_name(name, timm.is_model, "--models", MODELS_HINT)
     x = _load_image(cfg.image, cfg.img_size)
     out = Path(cfg.out)
     results = {}

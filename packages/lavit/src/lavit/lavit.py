@@ -27,7 +27,7 @@ Attention geometry, per stage:
   zero-padded and the padded keys masked, so one set of weights runs at any input size that is
   a multiple of the total stride.
 * ``window_sizes[i] = 0``: global attention with PVTv2 spatial-reduction keys (``sr_ratios``),
-  the 0.1 layout: maps ``N_q x N_k``, ``Theta``/``Psi`` tied to the token grid, so the model
+  as in PVTv2: maps ``N_q x N_k``, ``Theta``/``Psi`` tied to the token grid, so the model
   runs only at the size it was built for (``checkpoint_filter_fn`` resamples a checkpoint).
 
 The attention of a stage's last block is carried into the next stage's first VA block
@@ -516,7 +516,7 @@ class Block(nn.Module):
 
 
 class AttentionDownsample(nn.Module):
-    """Residual attention downsampling between stages with global attention (0.1 layout).
+    """Residual attention downsampling between stages with global attention (PVTv2 layout).
 
     Maps the previous stage's last attention ``(B, 1, H_in, N_q_in, N_k_in)`` to the next
     stage's ``(B, 1, H_out, N_q_out, N_k_out)``: a conv (kernel = stride = query-grid ratio,
@@ -859,7 +859,7 @@ class LaViT(nn.Module):
                 raise ValueError(
                     f"stage {i}: window_sizes[{i}]={w} with sr_ratios[{i}]={sr}: windowed "
                     "attention (window_sizes > 0) needs sr_ratios 1; spatial-reduction keys "
-                    "need global attention (window_sizes[i]=0, the 0.1 layout)"
+                    "need global attention (window_sizes[i]=0, as in PVTv2)"
                 )
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")

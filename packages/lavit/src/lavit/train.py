@@ -59,16 +59,13 @@ from lab_common import (
 from lab_common.cli import (
     HelpFormatter,
     add_run_arguments,
+    check_model_name,
     config_from_args,
-    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    prepare_run_dir,
-    resume_run_state,
     run_console,
-    save_run_state,
     start_options,
 )
 from lab_common.data import (
@@ -79,10 +76,19 @@ from lab_common.data import (
     tensor_datasets,
     validation_split,
 )
+from lab_common.runs import (
+    load_optimizer_state,
+    prepare_run_dir,
+    print_summary,
+    resume_run_state,
+    save_run_state,
+    summary_line,
+    write_config,
+)
 
 from .losses import DP_LOSS_VARIANTS
 
-__all__ = ["TrainConfig", "build_parser", "check_model_name", "cli", "main", "train"]
+__all__ = ["MODELS_HINT", "TrainConfig", "build_parser", "cli", "main", "train"]
 
 
 @dataclass(frozen=True)
@@ -204,14 +210,8 @@ _FIXED = ("dataset", "model", "model_kwargs", "img_size", "seed", "val_images", 
 RUN_FILES = ("last.pt", "last.prev.pt", "config.json", "metrics.jsonl", "curves.png", "model.pth")
 
 
-def check_model_name(name: str) -> None:
-    """Raise a one-line ``ValueError`` if timm has no model called ``name``."""
-    if not timm.is_model(name):
-        raise ValueError(
-            f"unknown model {name!r}: timm has no model of that name; "
-            "timm.list_models('lavit*') lists the LaViT variants (after import lavit), "
-            "timm.list_models() all models"
-        )
+#: How an unknown-model error lists the LaViT variants (:func:`lab_common.cli.check_model_name`).
+MODELS_HINT = "timm.list_models('lavit*') lists the LaViT variants (after import lavit)"
 
 
 def json_dict(text: str) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lavit-train", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    add_run_arguments(p, d, duration="epochs", deprecated={"--output": "--out"})
+    add_run_arguments(p, d, duration="epochs")
     g = p.add_argument_group("data and model")
     a = g.add_argument
     a(
@@ -404,7 +404,7 @@ def train(
         FileExistsError / FileNotFoundError: the output-folder rules above.
         FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
-    check_model_name(cfg.model)
+    check_model_name(cfg.model, timm.is_model, "--model", MODELS_HINT)
     ctx = init_distributed(device=cfg.device)
     device = ctx.device
     seed_everything(cfg.seed + ctx.rank)
@@ -499,7 +499,7 @@ def train(
                 raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
     if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        write_config(out, asdict(cfg), "val" if cfg.val_images is not None else "test")
 
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
@@ -509,7 +509,11 @@ def train(
         train_ds.set_epoch(cfg.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
-        bar = progress(train_loader, enabled=ctx.is_main and cfg.progress, desc=f"epoch {epoch}")
+        bar = progress(
+            train_loader,
+            enabled=ctx.is_main and cfg.progress,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             if mixup is not None:
@@ -524,7 +528,7 @@ def train(
                 loss = loss_ce + cfg.dp_loss_weight * loss_dp
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at epoch {epoch} step {step}: the weights "
+                    f"non-finite loss {loss.item()} at epoch {epoch + 1} step {step}: the weights "
                     "diverged; lower --lr or add --clip-grad and start again"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -564,7 +568,6 @@ def train(
                 f"epoch {epoch + 1}: non-finite {', '.join(diverged)} (the weights diverged); "
                 f"the checkpoint of epoch {epoch} is kept; lower --lr or add --clip-grad"
             )
-        record["eval_split"] = "val" if cfg.val_images is not None else "test"
         logger.log(**record)  # the main rank's logger writes
         save_run_state(
             {
@@ -591,9 +594,14 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> nn.Module:
-    """``lavit-train`` without the exit status: parse ``argv``, build the config, train."""
+    """``lavit-train`` without the exit status: parse ``argv``, build the config, train, print
+    the summary line."""
     args = build_parser().parse_args(argv)
-    return train(config_from_args(TrainConfig, args), **start_options(args))
+    cfg = config_from_args(TrainConfig, args)
+    model = train(cfg, **start_options(args))
+    out = Path(cfg.out)
+    print_summary(summary_line("lavit-train", out / "metrics.jsonl", out / "model.pth"))
+    return model
 
 
 def cli() -> int:

@@ -26,13 +26,13 @@ Example (synthetic scenes from :func:`lavit.dense_data.make_scenes`)::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -53,17 +53,23 @@ from lab_common import (
 from lab_common.cli import (
     HelpFormatter,
     add_run_arguments,
+    check_model_name,
     config_from_args,
-    load_optimizer_state,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    prepare_run_dir,
-    resume_run_state,
     run_console,
-    save_run_state,
     start_options,
+)
+from lab_common.runs import (
+    load_optimizer_state,
+    prepare_run_dir,
+    print_summary,
+    resume_run_state,
+    save_run_state,
+    summary_line,
+    write_config,
 )
 
 from .dense_data import CocoFolder, SegmentationFolder
@@ -76,7 +82,7 @@ from .detection import (
     retinanet_fpn,
 )
 from .segmentation import SemanticFPN, evaluate_segmenter
-from .train import check_model_name, json_dict
+from .train import MODELS_HINT, json_dict
 
 __all__ = ["TASKS", "DenseTrainConfig", "build_parser", "cli", "main", "train_dense"]
 
@@ -255,7 +261,7 @@ def train_dense(
         FileNotFoundError: a missing folder or annotation file.
         FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
-    check_model_name(cfg.backbone)
+    check_model_name(cfg.backbone, timm.is_model, "--backbone", MODELS_HINT)
     detection = _is_detection(cfg.task)
     train_ds = _dataset(cfg, cfg.train_root, train=True)
     val_ds = _dataset(cfg, cfg.val_root, train=False) if cfg.val_root else None
@@ -317,8 +323,8 @@ def train_dense(
     else:
         seed_everything(cfg.seed + ctx.rank)
     if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
-        record = asdict(cfg) | {"category_ids": category_ids}  # label k is category_ids[k - 1]
-        (out / "config.json").write_text(json.dumps(record, indent=2))
+        settings = asdict(cfg) | {"category_ids": category_ids}  # label k: category_ids[k - 1]
+        write_config(out, settings, "val")
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
     for epoch in range(start_epoch, cfg.epochs):
@@ -326,7 +332,9 @@ def train_dense(
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        bar = progress(loader, enabled=ctx.is_main and cfg.progress, desc=f"epoch {epoch}")
+        bar = progress(
+            loader, enabled=ctx.is_main and cfg.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}"
+        )
         for batch in bar:
             with autocast(device, enabled=cfg.amp):
                 losses = _losses(ddp, batch, device, detection)
@@ -416,9 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> nn.Module:
-    """``lavit-train-dense`` without the exit status: parse ``argv``, build the config, train."""
+    """``lavit-train-dense`` without the exit status: parse ``argv``, build the config, train,
+    print the summary line (box AP, or mIoU for ``semantic_fpn``)."""
     args = build_parser().parse_args(argv)
-    return train_dense(config_from_args(DenseTrainConfig, args), **start_options(args))
+    cfg = config_from_args(DenseTrainConfig, args)
+    model = train_dense(cfg, **start_options(args))
+    out, key = Path(cfg.out), "val_bbox_AP" if _is_detection(cfg.task) else "val_mIoU"
+    line = summary_line("lavit-train-dense", out / "metrics.jsonl", out / "model.pth", key=key)
+    print_summary(line)
+    return model
 
 
 def cli() -> int:

@@ -28,7 +28,7 @@ from trg_kd.tokens import (
 from trg_kd.trg import TRGConfig, TRGLoss
 from trg_kd.visualize import plot_tsne
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "TRGConfig",

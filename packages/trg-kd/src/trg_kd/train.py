@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lab_common.cli import (
     HelpFormatter,
+    check_model_name,
     config_from_args,
     non_negative_float,
     non_negative_int,
@@ -50,16 +52,17 @@ from lab_common.cli import (
     start_options,
 )
 from lab_common.distill import (
+    ZOO_HINT,
     DistillConfig,
     DistillDatasets,
     DistillResult,
     KDLoss,
     add_distill_arguments,
     build_datasets,
-    check_model_name,
     create_model,
     run_distillation,
 )
+from lab_common.runs import print_summary
 from trg_kd.contrastive import TemperatureSchedule
 from trg_kd.extraction import TokenExtractor
 from trg_kd.tokens import align_token_grids
@@ -289,8 +292,8 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a trg_kd.train.TrainConfig, got {type(config).__name__}")
-    check_model_name(config.student, "--student")
-    check_model_name(config.teacher, "--teacher")
+    check_model_name(config.student, timm.is_model, "--student", ZOO_HINT)
+    check_model_name(config.teacher, timm.is_model, "--teacher", ZOO_HINT)
     train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
     input_shape = tuple(test_ds[0][0].shape)
     check_graph_settings(config, num_classes, input_shape)
@@ -336,9 +339,11 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
-    """Parse ``argv`` and :func:`train`; returns the engine's result."""
+    """Parse ``argv`` and :func:`train`, print the summary line; returns the engine's result."""
     args = build_parser().parse_args(argv)
-    return train(config_from_args(TrainConfig, args), **start_options(args))
+    result = train(config_from_args(TrainConfig, args), **start_options(args))
+    print_summary(result.summary("trg-kd-train"))
+    return result
 
 
 def cli() -> int:

@@ -40,8 +40,8 @@ __all__ = ["TRGConfig", "TRGLoss"]
 class TRGConfig:
     """Hyperparameters of :class:`TRGLoss` (defaults chosen by the Fashion-MNIST sweep, README).
 
-    The global InfoNCE term is **off by default** (``global_weight=0``, since 0.2): at the 0.1
-    default its gradient was about 1/50 of the other terms' (``clkd/benchmarks/grad_norms.py``),
+    The global InfoNCE term is **off by default** (``global_weight=0``): at γ = 0.1
+    its gradient was about 1/50 of the other terms' (``clkd/benchmarks/grad_norms.py``),
     γ = 5 (gradient on the order of the others') did not beat γ = 0 on the CIFAR-10 validation
     split, nor γ = 0.1 in the Fashion-MNIST ablation (README). Set ``global_weight`` to use it.
 

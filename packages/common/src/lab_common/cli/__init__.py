@@ -16,13 +16,13 @@ trains on ``P × batch-size`` images a step)::
     --no-progress  --data-root DIR
 
 ``--resume``, ``--overwrite`` and ``--allow-changed`` are how a run is started, not settings
-of the run: they are not config fields (see :mod:`lab_common.cli.run_dir` for their rules).
+of the run: they are not config fields (see :mod:`lab_common.runs.folder` for their rules).
 """
 
 from .options import (
     HelpFormatter,
-    add_deprecated_alias,
     add_run_arguments,
+    check_model_name,
     config_from_args,
     non_negative_float,
     non_negative_int,
@@ -31,32 +31,16 @@ from .options import (
     run_console,
     start_options,
 )
-from .run_dir import (
-    ResumeSettingsError,
-    check_resume_settings,
-    load_optimizer_state,
-    prepare_run_dir,
-    resume_run_state,
-    save_run_state,
-    truncate_metrics,
-)
 
 __all__ = [
     "HelpFormatter",
-    "ResumeSettingsError",
-    "add_deprecated_alias",
     "add_run_arguments",
-    "check_resume_settings",
+    "check_model_name",
     "config_from_args",
-    "load_optimizer_state",
     "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
-    "prepare_run_dir",
-    "resume_run_state",
     "run_console",
-    "save_run_state",
     "start_options",
-    "truncate_metrics",
 ]

@@ -1,4 +1,4 @@
-"""The trainer options: shared names, range-checked types, deprecated aliases, exit codes."""
+"""The trainer options: shared names, range-checked types, exit codes."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import argparse
 import dataclasses
 import re
 import sys
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "add_deprecated_alias",
     "add_run_arguments",
+    "check_model_name",
     "config_from_args",
     "positive_int",
     "non_negative_int",
@@ -73,45 +72,12 @@ positive_float = _checked_number(float, 0.0, False, "a number > 0")
 non_negative_float = _checked_number(float, 0.0, True, "a number >= 0")
 
 
-class _DeprecatedAlias(argparse.Action):
-    """Stores into the new option's ``dest`` and warns that the old name goes away."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        warnings.warn(
-            f"{option_string} is deprecated and will be removed in 0.3; use {self.new}",
-            FutureWarning,
-            stacklevel=2,
-        )
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-
-
-def add_deprecated_alias(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    old: str,
-    new: str,
-    dest: str,
-    *,
-    flag: bool = False,
-    type: Callable[[str], Any] | None = None,
-) -> None:
-    """Accept ``old`` as a hidden alias of ``new`` for one release, with a ``FutureWarning``."""
-    kwargs: dict[str, Any] = {"nargs": 0} if flag else {"type": type}
-    parser.add_argument(
-        old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kwargs
-    )
-
-
 def add_run_arguments(
     parser: argparse.ArgumentParser,
     defaults: Any,
     *,
     duration: str = "epochs",
     data_root_required: bool = False,
-    deprecated: Mapping[str, str] | None = None,
 ) -> argparse._ArgumentGroup:
     """Add the shared run options to ``parser`` with defaults from ``defaults``.
 
@@ -119,7 +85,6 @@ def add_run_arguments(
         defaults: an instance of the trainer's config dataclass; only the options whose
             field it has are added (``workers`` and ``amp`` are optional).
         duration: ``"epochs"`` or ``"iterations"``, the field that sets the run's length.
-        deprecated: old option name -> new option name, accepted for one release.
     """
     if duration not in ("epochs", "iterations"):
         raise ValueError(f"duration must be 'epochs' or 'iterations', got {duration!r}")
@@ -176,9 +141,6 @@ def add_run_arguments(
             action="store_false",
             help="no progress bars or progress lines",
         )
-    for old, new in (deprecated or {}).items():
-        dest = _RUN_OPTIONS[new][0] if new in _RUN_OPTIONS else new.lstrip("-").replace("-", "_")
-        add_deprecated_alias(g, old, new, dest, type=types.get(dest))
     return g
 
 
@@ -192,6 +154,22 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
             values[f.name] = tuple(values[f.name])
     values.update(overrides)
     return cls(**values)
+
+
+def check_model_name(
+    name: str, is_model: Callable[[str], bool], option: str = "--model", hint: str = ""
+) -> None:
+    """Raise a one-line ``ValueError`` if ``is_model(name)`` (``timm.is_model``, passed in:
+    this layer does not depend on timm) says timm has no model called ``name``.
+
+    ``option`` names where the name came from (e.g. ``"--teacher"``); ``hint`` says how to list
+    the project's own models (e.g. ``"timm.list_models('lavit*') lists the LaViT variants"``).
+    """
+    if not isinstance(name, str) or not is_model(name):
+        raise ValueError(
+            f"unknown model {name!r} ({option}): timm has no model of that name; "
+            f"{hint + ', ' if hint else ''}timm.list_models() lists all models"
+        )
 
 
 def start_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
 - :mod:`~lab_common.distill.config`: :class:`DistillConfig` (a frozen dataclass: data,
   models, optimisation and run fields) and :func:`add_distill_arguments` (its options);
 - :mod:`~lab_common.distill.data`: :func:`build_datasets`, :class:`TensorImageDataset`;
-- :mod:`~lab_common.distill.models`: :func:`create_model` (zoo or timm), :func:`check_model_name`,
+- :mod:`~lab_common.distill.models`: :func:`create_model` (zoo or timm), :data:`ZOO_HINT`,
   :func:`default_lr`;
 - :mod:`~lab_common.distill.distiller`: :class:`Distiller` (student + frozen teacher + loss),
   :class:`SupervisedModel` (cross-entropy with the same call signature);
@@ -30,10 +30,11 @@ from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logit
 from .engine import RUN_ONLY_SETTINGS, DistillResult, LossFactory, run_distillation
 from .evaluate import evaluate
 from .kd import KDLoss, kd_loss, softened_kl_div
-from .models import check_model_name, create_model, default_lr
+from .models import ZOO_HINT, create_model, default_lr
 from .teacher_cache import CachedViews, CacheError, TeacherCache
 
 __all__ = [
+    "ZOO_HINT",
     "CacheError",
     "CachedViews",
     "DistillConfig",
@@ -51,7 +52,6 @@ __all__ = [
     "add_distill_arguments",
     "build_datasets",
     "check_logits_targets",
-    "check_model_name",
     "create_model",
     "default_lr",
     "default_milestones",

@@ -173,8 +173,8 @@ def add_distill_arguments(
 
     The shared run options come from :func:`lab_common.cli.add_run_arguments` (``--out``,
     ``--resume``, ``--overwrite``, ``--allow-changed``, ``--epochs``, ``--batch-size``,
-    ``--seed``, ``--device``, ``--amp``, ``--workers``, ``--no-progress``, ``--data-root``);
-    ``--out-dir`` stays accepted for one release with a ``FutureWarning``. ``--resume``,
+    ``--seed``, ``--device``, ``--amp``, ``--workers``, ``--no-progress``, ``--data-root``).
+    ``--resume``,
     ``--overwrite`` and ``--allow-changed`` are no config fields: pass them to the trainer as
     keyword arguments. Returns ``parser``.
     """
@@ -278,7 +278,7 @@ def add_distill_arguments(
         default=defaults.schedule,
         help="step: the --milestones drops; cosine: decay to 0 over the epochs",
     )
-    add_run_arguments(parser, defaults, deprecated={"--out-dir": "--out"})
+    add_run_arguments(parser, defaults)
     r = parser.add_argument_group("run (distillation)")
     r.add_argument(
         "--stop-after",

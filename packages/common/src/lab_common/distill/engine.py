@@ -18,7 +18,7 @@ before it (also with DataLoader workers); the checkpoint holds the trainable wei
 optimiser, scheduler, grad scaler and epoch counter. A run killed at any point (even
 ``SIGKILL`` mid-epoch) and resumed ends bit-identical to an uninterrupted one.
 
-The output folder follows :mod:`lab_common.cli.run_dir`: a fresh run refuses a non-empty ``out``
+The output folder follows :mod:`lab_common.runs.folder`: a fresh run refuses a non-empty ``out``
 unless ``overwrite``; ``resume`` needs a phase checkpoint there and refuses settings that
 differ from the checkpoint's ``config`` unless ``allow_changed`` names them (where and how the
 run runs, :data:`RUN_ONLY_SETTINGS`, may always change); the metrics records a killed run wrote
@@ -40,18 +40,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
-from ..cli import (
-    check_resume_settings,
-    load_optimizer_state,
-    prepare_run_dir,
-    truncate_metrics,
-)
+from ..cli import check_model_name
 from ..data.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from ..device import autocast
 from ..distributed import (
@@ -62,12 +58,21 @@ from ..distributed import (
     init_distributed,
 )
 from ..logging import MetricsLogger, plot_metrics, progress
+from ..runs import (
+    ACCURACY,
+    check_resume_settings,
+    load_optimizer_state,
+    prepare_run_dir,
+    summary_line,
+    truncate_metrics,
+    write_config,
+)
 from ..seeding import seed_everything
 from .config import DistillConfig, default_milestones
 from .data import DistillDatasets, SeededSamples, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
 from .evaluate import evaluate
-from .models import check_model_name, create_model, default_lr
+from .models import ZOO_HINT, create_model, default_lr
 from .teacher_cache import CachedViews, TeacherCache
 
 __all__ = ["RUN_ONLY_SETTINGS", "DistillResult", "LossFactory", "run_distillation"]
@@ -83,6 +88,7 @@ _PHASES = ("teacher", "student")
 #: What a distillation run writes in ``out``: what ``overwrite`` deletes (a ``teacher_checkpoint``
 #: the run names as input excepted).
 _RUN_FILES = (
+    "config.json",
     "teacher_last.pt",
     "teacher_last.prev.pt",
     "teacher_metrics.jsonl",
@@ -110,6 +116,13 @@ class DistillResult:
     teacher: nn.Module | None
     metrics: dict[str, Any]
     out_dir: Path
+
+    def summary(self, prog: str) -> str:
+        """The console script's last line (:func:`lab_common.runs.summary_line`) of the
+        student phase, or of the teacher's when the run stopped there."""
+        phase = "student" if self.student is not None else "teacher"
+        weights = self.out_dir / ("student.pt" if self.student is not None else "teacher_last.pt")
+        return summary_line(prog, self.out_dir / f"{phase}_metrics.jsonl", weights)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -188,7 +201,7 @@ def _fit(
         start = state["epoch"]
         _advance(scheduler, start)
     if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
-        truncate_metrics(metrics_path, "epoch", start - 1)
+        truncate_metrics(metrics_path, "epoch", start)
     logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
     if ctx.distributed:
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
@@ -258,12 +271,11 @@ def _fit(
         train_stats = {k: all_reduce_mean(v / steps).item() for k, v in sums.items()}
         train_acc = all_reduce_mean(correct / (steps * cfg.batch_size)).item() * 100
         record = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
             **train_stats,
             "train_acc": train_acc,
             **evaluate(model.student, test_ds, ctx, amp=cfg.amp),
-            "eval_split": "val" if cfg.val_images is not None else "test",
             "epoch_time": time.perf_counter() - tic,
         }
         bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -293,7 +305,7 @@ def _fit(
     if ctx.is_main and metrics_path.is_file() and metrics_path.stat().st_size:
         plot_metrics(metrics_path, out_dir / f"{phase}_curves.png")
     if not record and start:  # nothing left to run: report the checkpointed state
-        record = {"epoch": start - 1, **evaluate(model.student, test_ds, ctx, amp=cfg.amp)}
+        record = {"epoch": start, **evaluate(model.student, test_ds, ctx, amp=cfg.amp)}
     record["completed"] = stop == epochs
     return record
 
@@ -340,7 +352,7 @@ def _teacher(
                 "model_name": cfg.teacher,
                 "num_classes": num_classes,
                 "in_chans": in_chans,
-                "test_acc": result["test_acc"],
+                ACCURACY: result[ACCURACY],
                 "config": asdict(cfg),
             }
             save_checkpoint(state, path)
@@ -442,7 +454,7 @@ def _resume_states(
 def _prepare_out(
     cfg: DistillConfig, *, resume: bool, overwrite: bool, extra_files: Sequence[str]
 ) -> None:
-    """Apply :func:`lab_common.cli.prepare_run_dir` to ``cfg.out`` with the engine's files
+    """Apply :func:`lab_common.runs.prepare_run_dir` to ``cfg.out`` with the engine's files
     (and the teacher cache of a teacher kept in ``out``), plus ``extra_files``; then check that
     ``out`` is writable (``PermissionError`` otherwise)."""
     out = Path(cfg.out)
@@ -503,7 +515,7 @@ def _shot_accuracy(
     ctx: DistContext,
 ) -> dict[str, Any]:
     """Accuracy over the many-, medium- and few-shot classes of a long-tailed run
-    (``test_acc_{all,many,medium,few}``; null for a split without classes), the training
+    (``val_top1_{all,many,medium,few}``; null for a split without classes), the training
     counts and the splits."""
     splits = shot_splits(train_counts, many=cfg.many_shot, few=cfg.few_shot)
     student.eval()
@@ -516,7 +528,7 @@ def _shot_accuracy(
     return {
         "train_counts": train_counts.tolist(),
         "shot_splits": splits,
-        **{f"test_acc_{k}": None if math.isnan(v) else v for k, v in accs.items()},
+        **{f"{ACCURACY}_{k}": None if math.isnan(v) else v for k, v in accs.items()},
     }
 
 
@@ -559,7 +571,7 @@ def run_distillation(
 
     With ``config.imbalance_ratio`` the student (and a teacher trained here) train on a
     long-tailed subset of the training split, and ``result.json`` adds ``train_counts``,
-    ``shot_splits`` and ``test_acc_{all,many,medium,few}`` (null for a split without classes).
+    ``shot_splits`` and ``val_top1_{all,many,medium,few}`` (null for a split without classes).
 
     Writes to ``config.out``: ``teacher.pt`` (unless ``teacher_checkpoint`` names an existing
     file), ``{teacher,student}_last.pt`` (resume state; the epoch before it as
@@ -573,8 +585,8 @@ def run_distillation(
     """
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
-    check_model_name(config.student, "--student")
-    check_model_name(config.teacher, "--teacher")
+    check_model_name(config.student, timm.is_model, "--student", ZOO_HINT)
+    check_model_name(config.teacher, timm.is_model, "--teacher", ZOO_HINT)
     kernels = _kernel_flags()
     ctx = init_distributed(device=config.device)
     try:
@@ -584,6 +596,8 @@ def run_distillation(
         states = _resume_states(config, ctx, allow_changed) if resume else {}
         seed_everything(config.seed, deterministic=config.deterministic)
         train_ds, test_ds, num_classes, in_chans = datasets or build_datasets(config)
+        if ctx.is_main:  # after the data loaded: a failed start leaves --out reusable
+            write_config(config.out, asdict(config), "val" if config.val_images else "test")
         train_counts = None
         if config.imbalance_ratio is not None:
             train_ds, train_counts = _longtail(config, train_ds, num_classes)

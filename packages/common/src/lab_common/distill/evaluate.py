@@ -26,7 +26,8 @@ def evaluate(
 
     ``dataset`` items are ``(x (C, H, W), label)``; ``model`` maps ``(B, C, H, W)`` to logits
     ``(B, K)``. Under DDP each rank scores a disjoint strided shard and the sums are
-    all-reduced. Returns ``test_acc``, ``test_loss`` and (K ≥ 5) ``test_acc5``.
+    all-reduced. Returns ``val_top1``, ``val_loss`` and (K ≥ 5) ``val_top5`` (``val_*``: the run's
+    evaluation split, :mod:`lab_common.runs.output`).
     """
     was_training = model.training
     model.eval()
@@ -51,7 +52,7 @@ def evaluate(
         sums = all_reduce_mean(sums.to(ctx.device)).cpu() * ctx.world_size
     model.train(was_training)
     n = max(sums[3].item(), 1.0)
-    out = {"test_acc": 100 * sums[0].item() / n, "test_loss": sums[2].item() / n}
+    out = {"val_top1": 100 * sums[0].item() / n, "val_loss": sums[2].item() / n}
     if num_classes >= 5:
-        out["test_acc5"] = 100 * sums[1].item() / n
+        out["val_top5"] = 100 * sums[1].item() / n
     return out

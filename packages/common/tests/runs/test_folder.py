@@ -5,7 +5,7 @@ import torch
 
 from lab_common import DistContext
 from lab_common.checkpoint import previous_generation, save_checkpoint
-from lab_common.cli import (
+from lab_common.runs import (
     ResumeSettingsError,
     check_resume_settings,
     load_optimizer_state,

@@ -1,0 +1,34 @@
+"""The run layer: what every trainer of the project does around its own step and evaluation.
+
+- :mod:`~lab_common.runs.folder`: the run folder's rules (a fresh run refuses a non-empty
+  ``--out`` unless ``--overwrite``; ``--resume`` restores the checkpoint and checks the
+  settings; metrics written after the checkpoint are dropped), the per-rank RNG states;
+- :mod:`~lab_common.runs.output`: the one output format (``config.json`` with the evaluated
+  split, ``metrics.jsonl`` numbered from 1 with ``val_top1``, one summary line at the end).
+"""
+
+from .folder import (
+    ResumeSettingsError,
+    check_resume_settings,
+    load_optimizer_state,
+    prepare_run_dir,
+    resume_run_state,
+    save_run_state,
+    truncate_metrics,
+)
+from .output import ACCURACY, EVAL_SPLITS, print_summary, summary_line, write_config
+
+__all__ = [
+    "ACCURACY",
+    "EVAL_SPLITS",
+    "ResumeSettingsError",
+    "check_resume_settings",
+    "load_optimizer_state",
+    "prepare_run_dir",
+    "print_summary",
+    "resume_run_state",
+    "save_run_state",
+    "summary_line",
+    "truncate_metrics",
+    "write_config",
+]
