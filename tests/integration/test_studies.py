@@ -73,7 +73,7 @@ def test_a_study_runs_its_dependencies_first_then_never_again(tmp_path, capsys):
     for run in [TEACHER, *runs]:
         record = store.record(run)
         assert record["key"] == run.key and 0 <= record["acc"] <= 100
-        assert record["config"]["val_images"] == 100 and record["curve"][0]["epoch"] == 0
+        assert record["config"]["val_images"] == 100 and record["curve"][0]["epoch"] == 1
     # the teacher's weights are kept with its record; students read them through the cache
     assert (tmp_path / "records" / TEACHER.key / "student.pt").is_file()
     assert store.record(runs[0])["config"]["teacher_cache"] == 2

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -125,7 +126,7 @@ def test_resume_continues_exactly_and_refuses_changed_settings(tmp_path):
     assert full.metrics["completed"]
     common = {**BASE, "epochs": 2, "teacher_checkpoint": a / "teacher.pt", "out": b}
     part = train(TrainConfig(**common, stop_after=1), datasets=data)
-    assert not part.metrics["completed"] and part.metrics["epoch"] == 0
+    assert not part.metrics["completed"] and part.metrics["epoch"] == 1
     # the probe: --method kd --lr 0.5 --epochs 3 --resume after a clkd run
     changed = TrainConfig(**{**common, "lr": 0.5, "epochs": 3}, method="kd")
     with pytest.raises(
@@ -148,7 +149,8 @@ def test_resume_continues_exactly_and_refuses_changed_settings(tmp_path):
 
 def test_main_passes_the_run_start_options_to_train(monkeypatch):
     calls = []
-    monkeypatch.setattr("clkd.train.train", lambda config, **kw: calls.append((config, kw)))
+    result = SimpleNamespace(summary=lambda prog: f"{prog}: summary")
+    monkeypatch.setattr("clkd.train.train", lambda c, **kw: calls.append((c, kw)) or result)
     main(["--out", "r", "--resume", "--allow-changed", "lr", "epochs"])
     main(["--out", "r", "--overwrite"])
     assert [kw for _, kw in calls] == [
@@ -255,7 +257,7 @@ def test_torchrun_two_processes_gloo_ranks_identical(tmp_path):
     _same(r0, r1)
     _same(load_checkpoint(tmp_path / "run/student.pt")["model"], r0)
     records = (tmp_path / "run/student_metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["epoch"] for r in records] == [0, 1]
+    assert [json.loads(r)["epoch"] for r in records] == [1, 2]
     assert (tmp_path / "run/student_curves.png").is_file()
 
 

@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> str:
                 refs = {n: float64_grads(ln, batch, first_order) for n, ln in learners.items()}
                 refs["higher"] = refs["gp_maml loop"]  # same initial weights
                 for name, model in models.items():
+                    runs[name]()  # its own gradients: the GP parts' runs share GP-MAML's model
                     errors[name] = max(
                         (x.double() - y).abs().max().item()
                         for x, y in zip(grads_of(model), refs[name], strict=True)

@@ -85,14 +85,14 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_runs_resume_exactly(tmp_path, uninterrupted):
     data = synthetic()
     a, full = uninterrupted
-    assert full.metrics["completed"] and full.metrics["epoch"] == 2
+    assert full.metrics["completed"] and full.metrics["epoch"] == 3  # epochs count from 1
     # Interrupt inside teacher training, then inside student training (1 epoch per call).
     part = run_distillation(config(tmp_path / "b", stop_after=1), kd_factory, datasets=data)
     assert part.student is None and not part.metrics["completed"]
     part = run_distillation(
         config(tmp_path / "b", stop_after=1), kd_factory, resume=True, datasets=data
     )
-    assert not part.metrics["completed"] and part.metrics["epoch"] == 0
+    assert not part.metrics["completed"] and part.metrics["epoch"] == 1
     part = run_distillation(config(tmp_path / "b"), kd_factory, resume=True, datasets=data)
     assert part.metrics["completed"]
     _assert_same(_weights(a / "teacher.pt"), _weights(tmp_path / "b/teacher.pt"))
@@ -101,7 +101,7 @@ def test_interrupted_runs_resume_exactly(tmp_path, uninterrupted):
         [json.loads(r) for r in (d / "student_metrics.jsonl").read_text().splitlines()]
         for d in (a, tmp_path / "b")
     ]
-    assert [r["epoch"] for r in lines[1]] == [0, 1, 2]
+    assert [r["epoch"] for r in lines[1]] == [1, 2, 3]
     for ra, rb in zip(*lines, strict=True):
         assert ra["loss_kd"] == rb["loss_kd"] and ra["val_top1"] == rb["val_top1"]
     assert (tmp_path / "b/student_curves.png").stat().st_size > 0
@@ -162,12 +162,12 @@ def test_run_folder_rules_changed_settings_and_checkpoint_fallback(tmp_path, uni
     # the newest generation corrupted at rest, and a record a killed run wrote after it
     os.truncate(out / "student_last.pt", 2000)
     with (out / "student_metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"epoch": 2, "loss_kd": 9.9}) + "\n" + '{"epoch": 3, "lo')
+        f.write(json.dumps({"epoch": 3, "loss_kd": 9.9}) + "\n" + '{"epoch": 4, "lo')
     with pytest.warns(UserWarning, match="previous generation"):
         done = run_distillation(config(out), kd_factory, resume=True, datasets=data)
     assert done.metrics["completed"]
     log = [json.loads(line) for line in (out / "student_metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1, 2]  # epoch 1 redone from the .prev generation
+    assert [r["epoch"] for r in log] == [1, 2, 3]  # epoch 2 redone from the .prev generation
     ref_log = (ref_dir / "student_metrics.jsonl").read_text().splitlines()
     assert [r["loss_kd"] for r in log] == [json.loads(r)["loss_kd"] for r in ref_log]
     _assert_same(_weights(out / "student.pt"), _weights(ref_dir / "student.pt"))
@@ -328,7 +328,7 @@ def test_changed_lr_on_resume_applies_from_the_resume_on(tmp_path, uninterrupted
     )
     records = [json.loads(r) for r in (out / "student_metrics.jsonl").read_text().splitlines()]
     # the schedule's drop after epoch 2 of 3 applies to the new rate: epoch 3 runs at 0.5·0.1
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[1]["lr"] == pytest.approx(0.05) and records[2]["lr"] == pytest.approx(0.05)
     assert load_checkpoint(out / "student_last.pt")["config"]["lr"] == 0.5
 

@@ -40,20 +40,13 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
 from lab_common import (
-    MetricsLogger,
     all_reduce_mean,
     autocast,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
-    plot_metrics,
     progress,
-    save_checkpoint,
     seed_everything,
 )
 from lab_common.cli import (
@@ -77,13 +70,10 @@ from lab_common.data import (
     validation_split,
 )
 from lab_common.runs import (
+    EpochRun,
     load_optimizer_state,
-    prepare_run_dir,
     print_summary,
-    resume_run_state,
-    save_run_state,
     summary_line,
-    write_config,
 )
 
 from .losses import DP_LOSS_VARIANTS
@@ -390,7 +380,7 @@ def train(
     ends bit-identical to an uninterrupted one), falling back to ``last.prev.pt`` with a warning
     when ``last.pt`` is unreadable. At the end ``<out>/model.pth`` holds the EMA weights if EMA
     is on, else the model's, loadable by timm. The output-folder and resume rules are
-    :mod:`lab_common.cli.run_dir`'s: a fresh run refuses a non-empty ``out`` unless ``overwrite``
+    :mod:`lab_common.runs`' rules: a fresh run refuses a non-empty ``out`` unless ``overwrite``
     (which deletes :data:`RUN_FILES` only); a resume refuses settings that differ from the
     checkpoint's unless ``allow_changed`` names them (never ``dataset``, ``model``,
     ``model_kwargs``, ``img_size`` or ``seed``), and a changed setting applies from the resume
@@ -405,20 +395,18 @@ def train(
         FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
     check_model_name(cfg.model, timm.is_model, "--model", MODELS_HINT)
-    ctx = init_distributed(device=cfg.device)
-    device = ctx.device
+    run = EpochRun.open(
+        cfg.out,
+        device=cfg.device,
+        resume=resume,
+        overwrite=overwrite,
+        run_files=RUN_FILES,
+        epochs=cfg.epochs,
+        stop_after=cfg.stop_after_epoch,
+        keep=(cfg.dataset, cfg.data_root),
+    )
+    ctx, device = run.ctx, run.ctx.device
     seed_everything(cfg.seed + ctx.rank)
-    out = Path(cfg.out)
-    last = out / "last.pt"
-    if ctx.is_main:
-        prepare_run_dir(
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            run_files=RUN_FILES,
-            keep=(cfg.dataset, cfg.data_root),
-        )
-    barrier()
     model_kwargs = dict(cfg.model_kwargs)
 
     train_ds, val_ds, num_classes, in_chans = _datasets(cfg)
@@ -479,31 +467,23 @@ def train(
     else:
         criterion = nn.CrossEntropyLoss()
 
-    start_epoch, step = 0, 0
+    step = 0
     if resume:
-        state = resume_run_state(
-            last,
-            asdict(cfg),
-            ctx,
-            allow_changed=allow_changed,
-            always_allowed=_RUN_ONLY,
-            fixed=_FIXED,
+        state = run.restore(
+            asdict(cfg), allow_changed=allow_changed, always_allowed=_RUN_ONLY, fixed=_FIXED
         )
-        start_epoch, step = state["epoch"], state["step"]
+        step = state["step"]
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         scheduler.step_update(num_updates=step)  # this run's schedule, at the resumed step
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"{last} holds no EMA state but ema_decay > 0 (--ema-decay)")
+                raise ValueError(f"{run.last} holds no EMA state but ema_decay > 0 (--ema-decay)")
             ema.load_state_dict(state["ema"])
-    if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
-        write_config(out, asdict(cfg), "val" if cfg.val_images is not None else "test")
-
-    ddp = DistributedDataParallel(model) if ctx.distributed else model
-    logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
-    for epoch in range(start_epoch, cfg.epochs):
+    eval_split = "val" if cfg.val_images is not None else "test"
+    ddp = run.begin(model, asdict(cfg), eval_split)
+    for epoch in run.epochs_left():
         ddp.train()
         sampler.set_epoch(epoch)
         train_ds.set_epoch(cfg.seed * 1_000_003 + epoch)
@@ -568,8 +548,8 @@ def train(
                 f"epoch {epoch + 1}: non-finite {', '.join(diverged)} (the weights diverged); "
                 f"the checkpoint of epoch {epoch} is kept; lower --lr or add --clip-grad"
             )
-        logger.log(**record)  # the main rank's logger writes
-        save_run_state(
+        run.end_epoch(
+            record,
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -579,17 +559,9 @@ def train(
                 "step": step,
                 "config": asdict(cfg),
             },
-            last,
-            ctx,
         )
-        barrier()
-        if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
-            break
-    if ctx.is_main and (out / "metrics.jsonl").exists():
-        final = ema.module if ema is not None else model
-        save_checkpoint(final.state_dict(), out / "model.pth")
-        plot_metrics(out / "metrics.jsonl", out / "curves.png")
-    cleanup_distributed()
+    run.finish((ema.module if ema is not None else model).state_dict())
+    run.close()
     return model
 
 

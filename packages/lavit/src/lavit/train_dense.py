@@ -39,15 +39,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lab_common import (
-    MetricsLogger,
     all_reduce_mean,
     autocast,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
-    plot_metrics,
     progress,
-    save_checkpoint,
     seed_everything,
 )
 from lab_common.cli import (
@@ -63,13 +57,10 @@ from lab_common.cli import (
     start_options,
 )
 from lab_common.runs import (
+    EpochRun,
     load_optimizer_state,
-    prepare_run_dir,
     print_summary,
-    resume_run_state,
-    save_run_state,
     summary_line,
-    write_config,
 )
 
 from .dense_data import CocoFolder, SegmentationFolder
@@ -249,7 +240,7 @@ def train_dense(
     and one JSON line (mean training losses, learning rate, epoch time, validation metrics) to
     ``<out>/metrics.jsonl``; ``resume=True`` continues exactly from ``last.pt``. At the end
     ``<out>/model.pth`` holds the weights. The output-folder and resume rules are
-    :mod:`lab_common.cli.run_dir`'s: ``overwrite`` deletes :data:`RUN_FILES` only; a setting
+    :mod:`lab_common.runs`' rules: ``overwrite`` deletes :data:`RUN_FILES` only; a setting
     ``allow_changed`` names applies from the resume on (``lr``, ``weight_decay``,
     ``warmup_steps`` and ``epochs`` reshape the schedule at the resumed step), the model's
     (``task``, ``backbone``, ``backbone_kwargs``, ``num_classes``, ``fpn_channels``) and
@@ -267,19 +258,17 @@ def train_dense(
     val_ds = _dataset(cfg, cfg.val_root, train=False) if cfg.val_root else None
     category_ids = _category_ids(cfg, train_ds, val_ds)
     num_classes = cfg.num_classes or len(category_ids) + 1
-    ctx = init_distributed(device=cfg.device)
-    device = ctx.device
-    out = Path(cfg.out)
-    last = out / "last.pt"
-    if ctx.is_main:
-        prepare_run_dir(
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            run_files=RUN_FILES,
-            keep=(cfg.train_root, cfg.val_root),
-        )
-    barrier()
+    run = EpochRun.open(
+        cfg.out,
+        device=cfg.device,
+        resume=resume,
+        overwrite=overwrite,
+        run_files=RUN_FILES,
+        epochs=cfg.epochs,
+        stop_after=cfg.stop_after_epoch,
+        keep=(cfg.train_root, cfg.val_root),
+    )
+    ctx, device = run.ctx, run.ctx.device
     if len(train_ds) < cfg.batch_size * ctx.world_size:
         raise ValueError(
             f"{len(train_ds)} training images are fewer than one global batch "
@@ -301,17 +290,12 @@ def train_dense(
     total = cfg.epochs * len(loader)
     optimizer, scheduler = dense_optimizer(model, cfg.lr, cfg.weight_decay, total, cfg.warmup_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    start_epoch, step = 0, 0
+    step = 0
     if resume:
-        state = resume_run_state(
-            last,
-            asdict(cfg),
-            ctx,
-            allow_changed=allow_changed,
-            always_allowed=_RUN_ONLY,
-            fixed=_FIXED,
+        state = run.restore(
+            asdict(cfg), allow_changed=allow_changed, always_allowed=_RUN_ONLY, fixed=_FIXED
         )
-        start_epoch, step = state["epoch"], state["step"]
+        step = state["step"]
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         scheduler.last_epoch = step  # this run's schedule (LambdaLR), at the resumed step
@@ -322,12 +306,9 @@ def train_dense(
         scaler.load_state_dict(state["scaler"])
     else:
         seed_everything(cfg.seed + ctx.rank)
-    if ctx.is_main and start_epoch < cfg.epochs:  # the record of what runs
-        settings = asdict(cfg) | {"category_ids": category_ids}  # label k: category_ids[k - 1]
-        write_config(out, settings, "val")
-    ddp = DistributedDataParallel(model) if ctx.distributed else model
-    logger = MetricsLogger(out / "metrics.jsonl", enabled=ctx.is_main)
-    for epoch in range(start_epoch, cfg.epochs):
+    settings = asdict(cfg) | {"category_ids": category_ids}  # label k: category_ids[k - 1]
+    ddp = run.begin(model, settings, "val")
+    for epoch in run.epochs_left():
         ddp.train()
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -342,7 +323,7 @@ def train_dense(
             if not torch.isfinite(loss):
                 parts = ", ".join(f"{k} {float(v.detach()):.3g}" for k, v in losses.items())
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch} step {step} ({parts}): the weights "
+                    f"non-finite loss at epoch {epoch + 1} step {step} ({parts}): the weights "
                     "diverged; lower --lr (or --clip-grad) and start again"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -366,9 +347,9 @@ def train_dense(
         record["epoch_time_s"] = time.perf_counter() - t0
         if ctx.is_main and val_ds is not None:
             record |= {f"val_{k}": v for k, v in evaluate(cfg, model, val_ds, device).items()}
-        logger.log(**record)  # the main rank's logger writes
         # RNG states saved after evaluation: its DataLoader draws a seed
-        save_run_state(
+        run.end_epoch(
+            record,
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -379,16 +360,9 @@ def train_dense(
                 "category_ids": category_ids,
                 "config": asdict(cfg),
             },
-            last,
-            ctx,
         )
-        barrier()
-        if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
-            break
-    if ctx.is_main and (out / "metrics.jsonl").exists():
-        save_checkpoint(model.state_dict(), out / "model.pth")
-        plot_metrics(out / "metrics.jsonl", out / "curves.png")
-    cleanup_distributed()
+    run.finish(model.state_dict())
+    run.close()
     return model
 
 

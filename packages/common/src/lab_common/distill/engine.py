@@ -43,7 +43,6 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
@@ -57,9 +56,10 @@ from ..distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from ..logging import MetricsLogger, plot_metrics, progress
+from ..logging import progress
 from ..runs import (
     ACCURACY,
+    EpochRun,
     check_resume_settings,
     load_optimizer_state,
     prepare_run_dir,
@@ -176,9 +176,7 @@ def _fit(
     Every epoch's items are drawn from ``(seed, epoch, index)`` alone, so they do not depend on
     the number of DataLoader workers.
     """
-    out_dir = Path(cfg.out)
-    ckpt_path = out_dir / f"{phase}_last.pt"
-    metrics_path = out_dir / f"{phase}_metrics.jsonl"
+    run = EpochRun(Path(cfg.out), ctx, epochs, prefix=f"{phase}_")
     per_process = len(train_ds) // ctx.world_size
     if per_process < cfg.batch_size:
         raise ValueError(
@@ -189,25 +187,21 @@ def _fit(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(optimizer, cfg, epochs)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp and ctx.device.type == "cuda")
-    start = 0
     if state is not None:
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or any(not k.startswith("teacher.") for k in missing):
-            raise ValueError(f"{ckpt_path} does not match the model: {missing=} {unexpected=}")
+            raise ValueError(f"{run.last} does not match the model: {missing=} {unexpected=}")
         # the moments are the checkpoint's, the settings this run's: an allowed change of
         # lr, momentum, weight decay or schedule applies from the resumed epoch on
         load_optimizer_state(optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        start = state["epoch"]
-        _advance(scheduler, start)
+        run.start = state["epoch"]
+        _advance(scheduler, run.start)
+    if cfg.stop_after is not None:  # this many epochs in this invocation
+        run.stop_after = run.start + cfg.stop_after
     if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
-        truncate_metrics(metrics_path, "epoch", start)
-    logger = MetricsLogger(metrics_path, enabled=ctx.is_main)
-    if ctx.distributed:
-        device_ids = [ctx.device] if ctx.device.type == "cuda" else None
-        ddp: nn.Module = DistributedDataParallel(model, device_ids=device_ids)
-    else:
-        ddp = model
+        truncate_metrics(run.metrics, "epoch", run.start)
+    ddp = run.begin(model)  # config.json is the caller's: one for both phases
     train_ds = CachedViews(train_ds, cache.views) if cache is not None else SeededSamples(train_ds)
     sampler = DistributedSampler(
         train_ds,
@@ -217,9 +211,8 @@ def _fit(
         seed=cfg.seed,
         drop_last=True,
     )
-    stop = epochs if cfg.stop_after is None else min(epochs, start + cfg.stop_after)
     record: dict[str, Any] = {}
-    for epoch in range(start, stop):
+    for epoch in run.epochs_left():
         seed_everything(_epoch_seed(cfg.seed, epoch, ctx.rank))
         train_ds.set_epoch(_epoch_seed(cfg.seed, epoch, 0))
         sampler.set_epoch(epoch)
@@ -285,28 +278,22 @@ def _fit(
                 f"{_kept(epoch)}; lower --lr or disable --amp"
             )
         scheduler.step()
-        if ctx.is_main:
-            logger.log(**record)
-            checkpoint = {
-                "model": _trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "config": asdict(cfg),
-            }
-            save_checkpoint(checkpoint, ckpt_path, keep_previous=True)
-            if cfg.progress:
-                numbers = " ".join(
-                    f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)
-                )
-                print(f"[{phase}] epoch {epoch + 1}/{epochs} {numbers}", flush=True)
-        barrier()
-    if ctx.is_main and metrics_path.is_file() and metrics_path.stat().st_size:
-        plot_metrics(metrics_path, out_dir / f"{phase}_curves.png")
-    if not record and start:  # nothing left to run: report the checkpointed state
-        record = {"epoch": start, **evaluate(model.student, test_ds, ctx, amp=cfg.amp)}
-    record["completed"] = stop == epochs
+        checkpoint = {
+            "model": _trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch + 1,
+            "config": asdict(cfg),
+        }
+        run.end_epoch(record, checkpoint)
+        if ctx.is_main and cfg.progress:
+            numbers = " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
+            print(f"[{phase}] epoch {epoch + 1}/{epochs} {numbers}", flush=True)
+    run.finish(None)  # the curves; the weights are the caller's (teacher.pt, student.pt)
+    if not record and run.start:  # nothing left to run: report the checkpointed state
+        record = {"epoch": run.start, **evaluate(model.student, test_ds, ctx, amp=cfg.amp)}
+    record["completed"] = run.stop_after is None or run.stop_after >= epochs
     return record
 
 
@@ -441,7 +428,7 @@ def _resume_states(
         if stored is None:
             raise ValueError(
                 f"{paths[newest]} holds no run settings ('config'): not a resume state of this "
-                "version (0.1 stored 'args'); start the run again with --overwrite"
+                "trainer; start the run again with --overwrite"
             )
         check_resume_settings(
             stored, asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY_SETTINGS

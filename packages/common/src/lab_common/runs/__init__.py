@@ -4,7 +4,10 @@
   ``--out`` unless ``--overwrite``; ``--resume`` restores the checkpoint and checks the
   settings; metrics written after the checkpoint are dropped), the per-rank RNG states;
 - :mod:`~lab_common.runs.output`: the one output format (``config.json`` with the evaluated
-  split, ``metrics.jsonl`` numbered from 1 with ``val_top1``, one summary line at the end).
+  split, ``metrics.jsonl`` numbered from 1 with ``val_top1``, one summary line at the end);
+- :mod:`~lab_common.runs.shell`: :class:`EpochRun`, the shell an epoch-based trainer runs in
+  (process group, folder, resume, config, per-epoch record -> log -> checkpoint -> barrier,
+  final weights and curves).
 """
 
 from .folder import (
@@ -17,10 +20,12 @@ from .folder import (
     truncate_metrics,
 )
 from .output import ACCURACY, EVAL_SPLITS, print_summary, summary_line, write_config
+from .shell import EpochRun
 
 __all__ = [
     "ACCURACY",
     "EVAL_SPLITS",
+    "EpochRun",
     "ResumeSettingsError",
     "check_resume_settings",
     "load_optimizer_state",
