@@ -72,6 +72,7 @@ from lab_common.data import (
 from lab_common.runs import (
     EpochRun,
     load_optimizer_state,
+    optimizer_step,
     print_summary,
     summary_line,
 )
@@ -511,13 +512,8 @@ def train(
                     f"non-finite loss {loss.item()} at epoch {epoch + 1} step {step}: the weights "
                     "diverged; lower --lr or add --clip-grad and start again"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            clip = None if cfg.clip_grad is None else (model, cfg.clip_grad)
+            optimizer_step(loss, optimizer, scaler, clip)
             step += 1
             scheduler.step_update(num_updates=step)
             if ema is not None:

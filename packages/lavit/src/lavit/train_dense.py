@@ -59,6 +59,7 @@ from lab_common.cli import (
 from lab_common.runs import (
     EpochRun,
     load_optimizer_state,
+    optimizer_step,
     print_summary,
     summary_line,
 )
@@ -326,13 +327,8 @@ def train_dense(
                     f"non-finite loss at epoch {epoch + 1} step {step} ({parts}): the weights "
                     "diverged; lower --lr (or --clip-grad) and start again"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            clip = None if cfg.clip_grad is None else (model, cfg.clip_grad)
+            optimizer_step(loss, optimizer, scaler, clip)
             scheduler.step()
             step += 1
             for k, v in (losses | {"loss": loss}).items():

@@ -62,6 +62,7 @@ from ..runs import (
     EpochRun,
     check_resume_settings,
     load_optimizer_state,
+    optimizer_step,
     prepare_run_dir,
     summary_line,
     truncate_metrics,
@@ -249,10 +250,7 @@ def _fit(
                     f"{ {k: v.item() for k, v in losses.items()} }; {_kept(epoch)}; lower --lr "
                     "or disable --amp"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             correct += (logits.detach().argmax(1) == y).sum()

@@ -20,7 +20,7 @@ from .folder import (
     truncate_metrics,
 )
 from .output import ACCURACY, EVAL_SPLITS, print_summary, summary_line, write_config
-from .shell import EpochRun
+from .shell import EpochRun, optimizer_step
 
 __all__ = [
     "ACCURACY",
@@ -35,5 +35,6 @@ __all__ = [
     "save_run_state",
     "summary_line",
     "truncate_metrics",
+    "optimizer_step",
     "write_config",
 ]

@@ -37,7 +37,25 @@ from ..logging import MetricsLogger, plot_metrics
 from .folder import prepare_run_dir, resume_run_state, save_run_state
 from .output import write_config
 
-__all__ = ["EpochRun"]
+__all__ = ["EpochRun", "optimizer_step"]
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip: tuple[nn.Module, float] | None = None,
+) -> None:
+    """One training step of every trainer: zero the gradients, back-propagate the (scaled)
+    ``loss``, clip the gradient norm of ``clip = (model, max_norm)``'s parameters (unscaled
+    first), step and update the scaler."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @dataclass
