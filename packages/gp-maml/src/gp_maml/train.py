@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from lab_common import (
+    DistContext,
     MetricsLogger,
     load_checkpoint,
     mean_confidence_interval,
@@ -56,8 +57,9 @@ from lab_common.runs import (
     load_optimizer_state,
     prepare_run_dir,
     print_summary,
+    resume_run_state,
+    save_run_state,
     summary_line,
-    truncate_metrics,
     write_config,
 )
 
@@ -363,29 +365,19 @@ def train(
         cfg.out, resume=resume, overwrite=overwrite, run_files=RUN_FILES, keep=(cfg.data_root,)
     )
     last_path = out / "last.pt"
-    state = None
-    start, best = 0, -1.0
     if resume:  # before any data is read: a refused resume fails at once
-        state = load_checkpoint(last_path, fallback=True)
-        stored = TrainConfig.from_dict(state["config"])
         check_resume_settings(
-            asdict(stored),
+            load_checkpoint(last_path, fallback=True)["config"],
             asdict(cfg),
             allow_changed=allow_changed,
             always_allowed=RUN_ONLY,
             fixed=FIXED,
         )
-        start, best = state["iteration"], state["best_val"]
-        if start > cfg.iterations:
-            raise ValueError(
-                f"--resume: {last_path} is at iteration {start}, past --iterations "
-                f"{cfg.iterations}; a run cannot be shortened below its checkpoint, pass "
-                f"--iterations {start} or more"
-            )
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(cfg.device))
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = ctx.device
     train_data = load_run_split(cfg, "train")
     val_data = load_run_split(cfg, "val") if cfg.val_every else None
     if val_data is not None and val_data.num_classes < cfg.ways:
@@ -399,15 +391,26 @@ def train(
     learner = build_learner(cfg, train_data).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
-    if state is not None:
+    state = None
+    start, best = 0, -1.0
+    if resume:  # the checkpoint's RNG states back, later metrics dropped (lab_common.runs)
+        state = resume_run_state(
+            last_path,
+            asdict(cfg),
+            ctx,
+            allow_changed=allow_changed,
+            always_allowed=RUN_ONLY,
+            fixed=FIXED,
+            metrics_key="iteration",
+            length_key="iterations",
+        )
+        start, best = state["iteration"], state["best_val"]
         learner.load_state_dict(state["learner"])
         load_optimizer_state(optimizer, state["optimizer"])  # cfg's lr, from the resume on
         scheduler.last_epoch = start
         for group in optimizer.param_groups:
             group["lr"] = _scheduled_lr(cfg, start)
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        truncate_metrics(out / "metrics.jsonl", "iteration", start)
     if start < cfg.iterations:  # the record of what runs; a finished run stays as it is
         write_config(out, asdict(cfg), "val")
     logger = MetricsLogger(out / "metrics.jsonl")
@@ -428,20 +431,19 @@ def train(
     def checkpoint(path: Path, iteration: int) -> None:
         if not all(torch.isfinite(p).all() for p in learner.parameters()):
             raise diverged(iteration, "non-finite parameters")
-        save_checkpoint(
-            {
-                "learner": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "iteration": iteration,
-                "best_val": best,
-                "config": asdict(cfg),
-                "train_classes": list(train_data.class_names),
-            },
-            path,
-            keep_previous=path == last_path,
-        )
+        state = {
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "iteration": iteration,
+            "best_val": best,
+            "config": asdict(cfg),
+            "train_classes": list(train_data.class_names),
+        }
+        if path == last_path:  # the resume state: the RNG states too, the previous one kept
+            save_run_state(state, path, ctx)
+        else:
+            save_checkpoint(state, path)
 
     record: dict = {}
     per_task_backward = learner.resolved_batching(device) == "loop"

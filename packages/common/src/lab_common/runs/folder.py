@@ -251,6 +251,11 @@ def resume_run_state(
             f"--resume: {path} is at {metrics_key} {done}, past {option} {length}; a run cannot "
             f"be shortened below its checkpoint, pass {option} {done} or more"
         )
+    if "rng" not in state:
+        raise ValueError(
+            f"--resume: {path} holds no RNG states (a checkpoint of another version of the "
+            "trainer); start the run again with --overwrite"
+        )
     rng = state["rng"]
     set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
     if ctx.is_main:
