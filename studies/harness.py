@@ -610,7 +610,11 @@ def _fmt_row(entry: dict[str, Any]) -> str:
         return f"| {entry['name']} | — | — | not run yet | |"
     seeds = ", ".join(f"{a:.2f}" for a in entry["acc"])
     paired = entry.get("paired")
-    delta = f"{paired['mean']:+.2f} ± {paired['ci95']:.2f}" if paired else ""
+    delta = ""
+    if paired:  # a CI needs two shared seeds at least
+        shared = len(paired["seeds"])
+        half = f" ± {paired['ci95']:.2f}" if shared > 1 else " (1 seed, no CI)"
+        delta = f"{paired['mean']:+.2f}{half}"
     n = len(entry["seeds"])
     mean = f"{entry['mean']:.2f} ± {entry['ci95']:.2f}" if n > 1 else f"{entry['mean']:.2f} (no CI)"
     return f"| {entry['name']} | {n} | {mean} | {seeds} | {delta} |"

@@ -28,6 +28,7 @@ from harness import (  # noqa: E402
     Run,
     Store,
     _added_settings,
+    _fmt_row,
     execute,
     summarise,
     write_report,
@@ -137,6 +138,9 @@ def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
     kd, clkd = summarise([Row("KD", a), Row("CLKD", b)], store, baseline="KD")
     assert kd["mean"] == pytest.approx(52.0)
     assert clkd["paired"]["seeds"] == [0, 1] and clkd["paired"]["mean"] == pytest.approx(1.5)
+    # one shared seed: a difference, no interval
+    one = summarise([Row("KD", a), Row("CLKD", b[:1])], store, baseline="KD")[1]
+    assert _fmt_row(one).endswith("| +1.00 (1 seed, no CI) |")
 
 
 @pytest.mark.slow
