@@ -12,7 +12,7 @@ above a block (invisible on the rendered page) may say, one directive a line::
     -->
 
 Each block runs in its own scratch copy of the repository (``packages/``, ``tools/``,
-``studies/``) with ``../shared`` beside it, one test per README. A Python block runs in a fresh interpreter; a bash block runs its
+``studies/``) with ``../shared`` beside it, one test per block. A Python block runs in a fresh interpreter; a bash block runs its
 commands one by one (``cd`` moves the rest of the block; ``cmd ... --resume`` means the block's
 last full ``cmd`` command with ``--resume`` added, the READMEs' shorthand).
 A Python setup is the block's preamble; a bash block's setup runs before its commands.
@@ -235,10 +235,10 @@ def test_every_block_runs_or_says_why_not():
     assert len(runnable) >= len(EXAMPLES) // 2, "most examples must run, not be illustrative"
 
 
-@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_readme_examples_run(readme: Path, tmp_path):
-    """The README's blocks, each in a scratch repository (illustrative ones skipped)."""
-    for ex in EXAMPLES:
-        if ex.readme == readme and not ex.illustrative:
-            repo = scratch_repo(tmp_path / f"line{ex.line}")
-            (run_python if ex.lang == "python" else run_bash)(ex, repo)
+@pytest.mark.parametrize(
+    "ex", [ex for ex in EXAMPLES if not ex.illustrative], ids=lambda ex: ex.name
+)
+def test_readme_example_runs(ex: Example, tmp_path):
+    """One block, in its own scratch repository (the illustrative ones are listed, not run)."""
+    repo = scratch_repo(tmp_path)
+    (run_python if ex.lang == "python" else run_bash)(ex, repo)
