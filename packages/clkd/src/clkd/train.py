@@ -37,7 +37,6 @@ from lab_common.cli import (
     non_negative_int,
     positive_float,
     run_console,
-    start_options,
 )
 from lab_common.distill import (
     DistillConfig,
@@ -45,10 +44,10 @@ from lab_common.distill import (
     DistillResult,
     KDLoss,
     add_distill_arguments,
+    distill_main,
     run_distillation,
 )
 from lab_common.distill.kd import KD_DEFAULTS  # --method kd when unset: CE 1, KD 1, T 4
-from lab_common.runs import print_summary
 
 from .clkd import CLKDConfig, CLKDLoss
 from .dkd import DKDConfig, DKDLoss, dkd_beta_for
@@ -251,10 +250,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`, print the summary line; returns the engine's result."""
-    args = build_parser().parse_args(argv)
-    result = train(config_from_args(TrainConfig, args), **start_options(args))
-    print_summary(result.summary("clkd-train"))
-    return result
+    return distill_main("clkd-train", build_parser(), TrainConfig, train, argv)
 
 
 def cli() -> int:

@@ -49,7 +49,6 @@ from lab_common.cli import (
     positive_float,
     positive_int,
     run_console,
-    start_options,
 )
 from lab_common.distill import (
     ZOO_HINT,
@@ -60,9 +59,9 @@ from lab_common.distill import (
     add_distill_arguments,
     build_datasets,
     create_model,
+    distill_main,
     run_distillation,
 )
-from lab_common.runs import print_summary
 from trg_kd.contrastive import TemperatureSchedule
 from trg_kd.extraction import TokenExtractor
 from trg_kd.tokens import align_token_grids
@@ -340,10 +339,7 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> DistillResult:
     """Parse ``argv`` and :func:`train`, print the summary line; returns the engine's result."""
-    args = build_parser().parse_args(argv)
-    result = train(config_from_args(TrainConfig, args), **start_options(args))
-    print_summary(result.summary("trg-kd-train"))
-    return result
+    return distill_main("trg-kd-train", build_parser(), TrainConfig, train, argv)
 
 
 def cli() -> int:

@@ -13,7 +13,8 @@ What ``clkd`` and ``trg-kd`` share, one job per module:
   K fixed views of every training image, ``--teacher-cache K``), :class:`CachedViews`;
 - :mod:`~lab_common.distill.evaluate`: :func:`evaluate`;
 - :mod:`~lab_common.distill.engine`: :func:`run_distillation` (teacher caching, the training
-  loop, DDP, exact resume) and :class:`DistillResult`;
+  loop, DDP, exact resume), :class:`DistillResult` and :func:`distill_main` (a method
+  package's command line: parse, train, print the summary line);
 - :mod:`~lab_common.distill.checks`: :func:`check_logits_targets`, the input check of every
   loss that takes logits and class targets;
 - :mod:`~lab_common.distill.kd`: the one Hinton-KD baseline :class:`KDLoss` / :func:`kd_loss`
@@ -27,7 +28,7 @@ from .checks import check_logits_targets
 from .config import DistillConfig, add_distill_arguments, default_milestones
 from .data import DistillDatasets, SeededSamples, TensorImageDataset, build_datasets
 from .distiller import Distiller, FeatureFn, SupervisedModel, features_and_logits
-from .engine import RUN_ONLY_SETTINGS, DistillResult, LossFactory, run_distillation
+from .engine import RUN_ONLY_SETTINGS, DistillResult, LossFactory, distill_main, run_distillation
 from .evaluate import evaluate
 from .kd import KDLoss, kd_loss, softened_kl_div
 from .models import ZOO_HINT, create_model, default_lr
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate",
     "features_and_logits",
     "kd_loss",
+    "distill_main",
     "run_distillation",
     "softened_kl_div",
     "zoo",

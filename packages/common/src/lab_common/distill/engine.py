@@ -29,6 +29,7 @@ is unreadable.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
-from ..cli import check_model_name
+from ..cli import check_model_name, config_from_args, start_options
 from ..data.longtail import dataset_targets, longtail_indices, shot_splits, split_accuracy
 from ..device import autocast
 from ..distributed import (
@@ -64,6 +65,7 @@ from ..runs import (
     load_optimizer_state,
     optimizer_step,
     prepare_run_dir,
+    print_summary,
     summary_line,
     truncate_metrics,
     write_config,
@@ -124,6 +126,22 @@ class DistillResult:
         phase = "student" if self.student is not None else "teacher"
         weights = self.out_dir / ("student.pt" if self.student is not None else "teacher_last.pt")
         return summary_line(prog, self.out_dir / f"{phase}_metrics.jsonl", weights)
+
+
+def distill_main(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    config_cls: type[DistillConfig],
+    train: Callable[..., DistillResult],
+    argv: Sequence[str] | None,
+) -> DistillResult:
+    """A distillation trainer's command line without the exit status (``clkd-train``,
+    ``trg-kd-train``): parse ``argv`` into ``config_cls``, ``train`` it with the start options,
+    print the summary line; returns the engine's result."""
+    args = parser.parse_args(argv)
+    result = train(config_from_args(config_cls, args), **start_options(args))
+    print_summary(result.summary(prog))
+    return result
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
