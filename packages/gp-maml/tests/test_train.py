@@ -5,12 +5,16 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
+from gp_maml.backbones import create_backbone
 from gp_maml.datasets import SMALL2_NEW_ALPHABETS
 from gp_maml.evaluate import evaluate
 from gp_maml.evaluate import main as evaluate_main
 from gp_maml.train import TrainConfig, load_run_split, train
 from gp_maml.train import main as train_main
+from lab_common import read_metrics
+from lab_common.testing import run_torchrun
 
 
 def _cfg(root, out, **kw):
@@ -54,6 +58,45 @@ def test_resume_continues_exactly(shared_omniglot, tmp_path, method):
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
     assert (tmp_path / "split" / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_shares_out_the_meta_batch_for_the_same_update(shared_omniglot, tmp_path):
+    """Two processes with two tasks each make the update of one process with all four."""
+    root = shared_omniglot / "images_background_small1.zip"
+    sizes = {"batch_size": 4, "iterations": 3, "val_every": 3, "val_tasks": 8}
+    train(_cfg(root, tmp_path / "one", method="gp-maml", first_order=False, **sizes))
+    run_torchrun(
+        ["-m", "gp_maml.train", "--method", "gp-maml", "--backbone", "conv4-32",
+         "--data-root", root, "--out", tmp_path / "two", "--queries", "2", "--batch-size", "4",
+         "--iterations", "3", "--val-every", "3", "--val-tasks", "8", "--ckpt-every", "1",
+         "--log-every", "1", "--no-progress", "--threads", "1"],
+        timeout=300,
+    )  # fmt: skip
+    one, two = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("one", "two"))
+    # the same update up to the order of the sums; a conv bias before batch norm has a true
+    # meta-gradient of 0 (the norm removes a per-channel constant), and Adam turns the rounding
+    # noise that stands in for it into steps of about lr, in either process
+    modules = list(
+        create_backbone("conv4-32", in_chans=1, num_classes=5, img_size=28).named_modules()
+    )
+    noise = {
+        f"model.{name}.bias"
+        for (name, module), (_, after) in zip(modules, modules[1:], strict=False)
+        if isinstance(module, nn.Conv2d) and isinstance(after, nn.BatchNorm2d)
+    }
+    assert len(noise) == 4
+    for k, v in one["learner"].items():
+        if k not in noise:
+            torch.testing.assert_close(two["learner"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == [1, 2, 3, 3]
+    for x, y in zip(a[:3], b[:3], strict=True):  # loss, accuracy, picks: the ranks' means
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert (y["train_acc"], y["picked"]) == pytest.approx((x["train_acc"], x["picked"]))
+    # validation: the ranks evaluate alternate batches of the same 8 tasks
+    assert b[3]["val_top1"] == pytest.approx(a[3]["val_top1"], abs=1.5)
+    assert len(two["rng"]) == 2  # every rank's RNG states
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """lavit.segmentation: Semantic FPN shapes and training steps, the mIoU confusion matrix."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,7 +9,6 @@ from lavit.segmentation import (
     evaluate_segmenter,
     semantic_fpn_lavit_small,
     semantic_fpn_lavit_tiny,
-    train_segmenter,
 )
 
 
@@ -28,8 +26,11 @@ def test_semantic_fpn_shapes_loss_and_miou(small_backbone, scenes):
     ds = SegmentationFolder(scenes[0], train=True)
     img, mask = ds[0]
     assert img.shape == (3, 128, 128) and mask.dtype == torch.int64 and mask.max() <= 3
-    history = train_segmenter(model, ds, steps=2, batch_size=2, show_progress=False)
-    assert len(history) == 2 and all(np.isfinite(history))
+    loss = model.loss(model(img[None]), mask[None])
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
     metrics = evaluate_segmenter(model, SegmentationFolder(scenes[1]))
     assert 0 <= metrics["mIoU"] <= 1 and set(metrics) >= {"pixel_acc", "IoU_0", "IoU_3"}
 

@@ -24,6 +24,7 @@ from .device import autocast, resolve_device
 from .distributed import (
     DistContext,
     all_reduce_mean,
+    average_gradients,
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -43,6 +44,7 @@ __all__ = [
     "MetricsLogger",
     "all_reduce_mean",
     "autocast",
+    "average_gradients",
     "barrier",
     "cache_dir",
     "cleanup_distributed",

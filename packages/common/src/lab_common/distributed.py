@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "all_reduce_mean",
+    "average_gradients",
     "barrier",
     "cleanup_distributed",
 ]
@@ -72,6 +74,34 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= dist.get_world_size()
     return out
+
+
+def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Replace every parameter's ``.grad`` by its mean over all ranks, as DDP does for the model
+    it wraps (a no-op when not distributed); for a backward DDP cannot hook, e.g. a
+    meta-learner's task-by-task one. A gradient missing on some ranks counts as zeros there;
+    one missing on every rank stays missing (the optimiser skips that parameter, as alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    params = list(parameters)
+    if not params:
+        return
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(present)
+    grads = []
+    for p, count in zip(params, present.tolist(), strict=True):
+        if count:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(mean.view_as(g))
 
 
 def barrier() -> None:

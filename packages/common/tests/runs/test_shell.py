@@ -1,25 +1,19 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lab_common import read_metrics
-from lab_common.runs import EpochRun
+from lab_common.runs import TrainingRun
 
 RUN_FILES = ("last.pt", "last.prev.pt", "config.json", "metrics.jsonl", "curves.png", "model.pth")
 
 
 def _train(out, *, epochs=3, stop_after=None, resume=False, lr=0.1):
     """A toy trainer on the shell: one noisy SGD step per epoch (the noise from the RNG)."""
-    run = EpochRun.open(
-        out,
-        device="cpu",
-        resume=resume,
-        overwrite=False,
-        run_files=RUN_FILES,
-        epochs=epochs,
-        stop_after=stop_after,
-    )
+    cfg = SimpleNamespace(out=out, device="cpu", epochs=epochs, stop_after_epoch=stop_after)
+    run = TrainingRun.open(cfg, RUN_FILES, resume=resume, overwrite=False)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -29,7 +23,7 @@ def _train(out, *, epochs=3, stop_after=None, resume=False, lr=0.1):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     model = run.begin(model, settings, "val")
-    for epoch in run.epochs_left():
+    for epoch in run.remaining():
         loss = model(torch.randn(4, 3)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()

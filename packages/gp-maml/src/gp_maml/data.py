@@ -67,6 +67,10 @@ class Episode:
     def to(self, device: torch.device | str) -> Episode:
         return Episode(*(t.to(device) for t in (self.xs, self.ys, self.xq, self.yq)))
 
+    def __getitem__(self, tasks: slice) -> Episode:
+        """Tasks ``tasks`` of a batch (e.g. one process's share of a meta-batch)."""
+        return Episode(self.xs[tasks], self.ys[tasks], self.xq[tasks], self.yq[tasks])
+
 
 class EpisodeSampler:
     """Seeded sampler of ``ways``-way ``shots``-shot ``queries``-query episodes.

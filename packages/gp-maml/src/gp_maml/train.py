@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -31,12 +31,11 @@ import torch
 
 from lab_common import (
     DistContext,
-    MetricsLogger,
+    all_reduce_mean,
+    average_gradients,
     load_checkpoint,
     mean_confidence_interval,
-    plot_metrics,
     progress,
-    resolve_device,
     save_checkpoint,
     seed_everything,
 )
@@ -53,14 +52,11 @@ from lab_common.cli import (
 )
 from lab_common.runs import (
     ACCURACY,
+    TrainingRun,
     check_resume_settings,
     load_optimizer_state,
-    prepare_run_dir,
     print_summary,
-    resume_run_state,
-    save_run_state,
     summary_line,
-    write_config,
 )
 
 from .backbones import create_backbone
@@ -106,8 +102,9 @@ RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "config.json", "metrics.jsonl
 class TrainConfig:
     """Meta-training settings (defaults follow the paper's code where it has one).
 
-    ``batch_size`` is the number of tasks per meta-batch (``--batch-size``; gp-maml trains in
-    one process, so it is also the whole meta-batch). ``threads`` sets torch's CPU threads
+    ``batch_size`` is the number of tasks per meta-batch (``--batch-size``), the whole
+    meta-batch: under ``torchrun`` each of the processes takes an equal share of its tasks and
+    the meta-gradient is averaged over them, the same update as one process. ``threads`` sets torch's CPU threads
     (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
     (it also reads older checkpoints' ``meta_batch``).
 
@@ -295,22 +292,32 @@ def evaluate_tasks(
     batch_size: int,
     device: torch.device,
     show_progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query accuracy (percent) of each of ``tasks`` episodes, ``batch_size`` tasks per forward,
     and the pseudo-labelled queries picked per task (zeros for base learners; a GP task with 0
-    picks fell back to ``theta'``); both ``(tasks,)``."""
+    picks fell back to ``theta'``); both ``(tasks,)``.
+
+    ``shard=(rank, world)``: this process evaluates the batches ``rank``, ``rank + world``, ...
+    of the same episodes and leaves the other tasks' entries 0, so the ranks' results sum
+    (``all_reduce``) to the whole evaluation.
+    """
+    rank, world = shard
     learner.eval()
-    accs: list[torch.Tensor] = []
-    picks: list[torch.Tensor] = []
-    steps = range(0, tasks, batch_size)
-    for start in progress(steps, enabled=show_progress, desc="eval", leave=False):
-        ep = sampler.sample_batch(min(batch_size, tasks - start)).to(device)
+    accs, picks = torch.zeros(tasks), torch.zeros(tasks)
+    steps = list(enumerate(range(0, tasks, batch_size)))
+    for index, start in progress(steps, enabled=show_progress, desc="eval", leave=False):
+        ep = sampler.sample_batch(min(batch_size, tasks - start))
+        if index % world != rank:
+            continue
+        ep = ep.to(device)
         with torch.no_grad():
             out = learner(ep.xs, ep.ys, ep.xq, ep.yq)
-        accs.append((out.logits.argmax(-1) == ep.yq).float().mean(1).cpu() * 100)
-        picks.append(out.picked.reshape(-1).cpu().float())
+        done = slice(start, start + len(ep.ys))
+        accs[done] = (out.logits.argmax(-1) == ep.yq).float().mean(1).cpu() * 100
+        picks[done] = out.picked.reshape(-1).cpu().float()
     learner.train()
-    return torch.cat(accs), torch.cat(picks)
+    return accs, picks
 
 
 def load_run_split(cfg: TrainConfig, split: str) -> FewShotDataset:
@@ -361,20 +368,26 @@ def train(
         FloatingPointError: a non-finite loss (or parameters); the checkpoints written before
             it are kept, and no non-finite state is saved.
     """
-    out = prepare_run_dir(
-        cfg.out, resume=resume, overwrite=overwrite, run_files=RUN_FILES, keep=(cfg.data_root,)
+    run = TrainingRun.open(
+        cfg, RUN_FILES, resume=resume, overwrite=overwrite, unit="iteration", keep=(cfg.data_root,)
     )
-    last_path = out / "last.pt"
+    ctx = run.ctx
     if resume:  # before any data is read: a refused resume fails at once
         check_resume_settings(
-            load_checkpoint(last_path, fallback=True)["config"],
+            load_checkpoint(run.last, fallback=True)["config"],
             asdict(cfg),
             allow_changed=allow_changed,
             always_allowed=RUN_ONLY,
             fixed=FIXED,
         )
-    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(cfg.device))
-    seed_everything(cfg.seed)
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} tasks do not split evenly over {ctx.world_size} "
+            f"processes; pass a multiple of {ctx.world_size}"
+        )
+    share = cfg.batch_size // ctx.world_size
+    tasks = slice(ctx.rank * share, (ctx.rank + 1) * share)  # this rank's share of a meta-batch
+    seed_everything(cfg.seed)  # the same learner on every rank
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = ctx.device
@@ -391,30 +404,20 @@ def train(
     learner = build_learner(cfg, train_data).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
-    state = None
-    start, best = 0, -1.0
+    best = -1.0
     if resume:  # the checkpoint's RNG states back, later metrics dropped (lab_common.runs)
-        state = resume_run_state(
-            last_path,
-            asdict(cfg),
-            ctx,
-            allow_changed=allow_changed,
-            always_allowed=RUN_ONLY,
-            fixed=FIXED,
-            metrics_key="iteration",
-            length_key="iterations",
+        state = run.restore(
+            asdict(cfg), allow_changed=allow_changed, always_allowed=RUN_ONLY, fixed=FIXED
         )
-        start, best = state["iteration"], state["best_val"]
+        best = state["best_val"]
         learner.load_state_dict(state["learner"])
         load_optimizer_state(optimizer, state["optimizer"])  # cfg's lr, from the resume on
-        scheduler.last_epoch = start
+        scheduler.last_epoch = run.start
         for group in optimizer.param_groups:
-            group["lr"] = _scheduled_lr(cfg, start)
+            group["lr"] = _scheduled_lr(cfg, run.start)
         sampler.load_state_dict(state["sampler"])
-    if start < cfg.iterations:  # the record of what runs; a finished run stays as it is
-        write_config(out, asdict(cfg), "val")
-    logger = MetricsLogger(out / "metrics.jsonl")
-    saved = start if state is not None else None
+    run.begin(learner, asdict(cfg), "val", wrap=False)  # gradients: average_gradients
+    saved = run.start if resume else None
 
     def diverged(step: int, what: str) -> FloatingPointError:
         if saved is None:
@@ -423,15 +426,15 @@ def train(
                 "lower --lr or --inner-lr and start again with --overwrite"
             )
         return FloatingPointError(
-            f"iteration {step}: {what}: the run diverged; lower --lr or --inner-lr. {last_path} "
+            f"iteration {step}: {what}: the run diverged; lower --lr or --inner-lr. {run.last} "
             f"holds iteration {saved}, the last finite state: continue from it with --resume "
             "--allow-changed lr inner_lr, or start again with --overwrite"
         )
 
-    def checkpoint(path: Path, iteration: int) -> None:
+    def run_state(iteration: int) -> dict[str, Any]:
         if not all(torch.isfinite(p).all() for p in learner.parameters()):
             raise diverged(iteration, "non-finite parameters")
-        state = {
+        return {
             "learner": learner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(),
@@ -440,58 +443,65 @@ def train(
             "config": asdict(cfg),
             "train_classes": list(train_data.class_names),
         }
-        if path == last_path:  # the resume state: the RNG states too, the previous one kept
-            save_run_state(state, path, ctx)
-        else:
-            save_checkpoint(state, path)
 
     record: dict = {}
     per_task_backward = learner.resolved_batching(device) == "loop"
-    bar = progress(range(start, cfg.iterations), enabled=cfg.progress, desc=cfg.method)
+    show = cfg.progress and ctx.is_main
+    bar = progress(run.remaining(), total=cfg.iterations - run.start, enabled=show, desc=cfg.method)
     for it in bar:
         step = it + 1
-        ep = sampler.sample_batch(cfg.batch_size).to(device)
+        ep = sampler.sample_batch(cfg.batch_size)[tasks].to(device)
         optimizer.zero_grad(set_to_none=True)
         if per_task_backward:  # same gradients, one task's graph alive at a time
             result = learner.forward_backward(ep.xs, ep.ys, ep.xq, ep.yq)
         else:
             result = learner(ep.xs, ep.ys, ep.xq, ep.yq)
             result.loss.backward()
-        if not torch.isfinite(result.loss):
-            raise diverged(step, f"non-finite loss {result.loss.item()}")
+        average_gradients(learner.parameters())  # the whole meta-batch's mean under torchrun
+        stats = torch.stack([result.loss.detach(), result.accuracy, result.picked.float().mean()])
+        loss, accuracy, picked = all_reduce_mean(stats).tolist()
+        if not math.isfinite(loss):
+            raise diverged(step, f"non-finite loss {loss}")
         optimizer.step()
         scheduler.step()
         if cfg.moment_restart and step % cfg.moment_restart == 0:
             optimizer.state.clear()  # as a re-created optimiser: moments and step count restart
         if step % cfg.log_every == 0 or step == cfg.iterations:
-            record = logger.log(
-                iteration=step,
-                loss=result.loss.item(),
-                train_acc=result.accuracy.item(),
-                picked=result.picked.float().mean().item(),
-                lr=scheduler.get_last_lr()[0],
+            lr = scheduler.get_last_lr()[0]
+            record = run.log(
+                {"iteration": step, "loss": loss, "train_acc": accuracy, "picked": picked, "lr": lr}
             )
-            if cfg.progress:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
+            if show:
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.1f}")
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.iterations):
-            val_sampler = EpisodeSampler(
-                val_data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1
-            )
-            accs, _ = evaluate_tasks(learner, val_sampler, cfg.val_tasks, cfg.batch_size, device)
-            acc, ci = mean_confidence_interval(accs)
-            record = logger.log(iteration=step, **{ACCURACY: acc, f"{ACCURACY}_ci95": ci})
+            acc, ci = _validate(learner, val_data, cfg, ctx)
+            record = run.log({"iteration": step, ACCURACY: acc, f"{ACCURACY}_ci95": ci})
             if acc > best:
                 best = acc
-                if cfg.preset != "paper":  # the paper meta-tests the final checkpoint
-                    checkpoint(out / "best.pt", step)
+                if cfg.preset != "paper" and ctx.is_main:  # the paper meta-tests the last one
+                    save_checkpoint(run_state(step), run.out / "best.pt")
         if step % cfg.ckpt_every == 0 or step == cfg.iterations:
-            checkpoint(last_path, step)
+            run.checkpoint(run_state(step))
             saved = step
-    try:
-        plot_metrics(out / "metrics.jsonl", out / "curves.png", x_key="iteration")
-    except (ValueError, FileNotFoundError) as err:  # nothing numeric logged yet
-        print(f"no curves plotted: {err}", file=sys.stderr)
+    run.finish(None)  # curves.png; the weights are in last.pt and best.pt
+    run.close()
     return {**record, f"best_{ACCURACY}": best}
+
+
+def _validate(
+    learner: MetaLearner, data: FewShotDataset, cfg: TrainConfig, ctx: DistContext
+) -> tuple[float, float]:
+    """Mean validation accuracy and its 95 % CI over ``cfg.val_tasks`` tasks (the same tasks at
+    every validation), their batches shared out over the ranks."""
+    sampler = EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1)
+    shard = (ctx.rank, ctx.world_size)
+    accs, _ = evaluate_tasks(
+        learner, sampler, cfg.val_tasks, cfg.batch_size, ctx.device, shard=shard
+    )
+    if ctx.distributed:
+        accs = accs.to(ctx.device)
+        torch.distributed.all_reduce(accs)
+    return mean_confidence_interval(accs.cpu())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -499,7 +509,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gp-maml-train",
         description=__doc__.splitlines()[0],
-        epilog="--batch-size is the number of tasks per meta-batch (one process).",
+        epilog="--batch-size is the number of tasks per meta-batch, split evenly over the "
+        "processes under torchrun (the same update as one process with the whole meta-batch).",
         formatter_class=HelpFormatter,
     )
     add_run_arguments(p, d, duration="iterations", data_root_required=True)

@@ -16,8 +16,8 @@ last ``k`` backbone stages (the stem with the first stage); ``weights`` and
 (``backbone_kwargs=dict(pretrained=True, pretrained_cfg_overlay=dict(file=...))`` loads a
 checkpoint of your own into the backbone).
 
-:func:`train_detector` and :func:`evaluate_detector` (COCO box/mask AP with pycocotools) are the
-library side of a detection trainer.
+:func:`evaluate_detector` (COCO box/mask AP with pycocotools) and :func:`dense_optimizer` are the
+library side of :mod:`lavit.train_dense`, the one dense trainer.
 """
 
 import contextlib
@@ -58,7 +58,6 @@ __all__ = [
     "retinanet_fpn",
     "retinanet_lavit_small",
     "retinanet_lavit_tiny",
-    "train_detector",
 ]
 
 
@@ -101,7 +100,7 @@ def _check_weights(weights: object, weights_backbone: object) -> None:
     if weights is not None:
         raise ValueError(
             f"weights={weights!r}: no trained LaViT detection or segmentation weights exist; "
-            "train a model (lavit-train-dense, train_detector, train_segmenter) and load it "
+            "train a model (lavit-train-dense, lavit.train_dense.train_dense) and load it "
             "with model.load_state_dict(...)"
         )
     if weights_backbone is not None:
@@ -287,65 +286,6 @@ def dense_optimizer(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def train_detector(
-    model: nn.Module,
-    dataset: Dataset,
-    steps: int,
-    batch_size: int = 4,
-    lr: float = 2e-4,
-    weight_decay: float = 0.05,
-    warmup_steps: int | None = None,
-    clip_grad: float | None = 1.0,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    workers: int = 0,
-    show_progress: bool = True,
-) -> list[dict[str, float]]:
-    """Train a torchvision detector for ``steps`` optimizer steps; returns per-step losses.
-
-    :func:`dense_optimizer` (AdamW, warm-up then cosine), gradient clipping. ``dataset`` yields
-    ``(image, target)`` pairs as from :func:`lavit.dense_data.coco_scenes`.
-    """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
-    device = torch.device(device)
-    model.to(device).train()
-    optimizer, scheduler = dense_optimizer(model, lr, weight_decay, steps, warmup_steps)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= batch_size,
-        collate_fn=collate_detection,
-        generator=gen,
-        num_workers=workers,
-    )
-    history: list[dict[str, float]] = []
-    bar = progress(range(steps), enabled=show_progress, desc="train", total=steps)
-    batches = iter(loader)
-    for _ in bar:
-        try:
-            images, targets = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            images, targets = next(batches)
-        losses = detection_losses(model, images, targets, device)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite detector loss {loss.item()} ({losses})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
-        scheduler.step()
-        record = {k: float(v.detach()) for k, v in (losses | {"loss": loss}).items()}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-    return history
 
 
 def _coco_eval(gt, results: list[dict], iou_type: str) -> dict[str, float | None]:

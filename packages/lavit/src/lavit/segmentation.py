@@ -9,8 +9,8 @@ levels), summed, classified per pixel by a ``1x1`` conv and upsampled 4x to the 
 ``model(images)`` takes ``(B, 3, H, W)`` floats in ``[0, 1]`` (normalised inside with
 ``image_mean``/``image_std``) of any size: the batch is zero-padded to a multiple of
 ``size_divisible`` and the logits ``(B, num_classes, H, W)`` cropped back.
-:func:`train_segmenter` / :func:`evaluate_segmenter` (mIoU from a confusion matrix) are the
-library side of a segmentation trainer.
+:func:`evaluate_segmenter` (mIoU from a confusion matrix) is the library side of
+:mod:`lavit.train_dense`, the one dense trainer.
 """
 
 import math
@@ -21,16 +21,13 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 
-from lab_common import progress
-
-from .detection import FPNBackbone, _check_weights, dense_optimizer
+from .detection import FPNBackbone, _check_weights
 
 __all__ = [
     "SemanticFPN",
     "evaluate_segmenter",
     "semantic_fpn_lavit_small",
     "semantic_fpn_lavit_tiny",
-    "train_segmenter",
 ]
 
 
@@ -136,47 +133,6 @@ def semantic_fpn_lavit_small(
     """Semantic FPN on ``lavit_small``; as :func:`semantic_fpn_lavit_tiny`."""
     _check_weights(weights, weights_backbone)
     return SemanticFPN("lavit_small", num_classes, **kwargs)
-
-
-def train_segmenter(
-    model: SemanticFPN,
-    dataset: Dataset,
-    steps: int,
-    batch_size: int = 8,
-    lr: float = 2e-4,
-    weight_decay: float = 0.05,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    show_progress: bool = True,
-) -> list[float]:
-    """Train for ``steps`` steps of :func:`~lavit.detection.dense_optimizer`; per-step losses.
-
-    ``dataset`` yields ``(image (3, H, W), mask (H, W))`` pairs, e.g. from
-    :class:`lavit.dense_data.SegmentationFolder`.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    device = torch.device(device)
-    model.to(device).train()
-    optimizer, scheduler = dense_optimizer(model, lr, weight_decay, steps)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
-    batches, history = iter(loader), []
-    bar = progress(range(steps), enabled=show_progress, desc="train", total=steps)
-    for _ in bar:
-        try:
-            images, masks = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            images, masks = next(batches)
-        loss = model.loss(model(images.to(device)), masks.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{history[-1]:.3f}")
-    return history
 
 
 @torch.no_grad()

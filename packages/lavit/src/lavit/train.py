@@ -40,7 +40,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from lab_common import (
@@ -70,7 +70,7 @@ from lab_common.data import (
     validation_split,
 )
 from lab_common.runs import (
-    EpochRun,
+    TrainingRun,
     load_optimizer_state,
     optimizer_step,
     print_summary,
@@ -396,34 +396,15 @@ def train(
         FloatingPointError: a non-finite loss (the last epoch's checkpoint is kept).
     """
     check_model_name(cfg.model, timm.is_model, "--model", MODELS_HINT)
-    run = EpochRun.open(
-        cfg.out,
-        device=cfg.device,
-        resume=resume,
-        overwrite=overwrite,
-        run_files=RUN_FILES,
-        epochs=cfg.epochs,
-        stop_after=cfg.stop_after_epoch,
-        keep=(cfg.dataset, cfg.data_root),
+    run = TrainingRun.open(
+        cfg, RUN_FILES, resume=resume, overwrite=overwrite, keep=(cfg.dataset, cfg.data_root)
     )
     ctx, device = run.ctx, run.ctx.device
     seed_everything(cfg.seed + ctx.rank)
     model_kwargs = dict(cfg.model_kwargs)
 
     train_ds, val_ds, num_classes, in_chans = _datasets(cfg)
-    if len(train_ds) < cfg.batch_size * ctx.world_size:
-        raise ValueError(
-            f"{len(train_ds)} training samples are fewer than one global batch "
-            f"({cfg.batch_size} per process x {ctx.world_size}); lower batch_size (--batch-size)"
-        )
-    sampler = DistributedSampler(
-        train_ds,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
-    )
+    sampler = run.sampler(train_ds, cfg.seed, cfg.batch_size)
     train_loader = DataLoader(
         train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True
     )
@@ -484,7 +465,7 @@ def train(
             ema.load_state_dict(state["ema"])
     eval_split = "val" if cfg.val_images is not None else "test"
     ddp = run.begin(model, asdict(cfg), eval_split)
-    for epoch in run.epochs_left():
+    for epoch in run.remaining():
         ddp.train()
         sampler.set_epoch(epoch)
         train_ds.set_epoch(cfg.seed * 1_000_003 + epoch)

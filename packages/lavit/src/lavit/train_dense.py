@@ -36,7 +36,7 @@ import timm
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from lab_common import (
     all_reduce_mean,
@@ -57,7 +57,7 @@ from lab_common.cli import (
     start_options,
 )
 from lab_common.runs import (
-    EpochRun,
+    TrainingRun,
     load_optimizer_state,
     optimizer_step,
     print_summary,
@@ -259,25 +259,11 @@ def train_dense(
     val_ds = _dataset(cfg, cfg.val_root, train=False) if cfg.val_root else None
     category_ids = _category_ids(cfg, train_ds, val_ds)
     num_classes = cfg.num_classes or len(category_ids) + 1
-    run = EpochRun.open(
-        cfg.out,
-        device=cfg.device,
-        resume=resume,
-        overwrite=overwrite,
-        run_files=RUN_FILES,
-        epochs=cfg.epochs,
-        stop_after=cfg.stop_after_epoch,
-        keep=(cfg.train_root, cfg.val_root),
+    run = TrainingRun.open(
+        cfg, RUN_FILES, resume=resume, overwrite=overwrite, keep=(cfg.train_root, cfg.val_root)
     )
     ctx, device = run.ctx, run.ctx.device
-    if len(train_ds) < cfg.batch_size * ctx.world_size:
-        raise ValueError(
-            f"{len(train_ds)} training images are fewer than one global batch "
-            f"({cfg.batch_size} per process x {ctx.world_size}); lower batch_size (--batch-size)"
-        )
-    sampler = DistributedSampler(
-        train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
-    )
+    sampler = run.sampler(train_ds, cfg.seed, cfg.batch_size)
     loader = DataLoader(
         train_ds,
         cfg.batch_size,
@@ -309,7 +295,7 @@ def train_dense(
         seed_everything(cfg.seed + ctx.rank)
     settings = asdict(cfg) | {"category_ids": category_ids}  # label k: category_ids[k - 1]
     ddp = run.begin(model, settings, "val")
-    for epoch in run.epochs_left():
+    for epoch in run.remaining():
         ddp.train()
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()

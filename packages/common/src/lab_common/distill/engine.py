@@ -44,7 +44,7 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoint import load_checkpoint, previous_generation, save_checkpoint
 from ..cli import check_model_name, config_from_args, start_options
@@ -60,7 +60,7 @@ from ..distributed import (
 from ..logging import progress
 from ..runs import (
     ACCURACY,
-    EpochRun,
+    TrainingRun,
     check_resume_settings,
     load_optimizer_state,
     optimizer_step,
@@ -195,13 +195,9 @@ def _fit(
     Every epoch's items are drawn from ``(seed, epoch, index)`` alone, so they do not depend on
     the number of DataLoader workers.
     """
-    run = EpochRun(Path(cfg.out), ctx, epochs, prefix=f"{phase}_")
-    per_process = len(train_ds) // ctx.world_size
-    if per_process < cfg.batch_size:
-        raise ValueError(
-            f"{len(train_ds)} training images over {ctx.world_size} process(es) give {per_process} "
-            f"per process < --batch-size {cfg.batch_size} (per process); lower --batch-size"
-        )
+    run = TrainingRun(Path(cfg.out), ctx, epochs, prefix=f"{phase}_")
+    train_ds = CachedViews(train_ds, cache.views) if cache is not None else SeededSamples(train_ds)
+    sampler = run.sampler(train_ds, cfg.seed, cfg.batch_size)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(optimizer, cfg, epochs)
@@ -221,17 +217,8 @@ def _fit(
     if ctx.is_main:  # keep the records of finished epochs only (a kill may leave one more)
         truncate_metrics(run.metrics, "epoch", run.start)
     ddp = run.begin(model)  # config.json is the caller's: one for both phases
-    train_ds = CachedViews(train_ds, cache.views) if cache is not None else SeededSamples(train_ds)
-    sampler = DistributedSampler(
-        train_ds,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
-    )
     record: dict[str, Any] = {}
-    for epoch in run.epochs_left():
+    for epoch in run.remaining():
         seed_everything(_epoch_seed(cfg.seed, epoch, ctx.rank))
         train_ds.set_epoch(_epoch_seed(cfg.seed, epoch, 0))
         sampler.set_epoch(epoch)

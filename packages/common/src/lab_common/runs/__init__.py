@@ -5,8 +5,8 @@
   settings; metrics written after the checkpoint are dropped), the per-rank RNG states;
 - :mod:`~lab_common.runs.output`: the one output format (``config.json`` with the evaluated
   split, ``metrics.jsonl`` numbered from 1 with ``val_top1``, one summary line at the end);
-- :mod:`~lab_common.runs.shell`: :class:`EpochRun`, the shell an epoch-based trainer runs in
-  (process group, folder, resume, config, per-epoch record -> log -> checkpoint -> barrier,
+- :mod:`~lab_common.runs.shell`: :class:`TrainingRun`, the shell every trainer runs in
+  (process group, folder, resume, config, sampler, per-epoch record -> log -> checkpoint -> barrier,
   final weights and curves).
 """
 
@@ -20,13 +20,14 @@ from .folder import (
     truncate_metrics,
 )
 from .output import ACCURACY, EVAL_SPLITS, print_summary, summary_line, write_config
-from .shell import EpochRun, optimizer_step
+from .shell import UNITS, TrainingRun, optimizer_step
 
 __all__ = [
     "ACCURACY",
     "EVAL_SPLITS",
-    "EpochRun",
     "ResumeSettingsError",
+    "TrainingRun",
+    "UNITS",
     "check_resume_settings",
     "load_optimizer_state",
     "prepare_run_dir",

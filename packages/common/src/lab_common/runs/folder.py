@@ -223,6 +223,7 @@ def resume_run_state(
     allow_changed: Iterable[str] = (),
     always_allowed: Iterable[str] = (),
     fixed: Iterable[str] = (),
+    metrics: str | os.PathLike[str] | None = None,
     metrics_key: str = "epoch",
     length_key: str = "epochs",
 ) -> dict[str, Any]:
@@ -232,8 +233,9 @@ def resume_run_state(
     settings that differ from ``config`` (:func:`check_resume_settings`, with ``allow_changed``,
     ``always_allowed`` and ``fixed``) and a run length ``config[length_key]`` below the
     checkpoint's ``state[metrics_key]``, restores this rank's RNG states (rank 0's when the run
-    had fewer ranks) and, on the main rank, drops the ``metrics.jsonl`` records beside ``path``
-    written after the checkpoint (``metrics_key`` greater than ``state[metrics_key]``).
+    had fewer ranks) and, on the main rank, drops the records of ``metrics`` (default: the
+    ``metrics.jsonl`` beside ``path``) written after the checkpoint (``metrics_key`` greater
+    than ``state[metrics_key]``).
     """
     path = Path(path)
     state = load_checkpoint(path, map_location="cpu", fallback=True)
@@ -259,7 +261,8 @@ def resume_run_state(
     rng = state["rng"]
     set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
     if ctx.is_main:
-        truncate_metrics(path.parent / "metrics.jsonl", metrics_key, state[metrics_key])
+        metrics = path.parent / "metrics.jsonl" if metrics is None else metrics
+        truncate_metrics(metrics, metrics_key, state[metrics_key])
     return state
 
 

@@ -1,22 +1,25 @@
-"""The run shell of an epoch-based trainer: everything around its own step and evaluation.
+"""The run shell of a trainer: everything around its own step and evaluation.
 
 A trainer opens a run, builds its data, model and optimiser, restores the checkpoint when
 resuming, and hands each finished epoch's record and state to the shell::
 
-    run = EpochRun.open(out, device=cfg.device, resume=resume, overwrite=overwrite,
-                        run_files=RUN_FILES, epochs=cfg.epochs, stop_after=cfg.stop_after_epoch)
+    run = TrainingRun.open(cfg, RUN_FILES, resume=resume, overwrite=overwrite)
     ...                                         # data, model, optimiser (the trainer's)
+    sampler = run.sampler(train_ds, seed=cfg.seed)   # this rank's share of each epoch
     if resume:
         state = run.restore(asdict(cfg), allow_changed=..., always_allowed=..., fixed=...)
     ddp = run.begin(model, asdict(cfg), eval_split="val")
-    for epoch in run.epochs_left():             # 0-based indices of the epochs left
+    for epoch in run.remaining():               # 0-based indices of the epochs left
         ...                                     # the trainer's step and evaluation
         run.end_epoch(record, state)            # log -> checkpoint (+ previous) -> barrier
     run.finish(weights)                         # model.pth, curves.png
     run.close()                                 # leave the process group
 
-The folder rules and the checkpoint's RNG states are :mod:`~lab_common.runs.folder`'s, the
-files :mod:`~lab_common.runs.output`'s.
+An iteration-based trainer opens it with ``unit="iteration"`` (``length`` iterations; its
+checkpoints hold ``state["iteration"]``, its records ``"iteration"``) and calls :meth:`log` and
+:meth:`checkpoint` at its own intervals instead of :meth:`end_epoch`. The folder rules and the
+checkpoint's RNG states are :mod:`~lab_common.runs.folder`'s, the files
+:mod:`~lab_common.runs.output`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
 
 from ..checkpoint import save_checkpoint
 from ..distributed import DistContext, barrier, cleanup_distributed, init_distributed
@@ -37,7 +41,10 @@ from ..logging import MetricsLogger, plot_metrics
 from .folder import prepare_run_dir, resume_run_state, save_run_state
 from .output import write_config
 
-__all__ = ["EpochRun", "optimizer_step"]
+__all__ = ["TrainingRun", "UNITS", "optimizer_step"]
+
+#: What a run counts: its length, its checkpoints' progress and its records' x-axis.
+UNITS = ("epoch", "iteration")
 
 
 def optimizer_step(
@@ -59,8 +66,9 @@ def optimizer_step(
 
 
 @dataclass
-class EpochRun:
-    """One epoch-based run in its folder ``out`` (``last.pt``, ``metrics.jsonl``, ...).
+class TrainingRun:
+    """One run of ``length`` epochs (or iterations: ``unit``) in its folder ``out``
+    (``last.pt``, ``metrics.jsonl``, ...).
 
     ``start`` is the number of finished epochs (the checkpoint's after :meth:`restore`);
     ``stop_after`` ends this invocation after that epoch (``--stop-after-epoch``); ``prefix``
@@ -70,32 +78,40 @@ class EpochRun:
 
     out: Path
     ctx: DistContext
-    epochs: int
+    length: int
+    unit: str = "epoch"
     stop_after: int | None = None
     start: int = 0
     prefix: str = ""
     logger: MetricsLogger | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"unknown unit {self.unit!r}; choose one of {UNITS}")
+
     @classmethod
     def open(
         cls,
-        out: str | os.PathLike[str],
+        cfg: Any,
+        run_files: Iterable[str],
         *,
-        device: str,
         resume: bool,
         overwrite: bool,
-        run_files: Iterable[str],
-        epochs: int,
-        stop_after: int | None = None,
+        unit: str = "epoch",
         keep: Iterable[str | os.PathLike[str] | None] = (),
-    ) -> EpochRun:
+    ) -> TrainingRun:
         """Join ``torchrun``'s process group (or run alone) and apply the folder rules
-        (:func:`~lab_common.runs.folder.prepare_run_dir`, main rank, then a barrier)."""
-        ctx = init_distributed(device=device)
+        (:func:`~lab_common.runs.folder.prepare_run_dir`, main rank, then a barrier) for the
+        trainer config ``cfg``: its ``out``, ``device``, length (``epochs`` or ``iterations``,
+        by ``unit``) and, where it has one, ``stop_after_epoch``."""
+        ctx = init_distributed(device=cfg.device)
         if ctx.is_main:
-            prepare_run_dir(out, resume=resume, overwrite=overwrite, run_files=run_files, keep=keep)
+            prepare_run_dir(
+                cfg.out, resume=resume, overwrite=overwrite, run_files=run_files, keep=keep
+            )
         barrier()
-        return cls(Path(out), ctx, epochs, stop_after)
+        length, stop_after = getattr(cfg, f"{unit}s"), getattr(cfg, f"stop_after_{unit}", None)
+        return cls(Path(cfg.out), ctx, length, unit, stop_after)
 
     @property
     def last(self) -> Path:
@@ -107,12 +123,40 @@ class EpochRun:
         """The metrics log, ``<out>/<prefix>metrics.jsonl``."""
         return self.out / f"{self.prefix}metrics.jsonl"
 
+    def sampler(self, dataset: Dataset, seed: int, batch_size: int) -> DistributedSampler:
+        """This rank's shuffled share of ``dataset`` (the whole of it alone), the same shares
+        for a ``seed`` and an epoch (``set_epoch``); the remainder is dropped. Refuses a
+        share smaller than one ``batch_size`` (per process)."""
+        size, world = len(dataset), self.ctx.world_size  # type: ignore[arg-type]
+        if size // world < batch_size:
+            raise ValueError(
+                f"{size} training samples over {world} process(es) give {size // world} per "
+                f"process, fewer than one global batch (--batch-size {batch_size} per process); "
+                "lower --batch-size"
+            )
+        return DistributedSampler(
+            dataset,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+
     def restore(self, settings: Mapping[str, Any], **rules: Any) -> dict[str, Any]:
         """The checkpoint's state, with every rank's RNG states restored, the settings checked
         (``rules``: :func:`~lab_common.runs.folder.resume_run_state`'s) and the metrics of
         later epochs dropped; sets :attr:`start`."""
-        state = resume_run_state(self.last, settings, self.ctx, **rules)
-        self.start = state["epoch"]
+        state = resume_run_state(
+            self.last,
+            settings,
+            self.ctx,
+            metrics=self.metrics,
+            metrics_key=self.unit,
+            length_key=f"{self.unit}s",
+            **rules,
+        )
+        self.start = state[self.unit]
         return state
 
     def begin(
@@ -120,40 +164,49 @@ class EpochRun:
         model: nn.Module,
         settings: Mapping[str, Any] | None = None,
         eval_split: str = "val",
+        wrap: bool = True,
     ) -> nn.Module:
         """Write ``config.json`` (main rank, when epochs remain; ``settings`` None: the caller
         wrote it) and open the metrics log; returns ``model`` wrapped for DDP under
-        ``torchrun``."""
-        if settings is not None and self.ctx.is_main and self.start < self.epochs:
+        ``torchrun`` (``wrap=False``: as it is, the trainer averages its own gradients)."""
+        if settings is not None and self.ctx.is_main and self.start < self.length:
             write_config(self.out, settings, eval_split)
         self.logger = MetricsLogger(self.metrics, enabled=self.ctx.is_main)
-        if not self.ctx.distributed:
+        if not (self.ctx.distributed and wrap):
             return model
         cuda = self.ctx.device.type == "cuda"
         return DistributedDataParallel(model, device_ids=[self.ctx.device] if cuda else None)
 
-    def epochs_left(self) -> Iterator[int]:
-        """The 0-based indices of the epochs to run in this invocation."""
-        for epoch in range(self.start, self.epochs):
-            yield epoch
-            if self.stop_after is not None and epoch + 1 >= self.stop_after:
+    def remaining(self) -> Iterator[int]:
+        """The 0-based indices of the epochs (iterations) to run in this invocation."""
+        for step in range(self.start, self.length):
+            yield step
+            if self.stop_after is not None and step + 1 >= self.stop_after:
                 return
 
-    def end_epoch(self, record: Mapping[str, Any], state: dict[str, Any]) -> None:
-        """Log ``record`` (main rank), checkpoint ``state`` with every rank's RNG states
-        (the previous generation kept as ``last.prev.pt``), then wait for every rank."""
+    def log(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Append ``record`` to the metrics log (main rank); returns it as logged."""
         assert self.logger is not None, "begin() opens the metrics log"
-        self.logger.log(**record)
+        return self.logger.log(**record)
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Checkpoint ``state`` with every rank's RNG states (the previous generation kept as
+        ``last.prev.pt``), then wait for every rank. Call it on every rank."""
         save_run_state(state, self.last, self.ctx)
         barrier()
 
+    def end_epoch(self, record: Mapping[str, Any], state: dict[str, Any]) -> None:
+        """:meth:`log` ``record``, then :meth:`checkpoint` ``state``."""
+        self.log(record)
+        self.checkpoint(state)
+
     def finish(self, weights: Mapping[str, torch.Tensor] | None, name: str = "model.pth") -> None:
         """Save ``weights`` as ``<out>/<name>`` (None: the caller saves its own) and plot
-        ``<prefix>curves.png`` (main rank, once an epoch is logged)."""
+        ``<prefix>curves.png`` against the :attr:`unit` (main rank, once a record is logged)."""
         if self.ctx.is_main and self.metrics.is_file() and self.metrics.stat().st_size:
             if weights is not None:
                 save_checkpoint(weights, self.out / name)
-            plot_metrics(self.metrics, self.out / f"{self.prefix}curves.png")
+            plot_metrics(self.metrics, self.out / f"{self.prefix}curves.png", x_key=self.unit)
 
     def close(self) -> None:
         """Leave the process group (:meth:`open` joined it)."""
