@@ -46,7 +46,12 @@ from torch import nn
 
 from clkd import CLKDLoss, DKDLoss, dkd_beta_for
 from lab_common import cache_dir, mean_confidence_interval, seed_everything, write_benchmark
-from lab_common.data import class_balanced_split, load_cifar10_tensors, load_fashion_mnist_tensors
+from lab_common.data import (
+    DATASET_STATS,
+    class_balanced_split,
+    load_cifar10_tensors,
+    load_fashion_mnist_tensors,
+)
 from lab_common.data.longtail import longtail_indices, shot_splits, split_accuracy
 from lab_common.distill import KDLoss, create_model, default_milestones
 from lab_common.distill.kd import KD_DEFAULTS
@@ -54,10 +59,7 @@ from trg_kd import TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
 TEACHER, STUDENT = "cifar_resnet20", "cifar_resnet8"
-STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-}
+STATS = {name: DATASET_STATS[name] for name in ("cifar10", "fashion-mnist")}
 
 
 # --------------------------------------------------------------------------- data

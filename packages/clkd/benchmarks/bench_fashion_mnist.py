@@ -26,7 +26,7 @@ import torch
 
 from clkd.train import TrainConfig, train
 from lab_common import cache_dir, load_checkpoint, write_benchmark
-from lab_common.data import load_fashion_mnist_tensors
+from lab_common.data import DATASET_STATS, load_fashion_mnist_tensors
 from lab_common.distill import TensorImageDataset
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,7 +64,7 @@ PAIRS = {
     ("cifar_resnet56", "cifar_resnet20"): (72.34, 69.06, 70.66, 71.97),
     ("cifar_vgg13", "cifar_vgg8"): (74.64, 70.36, 72.98, 74.68),
 }
-FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+FASHION_MEAN, FASHION_STD = DATASET_STATS["fashion-mnist"]
 
 
 def _started(out: Path) -> bool:

@@ -46,14 +46,16 @@ from lab_common import (
     seed_everything,
     write_benchmark,
 )
-from lab_common.data import class_balanced_split, load_cifar10_tensors, load_fashion_mnist_tensors
+from lab_common.data import (
+    DATASET_STATS,
+    class_balanced_split,
+    load_cifar10_tensors,
+    load_fashion_mnist_tensors,
+)
 from lavit import LaViT
 
 RESULTS = Path(__file__).parent / "results"
-STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-}
+STATS = {name: DATASET_STATS[name] for name in ("cifar10", "fashion-mnist")}
 STAGES = dict(depths=(2, 2, 2), embed_dims=(32, 64, 128), num_heads=(1, 2, 4), mlp_ratios=(4,) * 3)
 
 

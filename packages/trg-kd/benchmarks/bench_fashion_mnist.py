@@ -28,13 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lab_common import seed_everything, write_benchmark
-from lab_common.data import load_fashion_mnist_tensors
+from lab_common.data import DATASET_STATS, load_fashion_mnist_tensors
 from lab_common.data.longtail import longtail_indices, shot_splits, split_accuracy
 from lab_common.distill import Distiller, KDLoss
 from trg_kd import TokenExtractor, TRGConfig, TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
-MEAN, STD = 0.2860, 0.3530
+(MEAN,), (STD,) = DATASET_STATS["fashion-mnist"]
 
 
 class SmallCNN(nn.Module):
