@@ -13,7 +13,9 @@ the resume on (the learning-rate schedule is recomputed from the settings at the
 iteration). A non-finite loss stops the run with a ``FloatingPointError`` before any
 non-finite state is saved. Every checkpoint records the classes it trained on
 (``train_classes``), which ``gp-maml-evaluate`` refuses to test on. Python callers pass a
-``TrainConfig`` to ``train``; the command line only builds one.
+``TrainConfig`` to ``train``; the command line only builds one. One process, or
+``torchrun --nproc_per_node P``: each process meta-learns on ``--batch-size / P`` tasks of every
+meta-batch and the meta-gradient is averaged (the update of one process with all of them).
 """
 
 from __future__ import annotations
