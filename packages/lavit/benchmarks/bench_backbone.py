@@ -1,4 +1,5 @@
-"""Backbone forward (inference): LaViT vs PVTv2 at classification and detection sizes.
+"""Backbone forward (inference) or training step: LaViT vs PVTv2 at classification and
+detection sizes.
 
 Pairs ``lavit_tiny / pvt_v2_b1`` and ``lavit_small / pvt_v2_b2``, each model built once at
 224x224 and run at every size (LaViT with the same weights: windowed attention, resampled
@@ -14,11 +15,14 @@ Writes ``backbone_speed.md/json`` (per model) and ``backbone_ratios.md/json`` (p
 ``lab_common.write_benchmark``; results are rewritten after each (size, batch), so an
 interrupted run keeps what it measured. ``--memory-only`` skips the timing (peak memory does
 not depend on the machine's load); ``--lavit-kwargs`` builds the LaViTs with other arguments
-(e.g. ``'{"mlp_chunk_size": 0}'``).
+(e.g. ``'{"mlp_chunk_size": 0}'``). ``--train`` times a training step of the backbone instead
+(``forward`` to the pooled features, a scalar loss, backward, AdamW step; files
+``backbone_train_*``, target 1.0x at every size: at least PVTv2's speed; no memory column).
 
 Usage:
     nice -n 10 python benchmarks/bench_backbone.py                 # the full grid (long on CPU)
     python benchmarks/bench_backbone.py --quick                     # seconds: checks it runs
+    python benchmarks/bench_backbone.py --train --sizes 224x224 512x512 --batch-sizes 8 32
     python benchmarks/bench_backbone.py --device cuda --repeats 20  # on a GPU
 """
 
@@ -68,6 +72,19 @@ def _memory_child(name: str, h: int, w: int, batch: int, lavit_kwargs: dict) -> 
     print(json.dumps({"peak_mb": _peak_mb(model, (h, w), batch)}))
 
 
+def _train_step(model: torch.nn.Module, x: torch.Tensor):
+    """One training step of a backbone: pooled features, a scalar loss, backward, AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss = model(x).float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def measure_pair(
     models: dict[str, torch.nn.Module],
     size: tuple[int, int],
@@ -79,11 +96,21 @@ def measure_pair(
     memory_in_process: bool = False,
     lavit_kwargs: dict | None = None,
     memory_only: bool = False,
+    train: bool = False,
 ) -> dict[str, dict]:
     """Interleaved timing (and peak memory) of the models of one pair at one size/batch;
-    ``memory_only`` (CPU): peak memory alone, timings ``nan``."""
+    ``memory_only`` (CPU): peak memory alone, timings ``nan``; ``train``: the timing of a
+    training step (:func:`_train_step`), no memory."""
     nan = float("nan")
     res = {n: dict(median_s=nan, img_s=nan, peak_mem_MB=nan) for n in models}
+    if train:
+        x = torch.randn(batch, 3, *size, device=device)
+        steps = {n: _train_step(m.train(), x) for n, m in models.items()}
+        timed = measure_interleaved(steps, warmup=warmup, repeats=repeats, device=device)
+        for n, m in models.items():
+            m.eval()
+            res[n].update(median_s=timed[n].median_s, img_s=batch / timed[n].median_s)
+        return res
     if not (memory_only and device.type != "cuda"):
         x = torch.randn(batch, 3, *size, device=device)
         with torch.inference_mode():
@@ -126,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--memory-only", action="store_true", help="CPU: peak memory only, no timing")
     p.add_argument(
+        "--train",
+        action="store_true",
+        help="time a training step (forward, backward, AdamW) instead of inference",
+    )
+    p.add_argument(
         "--lavit-kwargs",
         type=json.loads,
         default={},
@@ -142,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     batches, repeats, out, stem = args.batch_sizes, args.repeats, args.out, args.name
     if args.quick:
         sizes, batches, repeats, args.warmup, stem = [(64, 64), (64, 96)], [2], 2, 1, "quick"
+    if args.train:
+        stem = f"{stem}_train"
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows, ratios = [], []
@@ -160,11 +194,12 @@ def main(argv: list[str] | None = None) -> None:
                     memory_in_process=args.quick,
                     lavit_kwargs=args.lavit_kwargs,
                     memory_only=args.memory_only,
+                    train=args.train,
                 )
                 for n in (a, b):
                     rows.append(dict(size=f"{size[0]}x{size[1]}", batch=batch, model=n, **res[n]))
                 speedup = res[a]["img_s"] / res[b]["img_s"]
-                target = TARGETS.get(size)
+                target = 1.0 if args.train else TARGETS.get(size)
                 mem_ratio = res[a]["peak_mem_MB"] / max(res[b]["peak_mem_MB"], 1e-9)
                 ratios.append(
                     dict(
@@ -177,12 +212,15 @@ def main(argv: list[str] | None = None) -> None:
                         if target is None or math.isnan(speedup)
                         else ("yes" if speedup >= target else "NO"),
                         mem_ratio=mem_ratio,
-                        mem_ok="yes" if mem_ratio <= 1.0 else "NO",
+                        mem_ok=""
+                        if math.isnan(mem_ratio)
+                        else ("yes" if mem_ratio <= 1.0 else "NO"),
                     )
                 )
                 print(ratios[-1], flush=True)
+            what = "training step (forward, backward, AdamW)" if args.train else "forward_features"
             title = (
-                f"Backbone forward_features, {device.type}, {args.threads} threads, "
+                f"Backbone {what}, {device.type}, {args.threads} threads, "
                 + ("memory only" if args.memory_only else f"median of {repeats} interleaved")
                 + (f", LaViT {json.dumps(args.lavit_kwargs)}" if args.lavit_kwargs else "")
             )
