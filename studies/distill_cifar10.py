@@ -2,7 +2,9 @@
 
 Protocol: the 50,000 training images of ``../shared/datasets/cifar10``; a class-balanced
 validation split of 5,000 (seed 0) is every number's evaluation split, the other 45,000 train.
-The teacher (``cifar_resnet20``) trains with cross-entropy and a cosine schedule; the students
+The teacher (``cifar_resnet20``) trains with cross-entropy and a cosine schedule for 80 epochs
+(40 gave 87.26 % validation top-1, below the 88 % the study asks of its teacher: record
+``clkd-dd1a33aa60f4``, kept in ``studies/records``); the students
 (``cifar_resnet8``) train at every method's defaults, CE weight 1 in every row, reading the
 teacher's outputs for K = 8 fixed augmented views of every image (``teacher_cache``: computed
 once; the views are the same random crop + flip the live teacher would see). "KD, live
@@ -65,12 +67,12 @@ def student_kwargs(teacher: Run, **data: Any) -> dict[str, Any]:
     }
 
 
-TEACHER = teacher_run(40)
+TEACHER = teacher_run(80)
 STUDENT = student_kwargs(TEACHER)
 SEEDS = (0, 1, 2)
 
 ROWS = [
-    Row("teacher resnet20 (CE)", [TEACHER], note="40 epochs, cosine, batch 128, lr 0.1"),
+    Row("teacher resnet20 (CE)", [TEACHER], note="80 epochs, cosine, batch 128, lr 0.1"),
     Row("CE", seeds("clkd", {**STUDENT, "method": "ce"}, SEEDS)),
     Row("KD", seeds("clkd", {**STUDENT, "method": "kd"}, SEEDS)),
     Row("DKD", seeds("clkd", {**STUDENT, "method": "dkd"}, SEEDS)),
