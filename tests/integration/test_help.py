@@ -38,12 +38,17 @@ def test_help_shows_defaults_and_nothing_misleading(script):
         ("clkd.train", "build_parser", "--out-dir"),
         ("trg_kd.train", "build_parser", "--out-dir"),
         ("gp_maml.train", "_parser", "--meta-batch"),
+        ("gp_maml.evaluate", "_parser", "--batch"),
     ],
 )
 def test_the_aliases_removed_in_0_3_are_refused(module, builder, old, capsys):
-    """(gp-maml-evaluate's ``--batch`` is argparse's abbreviation of ``--batch-size`` now.)"""
+    """Also not as an abbreviation: the parsers take full option names only
+    (``allow_abbrev=False``), so ``--batch`` is not read as ``--batch-size``."""
     parser = getattr(importlib.import_module(module), builder)()
-    required = ["--data-root", "d"] if module == "gp_maml.train" else ["--dataset", "cifar10"]
+    required = {
+        "gp_maml.train": ["--data-root", "d"],
+        "gp_maml.evaluate": ["--checkpoint", "c", "--data-root", "d"],
+    }.get(module, ["--dataset", "cifar10"])
     with pytest.raises(SystemExit):
         parser.parse_args([*required, old, "8"])
     assert f"unrecognized arguments: {old} 8" in capsys.readouterr().err

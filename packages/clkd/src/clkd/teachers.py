@@ -134,6 +134,7 @@ def convert_teacher_checkpoint(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``python -m clkd.teachers SRC DST --teacher NAME [--num-classes 100]``."""
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m clkd.teachers",
         description="Convert an mdistiller/RepDistiller CIFAR ResNet for --teacher-checkpoint.",
     )

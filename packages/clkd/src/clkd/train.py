@@ -189,6 +189,7 @@ def train(
 def build_parser() -> argparse.ArgumentParser:
     """The shared distillation options plus ``--method`` and the CLKD / KD / DKD weights."""
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="clkd-train",
         description="Class-aware logit knowledge distillation (CLKD) and KD/DKD baselines.",
         formatter_class=HelpFormatter,

@@ -204,7 +204,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gp-maml-evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="gp-maml-evaluate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt from gp-maml-train")
     p.add_argument(
         "--data-root", required=True, help="test data (required; never the training classes)"

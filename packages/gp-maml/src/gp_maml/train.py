@@ -509,6 +509,7 @@ def _validate(
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="gp-maml-train",
         description=__doc__.splitlines()[0],
         epilog="--batch-size is the number of tasks per meta-batch, split evenly over the "

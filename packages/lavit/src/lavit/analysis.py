@@ -275,7 +275,9 @@ def _checkpoint_entry(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lavit-analysis`` parser; :func:`main` turns it into an :class:`AnalysisConfig`."""
     d = AnalysisConfig()
-    p = argparse.ArgumentParser(prog="lavit-analysis", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="lavit-analysis", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--models", nargs="+", default=list(d.models), help="timm model names")
     p.add_argument(
         "--checkpoint",

@@ -221,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lavit-train`` parser; :func:`main` turns its namespace into a :class:`TrainConfig`."""
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="lavit-train", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+        allow_abbrev=False,
+        prog="lavit-train",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
     )
     add_run_arguments(p, d, duration="epochs")
     g = p.add_argument_group("data and model")

@@ -352,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lavit-train-dense`` parser; :func:`main` turns it into a :class:`DenseTrainConfig`."""
     d = DenseTrainConfig(train_root="-")
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="lavit-train-dense",
         description=__doc__.splitlines()[0],
         formatter_class=HelpFormatter,

@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The shared distillation command line plus TRG, long-tail and t-SNE options."""
     d = TrainConfig()
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="trg-kd-train",
         description="TRG: knowledge distillation via a token-level relationship graph",
         formatter_class=HelpFormatter,
