@@ -65,12 +65,13 @@ def test_torchrun_shares_out_the_meta_batch_for_the_same_update(shared_omniglot,
     """Two processes with two tasks each make the update of one process with all four."""
     root = shared_omniglot / "images_background_small1.zip"
     sizes = {"batch_size": 4, "iterations": 3, "val_every": 3, "val_tasks": 8}
+    sizes |= {"device": "cpu"}  # gloo; two ranks on one GPU would be refused by NCCL
     train(_cfg(root, tmp_path / "one", method="gp-maml", first_order=False, **sizes))
     run_torchrun(
         ["-m", "gp_maml.train", "--method", "gp-maml", "--backbone", "conv4-32",
          "--data-root", root, "--out", tmp_path / "two", "--queries", "2", "--batch-size", "4",
          "--iterations", "3", "--val-every", "3", "--val-tasks", "8", "--ckpt-every", "1",
-         "--log-every", "1", "--no-progress", "--threads", "1"],
+         "--log-every", "1", "--no-progress", "--threads", "1", "--device", "cpu"],
         timeout=300,
     )  # fmt: skip
     one, two = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("one", "two"))
