@@ -480,8 +480,10 @@ def train(
             record = run.log({"iteration": step, ACCURACY: acc, f"{ACCURACY}_ci95": ci})
             if acc > best:
                 best = acc
-                if cfg.preset != "paper" and ctx.is_main:  # the paper meta-tests the last one
-                    save_checkpoint(run_state(step), run.out / "best.pt")
+                if cfg.preset != "paper":  # the paper meta-tests the last checkpoint
+                    state = run_state(step)  # on every rank: a non-finite learner stops all
+                    if ctx.is_main:
+                        save_checkpoint(state, run.out / "best.pt")
         if step % cfg.ckpt_every == 0 or step == cfg.iterations:
             run.checkpoint(run_state(step))
             saved = step
