@@ -143,6 +143,20 @@ def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
     assert _fmt_row(one).endswith("| +1.00 (1 seed, no CI) |")
 
 
+def test_the_few_shot_report_gives_no_interval_over_one_seed():
+    import fewshot_budget
+
+    one = {"seeds": 1, "mean": 18.66, "ci95": 0.0, "task_ci95": [0.76]}
+    two = {"seeds": 2, "mean": 17.0, "ci95": 1.5, "task_ci95": [0.7, 0.8]}
+    assert fewshot_budget._delta_cell(one) == "+18.66 (1 seed; ± 0.76 over tasks)"
+    assert fewshot_budget._delta_cell(two) == "+17.00 ± 1.50 (2)"
+    assert fewshot_budget._error_bar(one) == 0.76 and fewshot_budget._error_bar(two) == 1.5
+    assert fewshot_budget._accuracy_cell({"seeds": 1, "mean": 51.37, "ci95": 0.0}) == (
+        "51.37 (1 seed, no CI)"
+    )
+    assert fewshot_budget._accuracy_cell(None) == "not run yet"
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumes_the_run_exactly_on_another_machine(tmp_path):
     """SIGKILL the harness and its child mid-run, keep only the records (with the run's
