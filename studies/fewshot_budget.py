@@ -30,6 +30,7 @@ from harness import (
     Shared,
     Store,
     machine,
+    mean_ci,
     study_main,
 )
 
@@ -286,19 +287,15 @@ def report(store: Store, command: str) -> None:
 
 
 def _accuracy_cell(value: dict[str, Any] | None) -> str:
-    if not value:
-        return "not run yet"
-    if value["seeds"] == 1:
-        return f"{value['mean']:.2f} (1 seed, no CI)"
-    return f"{value['mean']:.2f} ± {value['ci95']:.2f}"
+    return mean_ci(value["mean"], value["ci95"], value["seeds"]) if value else "not run yet"
 
 
 def _delta_cell(paired: dict[str, Any] | None) -> str:
     if not paired:
         return ""
-    if paired["seeds"] == 1:
+    if paired["seeds"] == 1:  # the CI over its paired tasks, named as such
         return f"{paired['mean']:+.2f} (1 seed; ± {paired['task_ci95'][0]:.2f} over tasks)"
-    return f"{paired['mean']:+.2f} ± {paired['ci95']:.2f} ({paired['seeds']})"
+    return f"{mean_ci(paired['mean'], paired['ci95'], paired['seeds'], '+')} ({paired['seeds']})"
 
 
 def _error_bar(paired: dict[str, Any]) -> float:

@@ -605,18 +605,21 @@ def plot_curves(rows: Sequence[Row], store: Store, path: Path, x_key: str) -> Pa
     return path
 
 
+def mean_ci(mean: float, ci95: float, seeds: int, sign: str = "") -> str:
+    """``mean ± ci95`` (two decimals; ``sign="+"`` signs the mean), or ``mean (1 seed, no CI)``:
+    an interval over seeds needs two of them at least."""
+    value = f"{mean:{sign}.2f}"
+    return f"{value} ± {ci95:.2f}" if seeds > 1 else f"{value} (1 seed, no CI)"
+
+
 def _fmt_row(entry: dict[str, Any]) -> str:
     if "mean" not in entry:
         return f"| {entry['name']} | — | — | not run yet | |"
     seeds = ", ".join(f"{a:.2f}" for a in entry["acc"])
     paired = entry.get("paired")
-    delta = ""
-    if paired:  # a CI needs two shared seeds at least
-        shared = len(paired["seeds"])
-        half = f" ± {paired['ci95']:.2f}" if shared > 1 else " (1 seed, no CI)"
-        delta = f"{paired['mean']:+.2f}{half}"
+    delta = mean_ci(paired["mean"], paired["ci95"], len(paired["seeds"]), "+") if paired else ""
     n = len(entry["seeds"])
-    mean = f"{entry['mean']:.2f} ± {entry['ci95']:.2f}" if n > 1 else f"{entry['mean']:.2f} (no CI)"
+    mean = mean_ci(entry["mean"], entry["ci95"], n)
     return f"| {entry['name']} | {n} | {mean} | {seeds} | {delta} |"
 
 

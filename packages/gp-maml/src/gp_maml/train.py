@@ -106,8 +106,8 @@ class TrainConfig:
 
     ``batch_size`` is the number of tasks per meta-batch (``--batch-size``), the whole
     meta-batch: under ``torchrun`` each of the processes takes an equal share of its tasks and
-    the meta-gradient is averaged over them, the same update as one process. ``threads`` sets torch's CPU threads
-    (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
+    the meta-gradient is averaged over them, the same update as one process. ``threads`` sets
+    torch's CPU threads (0: torch's default). Use ``TrainConfig.from_dict`` for a dict stored in a checkpoint
     (it also reads older checkpoints' ``meta_batch``).
 
     ``preset="paper"`` is the paper's code's rules (``learners.paper_rules``): it sets

@@ -5,7 +5,7 @@ resuming, and hands each finished epoch's record and state to the shell::
 
     run = TrainingRun.open(cfg, RUN_FILES, resume=resume, overwrite=overwrite)
     ...                                         # data, model, optimiser (the trainer's)
-    sampler = run.sampler(train_ds, seed=cfg.seed)   # this rank's share of each epoch
+    sampler = run.sampler(train_ds, cfg.seed, cfg.batch_size)  # this rank's share
     if resume:
         state = run.restore(asdict(cfg), allow_changed=..., always_allowed=..., fixed=...)
     ddp = run.begin(model, asdict(cfg), eval_split="val")
