@@ -1,12 +1,16 @@
 """Per-term gradient norms at initialisation: KD, DKD, CLKD (both reductions) and TRG terms.
 
-A ``cifar_resnet8`` student at initialisation, the study's CIFAR-10 ``cifar_resnet20`` teacher
-(``bench_cifar10.py`` trains and caches it; run that with ``--teacher-only`` first), batches of
-64 training-split images; for every weighted ``loss_*`` term the L2 norm of its gradient
-w.r.t. the student logits ``(B, C)`` and w.r.t. all student parameters (the common currency of
-logit and feature terms), averaged over ``--batches`` batches and ``--seeds`` student inits.
+A ``cifar_resnet8`` student at initialisation, a trained CIFAR-10 teacher read from
+``--teacher-checkpoint`` (what ``clkd-train`` writes: ``teacher.pt``, or a CE run's
+``student.pt``), batches of 64 images of CIFAR-10's training split (augmented as the trainer
+sees them; the 5,000-image validation split of seed 0 held out, as in
+``studies/distill_cifar10.py``); for every weighted ``loss_*`` term the L2 norm of its
+gradient w.r.t. the student logits ``(B, C)`` and w.r.t. all student parameters (the common
+currency of logit and feature terms), averaged over ``--batches`` batches and ``--seeds``
+student inits.
 
-    OMP_NUM_THREADS=1 python packages/clkd/benchmarks/grad_norms.py
+    OMP_NUM_THREADS=1 python packages/clkd/benchmarks/grad_norms.py \
+        --teacher-checkpoint runs/teacher/teacher.pt
 """
 
 from __future__ import annotations
@@ -16,16 +20,17 @@ import statistics
 from pathlib import Path
 
 import torch
-from bench_cifar10 import STUDENT, TEACHER, load_split
 
 from clkd import CLKDLoss, DKDLoss
 from clkd.diagnostics import term_gradient_norms
-from lab_common import cache_dir, seed_everything, write_benchmark
+from lab_common import load_checkpoint, seed_everything, write_benchmark
+from lab_common.data import tensor_datasets
 from lab_common.distill import KDLoss, create_model
 from lab_common.distill.kd import KD_DEFAULTS
 from trg_kd import TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
+STUDENT = "cifar_resnet8"
 LOSSES = {
     "KD (CE 1, KD 1, T 4)": lambda: KDLoss(**KD_DEFAULTS),
     "KD mdistiller (CE 0.1, KD 0.9)": lambda: KDLoss(ce_weight=0.1, kd_weight=0.9, temperature=4),
@@ -40,29 +45,39 @@ LOSSES = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument(
+        "--teacher-checkpoint",
+        required=True,
+        help="a trained CIFAR-10 teacher of the zoo (clkd-train's teacher.pt or a CE student.pt)",
+    )
+    p.add_argument(
+        "--teacher", default="cifar_resnet20", help="its zoo name (default: %(default)s)"
+    )
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--out-dir", default=str(RESULTS))
     a = p.parse_args()
-    work = cache_dir() / "kd02-study" / "cifar10"
-    teacher = create_model(TEACHER, num_classes=10, in_chans=3)
-    teacher.load_state_dict(torch.load(work / "teacher.pt")["model"])
+    state = load_checkpoint(a.teacher_checkpoint)
+    name = state.get("model_name", a.teacher)
+    teacher = create_model(name, num_classes=10, in_chans=3)
+    teacher.load_state_dict(state.get("model", state))
     teacher.eval()
-    data = load_split("cifar10", 0.1)
+    train, _, _, _ = tensor_datasets("cifar10", val_images=5000, val_seed=0)
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randperm(len(data["y_train"]), generator=gen)[:64] for _ in range(a.batches)]
+    batches = [torch.randperm(len(train), generator=gen)[:64] for _ in range(a.batches)]
     norms: dict[tuple[str, str], dict[str, list[float]]] = {}
     for seed in a.seeds:
         seed_everything(seed)
         student = create_model(STUDENT, num_classes=10, in_chans=3).train()
         params = [q for q in student.parameters() if q.requires_grad]
         for b in batches:
-            x, y = data["x_train"][b], data["y_train"][b]
+            x = torch.stack([train[int(i)][0] for i in b])
+            y = torch.tensor([int(train[int(i)][1]) for i in b])
             with torch.no_grad():
                 t_feat = teacher.forward_features(x)
                 t_logits = teacher.forward_head(t_feat)
-            for name, make in LOSSES.items():
+            for loss_name, make in LOSSES.items():
                 loss = make()
                 feat = student.forward_features(x)
                 logits = student.forward_head(feat)
@@ -72,19 +87,21 @@ def main() -> None:
                 terms = loss(logits, t_logits, y, **kwargs)
                 for wrt_name, wrt in (("logits", logits), ("params", params)):
                     for term, v in term_gradient_norms(terms, wrt).items():
-                        norms.setdefault((name, term), {}).setdefault(wrt_name, []).append(v)
+                        norms.setdefault((loss_name, term), {}).setdefault(wrt_name, []).append(v)
     rows = [
         {
-            "loss": name,
+            "loss": loss_name,
             "term": term,
             "‖∂/∂ logits‖": f"{statistics.fmean(v['logits']):.4f}",
             "‖∂/∂ student params‖": f"{statistics.fmean(v['params']):.4f}",
         }
-        for (name, term), v in norms.items()
+        for (loss_name, term), v in norms.items()
     ]
+    acc = state.get("val_top1", state.get("accuracy"))
     title = (
         f"gradient norm of each weighted term at initialisation: {STUDENT} student, CIFAR-10 "
-        f"{TEACHER} teacher, batch 64, mean over {a.batches} batches x {len(a.seeds)} inits"
+        f"{name} teacher{f' ({acc:.2f} %)' if isinstance(acc, float) else ''}, batch 64, "
+        f"mean over {a.batches} batches x {len(a.seeds)} inits"
     )
     print(write_benchmark(rows, a.out_dir, "grad_norms", title=title))
 
