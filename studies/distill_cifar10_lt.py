@@ -8,7 +8,7 @@ epochs) and the students (``cifar_resnet8``, 30 epochs, CE weight 1, teacher cac
 on that set; the balanced validation split is scored overall and over the many- (> 1,000
 training images: 3 classes), medium- (200–1,000: 4) and few-shot (< 200: 3) classes. The
 thresholds are a design choice: the usual 100 / 20 of ImageNet-LT leave CIFAR-10-LT at
-ρ = 100 without a few-shot class.
+ρ = 100 without a few-shot class. Teacher and students run in channels-last memory layout.
 
     python studies/distill_cifar10_lt.py --jobs 2
 """
@@ -29,7 +29,7 @@ from harness import (
 
 STUDY = "distill_cifar10_lt"
 LONGTAIL = {"imbalance_ratio": 100.0, "lt_n_max": 4500, "many_shot": 1000, "few_shot": 200}
-TEACHER = teacher_run(60, **LONGTAIL)
+TEACHER = teacher_run(60, **LONGTAIL, channels_last=True)
 STUDENT = student_kwargs(TEACHER, **LONGTAIL)
 SEEDS = (0, 1, 2)
 SPLITS = ("all", "many", "medium", "few")

@@ -13,6 +13,7 @@ the ratio live / cached, the cache's build time and its size on disk. Target: â‰
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -28,6 +29,8 @@ from lab_common import write_benchmark
 from lab_common.distill import TeacherCache, create_model
 
 RESULTS = Path(__file__).parent / "results"
+#: ``--layouts``: the ``channels_last`` setting of each.
+LAYOUTS = {"default": False, "channels-last": True}
 TRAINERS = {
     "kd": (clkd.train.TrainConfig, clkd.train.train),
     "trg": (trg_kd.train.TrainConfig, trg_kd.train.train),
@@ -44,6 +47,7 @@ def main() -> None:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=["kd", "trg"], choices=sorted(TRAINERS))
+    p.add_argument("--layouts", nargs="+", default=["default"], choices=sorted(LAYOUTS))
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,12 +57,12 @@ def main() -> None:
         torch.save({"model": teacher.state_dict(), "model_name": "cifar_resnet20"}, teacher_path)
         for method in args.methods:
             config_cls, train = TRAINERS[method]
-            arms = {"live": 0, f"cached, K={args.views}": args.views}
-            times: dict[str, list[float]] = {arm: [] for arm in arms}
+            arms = list(itertools.product(args.layouts, (0, args.views)))
+            times: dict[tuple[str, int], list[float]] = {arm: [] for arm in arms}
             build_s = 0.0
             for epoch in range(args.epochs):
-                for arm, views in arms.items():
-                    out = work / f"{method}-{views}"
+                for layout, views in arms:
+                    out = work / f"{method}-{layout}-{views}"
                     cfg = config_cls(
                         dataset="cifar10",
                         val_images=500,
@@ -71,23 +75,26 @@ def main() -> None:
                         batch_size=64,
                         workers=0,
                         teacher_cache=views,
+                        channels_last=LAYOUTS[layout],
                         stop_after=1,
                         progress=False,
                         out=str(out),
                     )
                     tic = time.perf_counter()
                     train(cfg, resume=epoch > 0)
-                    if views and epoch == 0:  # the first call also builds the cache
-                        build_s = time.perf_counter() - tic
                     lines = (out / "student_metrics.jsonl").read_text().splitlines()
-                    times[arm].append(json.loads(lines[-1])["epoch_time"])
+                    times[layout, views].append(json.loads(lines[-1])["epoch_time"])
+                    if views and not build_s:  # the first cached call also builds the cache
+                        build_s = time.perf_counter() - tic - times[layout, views][0]
             folder = TeacherCache.folder_for(teacher_path, args.views)
             size = _folder_bytes(folder)
-            build_s -= times[f"cached, K={args.views}"][0]
-            live, cached = (statistics.median(t) for t in times.values())
-            rows.append(
-                {
+            median = {arm: statistics.median(t) for arm, t in times.items()}
+            base = args.layouts[0]
+            for layout in args.layouts:
+                live, cached = median[layout, 0], median[layout, args.views]
+                row = {
                     "method": method,
+                    "layout": layout,
                     "train images": args.train_images,
                     "live epoch (s)": live,
                     f"cached epoch (s), K={args.views}": cached,
@@ -96,10 +103,18 @@ def main() -> None:
                     "cache on disk (MB)": size / 1e6,
                     "disk for 45,000 images (MB)": size / args.train_images * 45000 / 1e6,
                 }
-            )
+                if len(args.layouts) > 1:
+                    row[f"live vs {base}"] = median[base, 0] / live
+                    row[f"cached vs {base}"] = median[base, args.views] / cached
+                rows.append(row)
             shutil.rmtree(folder)  # the next method's cache (with features) is another one
     print(
-        write_benchmark(rows, RESULTS, "teacher_cache", title="Teacher cache: student epoch time")
+        write_benchmark(
+            rows,
+            RESULTS,
+            "teacher_cache" if args.layouts == ["default"] else "teacher_cache_layouts",
+            title="Teacher cache: student epoch time",
+        )
     )
 
 

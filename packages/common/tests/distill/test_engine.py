@@ -315,6 +315,29 @@ def test_workers_do_not_change_the_run(tmp_path):
         _assert_same(_weights(tmp_path / "w0" / name), _weights(tmp_path / "w2" / name))
 
 
+def test_channels_last_trains_the_same_model_in_the_other_layout_and_resumes_exactly(
+    tmp_path, uninterrupted
+):
+    """--channels-last: both phases' weights are kept channels-last, match the default layout's
+    run up to rounding, and an interrupted channels-last run resumes bit for bit."""
+    data = synthetic()
+    full = run_distillation(config(tmp_path / "a", channels_last=True), kd_factory, datasets=data)
+    assert full.metrics["completed"]
+    for name in ("teacher.pt", "student.pt"):
+        cl, ref = _weights(tmp_path / "a" / name), _weights(uninterrupted[0] / name)
+        convs = [k for k, v in cl.items() if v.dim() == 4 and v.shape[1] > 1 and v.shape[-1] > 1]
+        assert convs and all(
+            cl[k].is_contiguous(memory_format=torch.channels_last) and not cl[k].is_contiguous()
+            for k in convs
+        ), name
+        for k in ref:
+            assert torch.allclose(cl[k].float(), ref[k].float(), rtol=1e-3, atol=1e-4), (name, k)
+    b = tmp_path / "b"
+    run_distillation(config(b, channels_last=True, stop_after=2), kd_factory, datasets=data)
+    run_distillation(config(b, channels_last=True), kd_factory, resume=True, datasets=data)
+    _assert_same(_weights(tmp_path / "a/student.pt"), _weights(b / "student.pt"))
+
+
 def test_changed_lr_on_resume_applies_from_the_resume_on(tmp_path, uninterrupted):
     data = synthetic()
     out = tmp_path / "lr"

@@ -78,7 +78,9 @@ class DistillConfig:
         students), momentum, weight_decay, milestones (epochs where lr ×= ``lr_decay``; None:
         the protocol's, scaled to ``epochs``), schedule (``step``: those drops; ``cosine``:
         cosine decay from ``lr`` to 0 over the phase's epochs, stepped per epoch), amp
-        (autocast: bf16 on CPU, fp16 on CUDA).
+        (autocast: bf16 on CPU, fp16 on CUDA), channels_last (teacher, student and input
+        batches in channels-last memory layout: faster convolutions on CPUs and tensor-core
+        GPUs, the same numbers up to rounding).
         teacher_cache: K > 0 computes the teacher's outputs once for K augmented views of every
         training image (:class:`~lab_common.distill.TeacherCache`, stored beside the teacher
         checkpoint) and lets each student epoch read them for one view per image instead of
@@ -121,6 +123,7 @@ class DistillConfig:
     schedule: str = "step"
     teacher_cache: int = 0
     amp: bool = False
+    channels_last: bool = False
     out: str = "runs/distill"
     stop_after: int | None = None
     seed: int = 0

@@ -148,6 +148,11 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**31
 
 
+def _memory_format(cfg: DistillConfig) -> torch.memory_format:
+    """The layout of the models' and the batches' 4-d tensors (``cfg.channels_last``)."""
+    return torch.channels_last if cfg.channels_last else torch.preserve_format
+
+
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
 
@@ -242,7 +247,8 @@ def _fit(
             leave=False,
         )
         for batch in bar:
-            x, y = (t.to(ctx.device, non_blocking=True) for t in batch[:2])
+            x = batch[0].to(ctx.device, non_blocking=True, memory_format=_memory_format(cfg))
+            y = batch[1].to(ctx.device, non_blocking=True)
             extra = {}
             if cache is not None:  # items (x, y, position, view): the teacher's stored outputs
                 extra["teacher_outputs"] = cache.lookup(batch[2], batch[3], ctx.device)
@@ -320,7 +326,8 @@ def _teacher(
     """
     path = _teacher_path(cfg)
     seed_everything(cfg.seed)
-    teacher = create_model(cfg.teacher, num_classes, in_chans, option="--teacher").to(ctx.device)
+    teacher = create_model(cfg.teacher, num_classes, in_chans, option="--teacher")
+    teacher.to(ctx.device, memory_format=_memory_format(cfg))
     if not path.is_file():
         epochs = cfg.teacher_epochs or cfg.epochs
         result = _fit(
@@ -612,7 +619,7 @@ def run_distillation(
                 student_features=student_features,
                 teacher_features=teacher_features,
             )
-        model.to(ctx.device)
+        model.to(ctx.device, memory_format=_memory_format(config))
         cache = None
         if config.teacher_cache and isinstance(model, Distiller):
             cache = _teacher_cache(config, ctx, model, train_ds)
