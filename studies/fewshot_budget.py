@@ -221,6 +221,7 @@ def report(store: Store, command: str) -> None:
                     }
                 )
     curves = _plot(plot_points)
+    verdict = picking_verdict(picking, settings=len(BUDGETS) * len(PICKING))
     payload = {
         "study": STUDY,
         "machine": machine(),
@@ -239,6 +240,7 @@ def report(store: Store, command: str) -> None:
         },
         "rows": table,
         "picking": picking,
+        "picking_verdict": verdict,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{STUDY}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -280,10 +282,30 @@ def report(store: Store, command: str) -> None:
             for p in picking
         ),
         "",
+        f"Verdict: {verdict}",
+        "",
     ]
     if curves:
         lines += [f"![gain against budget]({curves.name})", ""]
     (RESULTS / f"{STUDY}.md").write_text("\n".join(lines))
+
+
+def picking_verdict(picking: Sequence[dict[str, Any]], settings: int) -> str:
+    """What the picking-rule rows allow the README to say: a rule is recommended only where it
+    wins (its paired CI above 0) in every one of the ``settings`` tried."""
+    if len(picking) < settings:
+        return f"open: {len(picking)} of {settings} settings measured"
+    diffs = [(p["fallback_minus_balanced"], p["task_ci95"]) for p in picking]
+    if all(d - h > 0 for d, h in diffs):
+        return f"the fallback rule wins in all {settings} settings: recommend it"
+    if all(d + h < 0 for d, h in diffs):
+        return f"the class-balanced rule wins in all {settings} settings: keep it, no fallback"
+    wins = sum(d - h > 0 for d, h in diffs)
+    losses = sum(d + h < 0 for d, h in diffs)
+    return (
+        f"mixed: the fallback rule wins in {wins}, loses in {losses} and ties in "
+        f"{settings - wins - losses} of {settings} settings; no rule is recommended"
+    )
 
 
 def _accuracy_cell(value: dict[str, Any] | None) -> str:

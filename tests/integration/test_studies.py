@@ -158,6 +158,21 @@ def test_the_few_shot_report_gives_no_interval_over_one_seed():
 
 
 @pytest.mark.slow
+def test_the_picking_rule_is_recommended_only_where_it_wins_in_every_setting():
+    import fewshot_budget
+
+    def rows(*diffs):
+        return [{"fallback_minus_balanced": d, "task_ci95": 1.0} for d in diffs]
+
+    verdict = fewshot_budget.picking_verdict
+    assert verdict(rows(3.0, 2.0), settings=3).startswith("open: 2 of 3")
+    assert "fallback rule wins in all 3" in verdict(rows(3.0, 2.0, 1.5), settings=3)
+    assert "class-balanced rule wins in all 3" in verdict(rows(-3.0, -2.0, -1.5), settings=3)
+    mixed = verdict(rows(3.0, -2.0, 0.5), settings=3)
+    assert mixed.startswith("mixed: the fallback rule wins in 1, loses in 1 and ties in 1")
+    assert "no rule is recommended" in mixed
+
+
 def test_a_killed_study_resumes_the_run_exactly_on_another_machine(tmp_path):
     """SIGKILL the harness and its child mid-run, keep only the records (with the run's
     checkpoint saved into them); starting again ends bit-identical."""
