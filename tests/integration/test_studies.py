@@ -21,6 +21,7 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 sys.path.insert(0, str(STUDIES))
 
 from harness import (  # noqa: E402
+    CHILD_ENV,
     TRAINERS,
     Evaluation,
     Output,
@@ -111,10 +112,12 @@ def test_evaluations_run_after_their_run_and_are_stored_apart(tmp_path, monkeypa
     module = tmp_path / "mod"
     module.mkdir()
     (module / "toy_eval.py").write_text(
-        "import json\n"
+        "import json, os\n"
         "def evaluate(folder, scale):\n"
         "    acc = json.loads((folder / 'result.json').read_text())['val_top1']\n"
-        "    return {'accuracy': acc * scale, 'files': sorted(p.name for p in folder.iterdir())}\n"
+        "    files = sorted(p.name for p in folder.iterdir())\n"
+        "    env = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MALLOC_MMAP_THRESHOLD_')}\n"
+        "    return {'accuracy': acc * scale, 'files': files, 'env': env}\n"
     )
     monkeypatch.setenv("PYTHONPATH", f"{module}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     store = Store(tmp_path / "runs", tmp_path / "records")
@@ -124,6 +127,11 @@ def test_evaluations_run_after_their_run_and_are_stored_apart(tmp_path, monkeypa
     one, two = (store.record(e)["result"] for e in evals)
     assert two["accuracy"] == pytest.approx(2 * one["accuracy"])
     assert "student.pt" in one["files"]
+    # each child gets its share of the threads and the allocator settings
+    assert one["env"] == {
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
+        "MALLOC_MMAP_THRESHOLD_": CHILD_ENV["MALLOC_MMAP_THRESHOLD_"],
+    }
     row = Row("x2", [evals[1]], metric=lambda r: r["result"]["accuracy"])
     assert summarise([row], store, None)[0]["mean"] == pytest.approx(two["accuracy"], abs=1e-3)
 
