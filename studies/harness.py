@@ -640,9 +640,11 @@ def write_report(
     text: str,
     curves: Path | None,
     extra: dict[str, Any] | None = None,
+    sections: Sequence[str] = (),
     results: Path = RESULTS,
 ) -> tuple[Path, Path]:
-    """Write ``<results>/<study>.md`` and ``.json``; returns both paths."""
+    """Write ``<results>/<study>.md`` (``sections``: more Markdown after the table and the
+    curves) and ``.json``; returns both paths."""
     results.mkdir(parents=True, exist_ok=True)
     payload = {
         "study": study,
@@ -673,6 +675,7 @@ def write_report(
     ]
     if curves is not None:
         lines += [f"![curves]({curves.name})", ""]
+    lines += [block for section in sections for block in (section.strip(), "")]
     md_path = results / f"{study}.md"
     md_path.write_text("\n".join(lines))
     return md_path, json_path

@@ -153,12 +153,60 @@ def _frontier(rows: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+def _saturation_section(saturation: dict[str, list[dict[str, Any]]]) -> str:
+    """A table and a bar plot of each model's consecutive-map cosine per stage."""
+    from matplotlib.figure import Figure
+
+    if not saturation:
+        return ""
+    stages = max(len(layers) for layers in saturation.values())
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(saturation)
+    for i, (name, layers) in enumerate(saturation.items()):
+        xs = [s + (i - (len(saturation) - 1) / 2) * width for s in range(len(layers))]
+        ax.bar(xs, [layer["cosine"] for layer in layers], width, label=name)
+    ax.set_xticks(range(stages), [f"stage {s + 1}" for s in range(stages)])
+    ax.set_ylabel("cosine of consecutive attention maps")
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.legend(fontsize=7, ncol=len(saturation), loc="upper center")
+    fig.tight_layout()
+    path = RESULTS / f"{STUDY}_saturation.png"
+    fig.savefig(path, dpi=110)
+    header = " | ".join(f"stage {s + 1}" for s in range(stages))
+    table = [f"| model | {header} |", "|---|" + "---|" * stages]
+    for name, layers in saturation.items():
+        table.append(f"| {name} | " + " | ".join(f"{x['cosine']:.3f}" for x in layers) + " |")
+    return "\n".join(
+        [
+            "## Attention saturation of the trained seed-0 models",
+            "",
+            "Cosine similarity of the two consecutive attention maps of each stage (LaViT: the "
+            "VA map and the LA map computed from it; the others: two VA maps), mean over 64 "
+            "validation images and the heads (`lavit.analysis`).",
+            "",
+            *table,
+            "",
+            f"![saturation]({path.name})",
+        ]
+    )
+
+
 def report(store: Store, command: str) -> None:
     rows = summarise(ROWS, store, baseline="LaViT")
     frontier = _frontier(rows)
     curves = plot_curves(ROWS, store, RESULTS / f"{STUDY}_curves.png", "epoch")
     sat = {ev.run.key: store.record(ev)["result"] for ev in SATURATION if store.finished(ev)}
     names = {row.runs[0].key: row.name for row in ROWS}
+    saturation = {names[k]: v["layers"] for k, v in sat.items()}
+    frontier_section = (
+        "## Accuracy against speed\n\nValidation accuracy against inference throughput at 32², "
+        "batch 128, one idle CPU run of all rows interleaved "
+        f"([lavit_cifar10_speed.md]({STUDY}_speed.md)).\n\n![frontier]({frontier.name})"
+        if frontier
+        else ""
+    )
     write_report(
         STUDY,
         title="LaViT on CIFAR-10 (45,000 training images, 5,000 validation)",
@@ -174,10 +222,8 @@ def report(store: Store, command: str) -> None:
         command=command,
         text=__doc__.split("\n\n")[1],
         curves=curves,
-        extra={
-            "saturation": {names[k]: v["layers"] for k, v in sat.items()},
-            "frontier_png": frontier.name if frontier else None,
-        },
+        extra={"saturation": saturation, "frontier_png": frontier.name if frontier else None},
+        sections=[frontier_section, _saturation_section(saturation)],
     )
 
 
