@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import json
@@ -384,12 +385,38 @@ def machine() -> str:
 
 
 # ------------------------------------------------------------------------ one run, child
+#: A child's exit status when another study process holds the run's lock.
+BUSY = 75
+
+
+def _lock_path(spec_path: Path) -> Path:
+    return spec_path.with_name(spec_path.name.replace(".spec.json", ".lock"))
+
+
+def _try_lock(path: Path) -> Any | None:
+    """The open lock file of a run, locked exclusively, or None when another process holds it
+    (the lock goes with the process, also when it is killed)."""
+    handle = path.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def run_child(spec_path: Path) -> None:
     """Train one run (or evaluate one) in this process, the harness's child.
 
     A run resumes when its folder holds a checkpoint; an evaluation writes its result to
-    ``<key>.result.json`` beside the spec.
+    ``<key>.result.json`` beside the spec. The child holds the run's lock (``<key>.lock``) while
+    it works: a second study process started on the same run folder exits with :data:`BUSY`
+    instead of writing into it too.
     """
+    lock = _try_lock(_lock_path(spec_path))
+    if lock is None:
+        print(f"{spec_path.name}: another study process is running it; not run twice")
+        raise SystemExit(BUSY)
     job = json.loads(spec_path.read_text())
     if job["kind"] == "evaluation":
         result = _attr(job["function"])(Path(job["out"]), **job["kwargs"])
@@ -491,6 +518,9 @@ def execute(
             if code == 0 and isinstance(job.run, Evaluation):
                 store.write_evaluation(job.run, wall)
                 print(f"[{job.run.key}] done ({wall / 60:.1f} min)")
+            elif code == BUSY:
+                failed.append(job.run)
+                print(f"[{job.run.key}] busy: another study process is running it; left to it")
             elif code == 0:
                 record = store.write_record(job.run, wall)
                 shutil.rmtree(store.partial(job.run), ignore_errors=True)
@@ -510,7 +540,12 @@ def execute(
             if not all(store.finished(dep) for dep in run.needs):
                 continue
             todo.remove(run)
-            running.append(_start(run, store, threads))
+            started = _start(run, store, threads)
+            if started is None:
+                failed.append(run)
+                print(f"[{run.key}] busy: another study process is running it; left to it")
+            else:
+                running.append(started)
         if time.monotonic() - last_report >= report_every:
             last_report = time.monotonic()
             for job in running:
@@ -522,7 +557,14 @@ def execute(
     return failed
 
 
-def _start(run: Task, store: Store, threads: int) -> _Job:
+def _start(run: Task, store: Store, threads: int) -> _Job | None:
+    """Start ``run``'s child; None when another study process holds the run's lock."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    spec_path = store.root / f"{run.key}.spec.json"
+    probe = _try_lock(_lock_path(spec_path))  # touch nothing of a run another process holds
+    if probe is None:
+        return None
+    probe.close()
     if isinstance(run, Evaluation):
         folder = store.restore(run.run)
         spec = {"kind": "evaluation", "function": run.function, "kwargs": dict(run.kwargs)}
@@ -535,8 +577,6 @@ def _start(run: Task, store: Store, threads: int) -> _Job:
         spec = {"kind": "run", "trainer": run.trainer, "kwargs": kwargs, "seed": run.seed}
         spec["out"] = str(folder)
         label = f"{run.trainer} seed {run.seed} {_tokens(run.kwargs)}"
-    store.root.mkdir(parents=True, exist_ok=True)
-    spec_path = store.root / f"{run.key}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     env = {**CHILD_ENV, **os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONHASHSEED": "0"}
     log = store.log(run).open("ab")

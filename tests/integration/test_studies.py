@@ -136,6 +136,30 @@ def test_evaluations_run_after_their_run_and_are_stored_apart(tmp_path, monkeypa
     assert summarise([row], store, None)[0]["mean"] == pytest.approx(two["accuracy"], abs=1e-3)
 
 
+def test_a_run_another_study_process_holds_is_left_to_it(tmp_path, capsys):
+    """Two study processes on one run folder (e.g. an old one still running): the second
+    neither restores nor trains the run; its child refuses too when both probed first."""
+    import harness
+
+    store = Store(tmp_path / "runs", tmp_path / "records")
+    store.root.mkdir(parents=True)
+    spec = store.root / f"{TEACHER.key}.spec.json"
+    held = harness._try_lock(harness._lock_path(spec))  # the other process's child
+    assert held is not None
+    store.folder(TEACHER).mkdir()
+    theirs = store.folder(TEACHER) / "last.pt"
+    theirs.write_text("their checkpoint")
+    assert execute([TEACHER], store, jobs=1) == [TEACHER]
+    assert f"[{TEACHER.key}] busy" in capsys.readouterr().out
+    assert theirs.read_text() == "their checkpoint" and not spec.exists()
+    spec.write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        harness.run_child(spec)
+    assert exit_.value.code == harness.BUSY
+    held.close()
+    assert harness._try_lock(harness._lock_path(spec)) is not None  # free again
+
+
 def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
     store = Store(tmp_path / "runs", tmp_path / "records")
     a = [_student(s) for s in (0, 1, 2)]
