@@ -296,12 +296,12 @@ def picking_verdict(picking: Sequence[dict[str, Any]], settings: int) -> str:
     if len(picking) < settings:
         return f"open: {len(picking)} of {settings} settings measured"
     diffs = [(p["fallback_minus_balanced"], p["task_ci95"]) for p in picking]
-    if all(d - h > 0 for d, h in diffs):
-        return f"the fallback rule wins in all {settings} settings: recommend it"
-    if all(d + h < 0 for d, h in diffs):
-        return f"the class-balanced rule wins in all {settings} settings: keep it, no fallback"
     wins = sum(d - h > 0 for d, h in diffs)
     losses = sum(d + h < 0 for d, h in diffs)
+    if wins == len(diffs):
+        return f"the fallback rule wins in all {settings} settings: recommend it"
+    if losses == len(diffs):
+        return f"the class-balanced rule wins in all {settings} settings: keep it, no fallback"
     return (
         f"mixed: the fallback rule wins in {wins}, loses in {losses} and ties in "
         f"{settings - wins - losses} of {settings} settings; no rule is recommended"

@@ -715,7 +715,7 @@ def write_report(
     ]
     if curves is not None:
         lines += [f"![curves]({curves.name})", ""]
-    lines += [block for section in sections for block in (section.strip(), "")]
+    lines += [block for section in sections if section.strip() for block in (section.strip(), "")]
     md_path = results / f"{study}.md"
     md_path.write_text("\n".join(lines))
     return md_path, json_path

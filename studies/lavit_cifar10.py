@@ -157,6 +157,8 @@ def _saturation_section(saturation: dict[str, list[dict[str, Any]]]) -> str:
     """A table and a bar plot of each model's consecutive-map cosine per stage."""
     from matplotlib.figure import Figure
 
+    from lab_common import markdown_table
+
     if not saturation:
         return ""
     stages = max(len(layers) for layers in saturation.values())
@@ -174,10 +176,15 @@ def _saturation_section(saturation: dict[str, list[dict[str, Any]]]) -> str:
     fig.tight_layout()
     path = RESULTS / f"{STUDY}_saturation.png"
     fig.savefig(path, dpi=110)
-    header = " | ".join(f"stage {s + 1}" for s in range(stages))
-    table = [f"| model | {header} |", "|---|" + "---|" * stages]
-    for name, layers in saturation.items():
-        table.append(f"| {name} | " + " | ".join(f"{x['cosine']:.3f}" for x in layers) + " |")
+    table = markdown_table(
+        [
+            {
+                "model": name,
+                **{f"stage {s + 1}": f"{x['cosine']:.3f}" for s, x in enumerate(layers)},
+            }
+            for name, layers in saturation.items()
+        ]
+    )
     return "\n".join(
         [
             "## Attention saturation of the trained seed-0 models",
@@ -186,7 +193,7 @@ def _saturation_section(saturation: dict[str, list[dict[str, Any]]]) -> str:
             "VA map and the LA map computed from it; the others: two VA maps), mean over 64 "
             "validation images and the heads (`lavit.analysis`).",
             "",
-            *table,
+            table,
             "",
             f"![saturation]({path.name})",
         ]

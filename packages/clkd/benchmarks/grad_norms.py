@@ -27,6 +27,7 @@ from lab_common import load_checkpoint, seed_everything, write_benchmark
 from lab_common.data import tensor_datasets
 from lab_common.distill import KDLoss, create_model
 from lab_common.distill.kd import KD_DEFAULTS
+from lab_common.runs import ACCURACY
 from trg_kd import TRGLoss
 
 RESULTS = Path(__file__).parent / "results"
@@ -97,7 +98,7 @@ def main() -> None:
         }
         for (loss_name, term), v in norms.items()
     ]
-    acc = state.get("val_top1", state.get("accuracy"))
+    acc = state.get(ACCURACY, state.get("metrics", {}).get(ACCURACY))  # teacher.pt, student.pt
     title = (
         f"gradient norm of each weighted term at initialisation: {STUDENT} student, CIFAR-10 "
         f"{name} teacher{f' ({acc:.2f} %)' if isinstance(acc, float) else ''}, batch 64, "

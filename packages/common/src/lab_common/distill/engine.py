@@ -203,6 +203,7 @@ def _fit(
     run = TrainingRun(Path(cfg.out), ctx, epochs, prefix=f"{phase}_")
     train_ds = CachedViews(train_ds, cache.views) if cache is not None else SeededSamples(train_ds)
     sampler = run.sampler(train_ds, cfg.seed, cfg.batch_size)
+    layout = _memory_format(cfg)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(optimizer, cfg, epochs)
@@ -247,7 +248,7 @@ def _fit(
             leave=False,
         )
         for batch in bar:
-            x = batch[0].to(ctx.device, non_blocking=True, memory_format=_memory_format(cfg))
+            x = batch[0].to(ctx.device, non_blocking=True, memory_format=layout)
             y = batch[1].to(ctx.device, non_blocking=True)
             extra = {}
             if cache is not None:  # items (x, y, position, view): the teacher's stored outputs
