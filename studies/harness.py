@@ -519,8 +519,7 @@ def execute(
                 store.write_evaluation(job.run, wall)
                 print(f"[{job.run.key}] done ({wall / 60:.1f} min)")
             elif code == BUSY:
-                failed.append(job.run)
-                print(f"[{job.run.key}] busy: another study process is running it; left to it")
+                _leave_busy(job.run, failed)
             elif code == 0:
                 record = store.write_record(job.run, wall)
                 shutil.rmtree(store.partial(job.run), ignore_errors=True)
@@ -542,8 +541,7 @@ def execute(
             todo.remove(run)
             started = _start(run, store, threads)
             if started is None:
-                failed.append(run)
-                print(f"[{run.key}] busy: another study process is running it; left to it")
+                _leave_busy(run, failed)
             else:
                 running.append(started)
         if time.monotonic() - last_report >= report_every:
@@ -555,6 +553,12 @@ def execute(
         elif not running and todo:  # only runs waiting for failed dependencies remain
             break
     return failed
+
+
+def _leave_busy(run: Task, failed: list[Task]) -> None:
+    """Leave ``run`` to the study process that holds its lock (it counts as not done here)."""
+    failed.append(run)
+    print(f"[{run.key}] busy: another study process is running it; left to it")
 
 
 def _start(run: Task, store: Store, threads: int) -> _Job | None:
