@@ -646,6 +646,24 @@ def test_mlp_chunking_in_inference_gives_the_same_result():
         _win_model(mlp_chunk_size=-1)
 
 
+@pytest.mark.parametrize("chunk", [37, 100, 700])
+def test_dwconv_mlp_in_bands_of_rows_gives_the_same_result(chunk):
+    # 64x96: grids 16x24 / 8x12 / 4x6 / 2x3 in 4x4 windows (the last two padded); chunk 37
+    # gives one-row bands (2 x 24 tokens a row), 100 two-row bands, 700 ~ whole stages
+    x = torch.randn(2, 3, 64, 96)
+    ref = _win_model(mlp_dwconv=True, mlp_chunk_size=0)
+    banded = _win_model(mlp_dwconv=True, mlp_chunk_size=chunk)
+    calls = []
+    fc1 = banded.stages[0].blocks[0].mlp.fc1
+    handle = fc1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[1]))
+    with torch.inference_mode():
+        torch.testing.assert_close(banded(x), ref(x))
+        torch.testing.assert_close(banded.forward_features(x), ref.forward_features(x))
+    handle.remove()
+    band = max(1, chunk // 48)
+    assert len(calls) == 2 * -(-16 // band) and max(calls) <= band + 2  # a band + its neighbours
+
+
 def test_channels_last_input(tiny_model, tiny_input):
     ref = tiny_model(tiny_input)
     out = tiny_model(tiny_input.contiguous(memory_format=torch.channels_last))

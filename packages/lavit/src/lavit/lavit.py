@@ -232,9 +232,10 @@ class Mlp(nn.Module):
 
     ``dwconv=True`` is PVTv2's MLP: the depthwise conv runs on the token grid (padding
     dropped, zero-padded at the image border) and mixes neighbours across window borders.
-    ``chunk_size > 0`` (plain MLP only): while no gradient is recorded, run the tokens
-    ``chunk_size`` at a time, so the ``hidden``-wide activations of a large input never exist
-    at once (the same result; training is unchanged, autograd keeps them anyway).
+    ``chunk_size > 0``: while no gradient is recorded, run about ``chunk_size`` tokens at a
+    time (the depthwise-conv MLP: bands of grid rows, each with the row above and below it),
+    so the ``hidden``-wide activations of a large input never exist at once (the same result;
+    training is unchanged, autograd keeps them anyway).
     """
 
     def __init__(
@@ -254,24 +255,52 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
         if self.dwconv is None:
             return self._plain(x)
+        if self._chunked(x):
+            return self._dwconv_bands(x, geom)
         t = self.dwconv(geom.merge(self.fc1(x)).transpose(1, 2).unflatten(2, geom.grid))
         x = self.drop1(self.act(geom.partition(t.flatten(2).transpose(1, 2))))
         return self.drop2(self.fc2(x))
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        """The token-wise MLP, ``chunk_size`` rows at a time while no gradient is recorded.
+    def _chunked(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` runs in chunks: no autograd and more than ``chunk_size`` tokens.
 
-        An FX graph runs it in one pass: the number of rows is not known while tracing.
+        An FX graph runs in one pass: the number of tokens is not known while tracing.
         """
-        rows = None if isinstance(x, torch.fx.Proxy) else x.shape[:-1].numel()
-        if rows is None or not 0 < self.chunk_size < rows or torch.is_grad_enabled():
+        if isinstance(x, torch.fx.Proxy) or torch.is_grad_enabled():
+            return False
+        return 0 < self.chunk_size < x.shape[:-1].numel()
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The token-wise MLP, ``chunk_size`` rows at a time while no gradient is recorded."""
+        if not self._chunked(x):
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        rows = x.shape[:-1].numel()
         out = x.new_empty(*x.shape[:-1], self.fc2.out_features)
         flat_in, flat_out = x.reshape(rows, -1), out.view(rows, -1)
         for start in range(0, rows, self.chunk_size):
             chunk = slice(start, start + self.chunk_size)
             flat_out[chunk] = self._plain(flat_in[chunk])  # rows <= chunk_size: one pass
         return out
+
+    def _dwconv_bands(self, x: torch.Tensor, geom: "StageGeometry") -> torch.Tensor:
+        """The depthwise-conv MLP in bands of grid rows (inference): ``fc1`` on the band and
+        its neighbour rows, the 3x3 conv (its outputs on the neighbour rows dropped), ``fc2``;
+        padded window tokens get ``fc2``'s bias, as in one pass."""
+        b, c = x.shape[0], x.shape[-1]
+        h, w = geom.grid
+        grid = geom.merge(x).reshape(b, h, w, c)
+        out = grid.new_empty(b, h, w, self.fc2.out_features)
+        band = max(1, self.chunk_size // (b * w))
+        for top in range(0, h, band):
+            bottom = min(top + band, h)
+            lo, hi = max(top - 1, 0), min(bottom + 1, h)
+            t = self.dwconv(self.fc1(grid[:, lo:hi]).permute(0, 3, 1, 2))  # (B, hidden, rows, W)
+            t = self.drop1(self.act(t[:, :, top - lo : bottom - lo].permute(0, 2, 3, 1)))
+            out[:, top:bottom] = self.drop2(self.fc2(t))
+        windows = geom.partition(out.reshape(b, h * w, -1))
+        if geom.valid is None:
+            return windows
+        return torch.where(geom.valid[..., None], windows, self.fc2.bias.to(windows.dtype))
 
 
 def _flat_dropout(drop: nn.Dropout, p: torch.Tensor) -> torch.Tensor:
