@@ -641,7 +641,7 @@ def plot_curves(rows: Sequence[Row], store: Store, path: Path, x_key: str) -> Pa
         n = min(len(c) for c in curves)
         xs = [curves[0][i][x_key] for i in range(n)]
         ys = [sum(c[i]["acc"] for c in curves) / len(curves) for i in range(n)]
-        ax.plot(xs, ys, label=f"{row.name} ({len(curves)} seeds)")
+        ax.plot(xs, ys, label=f"{row.name} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
         drawn = True
     if not drawn:
         return None
