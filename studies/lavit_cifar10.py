@@ -11,8 +11,8 @@ depth 2 per stage) and differ only in what the study compares: LaViT (one VA the
 block in every stage, square maps, the first LA block on the softmax attention), all-VA (no
 LA block), each with the plain or the depthwise-conv MLP, and timm's PVTv2 (full-resolution
 keys). Seeds 0-2 for every row, and 3-4 for LaViT and LaViT + dwconv MLP, the two rows that
-decide the presets' MLP. The attention-saturation analysis (consecutive-map cosine per stage) runs on the
-seed-0 models. Runs started or resumed from 2026-12-07 on compute LaViT's attention
+decide the presets' MLP. The attention-saturation analysis (consecutive-map cosine per
+stage) runs on the seed-0 models. Runs started or resumed from 2026-12-07 on compute LaViT's attention
 downsampling between stages as one matrix product instead of a convolution (lavit 0.3: the same
 function, float rounding differs; a faster training step).
 
